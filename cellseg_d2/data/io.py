@@ -1,0 +1,202 @@
+"""Readers and writers for the cell dataset files.
+
+One image reader serves training, evaluation and prediction, so every stage sees exactly the same
+pixels; one mask reader turns a ``classK.tif`` file into integer instance ids. Writers are atomic:
+they write to a temporary name in the destination folder and rename, so an interrupted run never
+leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import tifffile
+
+__all__ = [
+    "CLASS_FILE_NAMES",
+    "CellDataError",
+    "atomic_write",
+    "read_image",
+    "read_instance_mask",
+    "read_tiff",
+    "to_uint8",
+    "write_tiff",
+]
+
+#: The mask file names, in class order: ``class1.tif`` is category 0 in detectron2's 0-based ids.
+CLASS_FILE_NAMES: tuple[str, ...] = ("class1.tif", "class2.tif", "class3.tif", "class4.tif")
+
+
+class CellDataError(ValueError):
+    """A problem with the user's data: the message names the file and says what is wrong.
+
+    The tools turn it into exit status 2, so scripts can tell bad input from a crash.
+    """
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside ``path`` and rename it onto ``path`` on success.
+
+    NOTE: the rename is atomic on POSIX file systems, so readers see either the old file or the
+    complete new one. On an exception the temporary file is removed and ``path`` is untouched.
+
+    Args:
+        path: the final file name; its folder is created if needed.
+        mode: ``"wb"`` or ``"w"`` (text, UTF-8).
+
+    Yields:
+        The open temporary file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        encoding = None if "b" in mode else "utf-8"
+        with os.fdopen(fd, mode, encoding=encoding) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def write_tiff(path: str | os.PathLike, array: np.ndarray, compression: str | None = None) -> None:
+    """Write ``array`` as a TIFF atomically.
+
+    Args:
+        path: destination file.
+        array: HxW (masks) or HxWxC (images; C=3 or 4 is written as RGB with alpha as extra sample).
+        compression: e.g. ``"lzw"`` like the real images (needs imagecodecs), or None.
+    """
+    kwargs = {}
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        kwargs["photometric"] = "rgb"
+        if array.shape[2] == 4:
+            kwargs["extrasamples"] = ("unassalpha",)
+    with atomic_write(path) as handle:
+        tifffile.imwrite(handle, array, compression=compression, metadata=None, **kwargs)
+
+
+def read_tiff(path: str | os.PathLike) -> np.ndarray:
+    """Read the first page of a TIFF, turning every decoding failure into a ``CellDataError``.
+
+    Raises:
+        CellDataError: the file is missing, truncated, not a TIFF, or uses a codec that cannot be
+            decoded (LZW needs the ``imagecodecs`` package).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CellDataError(f"{path}: file not found")
+    try:
+        return tifffile.imread(path, key=0)
+    except Exception as exc:  # tifffile raises many types for corrupt input
+        hint = ""
+        if "imagecodecs" in str(exc):
+            hint = " (install 'imagecodecs': LZW-compressed TIFFs need it)"
+        raise CellDataError(f"{path}: unreadable TIFF: {exc}{hint}") from exc
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Scale an image of any numeric dtype to uint8.
+
+    The rule, chosen so that the same file always maps to the same pixels:
+    - uint8 is returned unchanged;
+    - other integer types are divided by their dtype's maximum when the data use more than 8
+      bits (e.g. 16-bit scans), else cast directly (e.g. uint16 holding 0..255);
+    - floats in [0, 1] are multiplied by 255; other floats are min-max stretched per image.
+    NaNs become 0.
+    """
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == bool:
+        return image.astype(np.uint8) * 255
+    if np.issubdtype(image.dtype, np.integer):
+        peak = int(image.max()) if image.size else 0
+        if peak <= 255 and int(image.min()) >= 0:
+            return image.astype(np.uint8)
+        info = np.iinfo(image.dtype)
+        scaled = (image.astype(np.float64) - min(info.min, 0)) / (info.max - min(info.min, 0))
+        return np.clip(np.rint(scaled * 255), 0, 255).astype(np.uint8)
+    data = np.nan_to_num(image.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = (float(data.min()), float(data.max())) if data.size else (0.0, 1.0)
+    if low >= 0.0 and high <= 1.0:
+        return np.clip(np.rint(data * 255), 0, 255).astype(np.uint8)
+    if high == low:
+        return np.zeros(data.shape, np.uint8)
+    return np.clip(np.rint((data - low) / (high - low) * 255), 0, 255).astype(np.uint8)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a microscopy image as HxWx3 uint8 BGR, detectron2's ``INPUT.FORMAT``.
+
+    Grayscale (HxW or HxWx1) is repeated to three channels; an alpha channel (the 4th channel of
+    RGBA) is dropped, with a warning-free pass when it is constant and an error otherwise, since a
+    varying alpha carries information we would silently lose. Non-uint8 data follow
+    :func:`to_uint8`. Channel-first stacks (3xHxW or 4xHxW) are moved to channel-last.
+
+    Raises:
+        CellDataError: unreadable file or an unsupported shape.
+    """
+    image = read_tiff(path)
+    if image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[2] not in (1, 3, 4):
+        image = np.moveaxis(image, 0, -1)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        image = np.repeat(to_uint8(image)[:, :, None], 3, axis=2)
+    elif image.ndim == 3 and image.shape[2] in (3, 4):
+        if image.shape[2] == 4:
+            alpha = image[:, :, 3]
+            if alpha.size and alpha.min() != alpha.max():
+                raise CellDataError(
+                    f"{path}: the alpha channel varies; flatten the image to RGB before use"
+                )
+            image = image[:, :, :3]
+        image = to_uint8(image)[:, :, ::-1]
+    else:
+        raise CellDataError(
+            f"{path}: unsupported image shape {image.shape}; expected HxW, HxWx3 or HxWx4"
+        )
+    return np.ascontiguousarray(image)
+
+
+def read_instance_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a ``classK.tif`` instance-label image as HxW int64 instance ids (0 = background).
+
+    Masks may be stored as float (the real data are float64) or any integer type; ids are
+    arbitrary and need not be contiguous.
+
+    Raises:
+        CellDataError: unreadable file, not 2-D, or values that are NaN, infinite, negative or
+            non-integer.
+    """
+    labels = read_tiff(path)
+    if labels.ndim == 3 and labels.shape[2] == 1:
+        labels = labels[:, :, 0]
+    if labels.ndim != 2:
+        raise CellDataError(f"{path}: a mask must be a 2-D label image, got shape {labels.shape}")
+    if np.issubdtype(labels.dtype, np.floating):
+        if not np.isfinite(labels).all():
+            raise CellDataError(f"{path}: mask holds NaN or infinite values")
+        if (labels < 0).any():
+            raise CellDataError(f"{path}: mask holds negative values")
+        if (labels != np.floor(labels)).any():
+            raise CellDataError(f"{path}: mask holds non-integer values; expected instance ids")
+        return labels.astype(np.int64)
+    if labels.dtype == bool:
+        return labels.astype(np.int64)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise CellDataError(f"{path}: unsupported mask dtype {labels.dtype}")
+    if np.issubdtype(labels.dtype, np.signedinteger) and (labels < 0).any():
+        raise CellDataError(f"{path}: mask holds negative values")
+    return labels.astype(np.int64)

@@ -1,0 +1,35 @@
+"""Packaging for cellseg-d2.
+
+detectron2 is declared but has no PyPI release: ``make install`` (tools/install.sh) builds it
+from upstream against the installed torch before installing this package, so pip finds the
+requirement already satisfied.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="cellseg-d2",
+    version="0.1.0",
+    description="Detectron2-based multi-class cell instance segmentation for microscopy images",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["cellseg_d2", "cellseg_d2.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "detectron2",
+        "torch>=2.0",
+        "torchvision",
+        "fvcore>=0.1.5,<0.1.6",
+        "iopath>=0.1.7,<0.1.10",
+        "pycocotools>=2.0.2",
+        "opencv-python-headless",
+        "albumentations>=2.0",
+        "tifffile",
+        "imagecodecs",
+        "numpy",
+        "scipy",
+        "tqdm",
+        "matplotlib",
+    ],
+    extras_require={"dev": ["pytest>=7", "ruff>=0.6", "packaging"]},
+)
