@@ -9,6 +9,7 @@ leaves a half-written file under the final name.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 from collections.abc import Iterator
@@ -83,8 +84,12 @@ def write_tiff(path: str | os.PathLike, array: np.ndarray, compression: str | No
         kwargs["photometric"] = "rgb"
         if array.shape[2] == 4:
             kwargs["extrasamples"] = ("unassalpha",)
+    # NOTE: tifffile needs a named file or a seekable buffer; the handle of atomic_write has an
+    # int name, so encode in memory first. metadata=None and no date tag: same array, same bytes.
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, array, compression=compression, metadata=None, **kwargs)
     with atomic_write(path) as handle:
-        tifffile.imwrite(handle, array, compression=compression, metadata=None, **kwargs)
+        handle.write(buffer.getbuffer())
 
 
 def read_tiff(path: str | os.PathLike) -> np.ndarray:
