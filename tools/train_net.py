@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Train or evaluate a cellseg-d2 model.
+
+    python tools/train_net.py --config-file configs/mask_rcnn_R_50_FPN_cells.yaml
+    python tools/train_net.py --config-file C --resume                 # continue after a stop
+    python tools/train_net.py --config-file C --eval-only MODEL.WEIGHTS output/x/model_best.pth
+    python tools/train_net.py --config-file C --num-gpus 2             # DDP (gloo on CPU)
+
+The cell datasets named in the config are registered from ``DATASETS.CELLS_ROOT`` (default: the
+``CELLSEG_DATASETS`` environment variable, else ``datasets/cells``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from detectron2.config import CfgNode
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
+from cellseg_d2.config import get_cellseg_cfg
+from cellseg_d2.data import CellDataError, register_cell_datasets_from_config
+from cellseg_d2.engine import (
+    CellTrainer,
+    TrainingDivergedError,
+    WeightsUnavailableError,
+    adapt_config_to_machine,
+    evaluate_weights,
+)
+
+EXIT_BAD_INPUT = 2
+logger = logging.getLogger("cellseg_d2")
+
+
+def setup(args: argparse.Namespace) -> CfgNode:
+    """Build the frozen config from the file and overrides, register the datasets, set up
+    logging and the output folder."""
+    cfg = get_cellseg_cfg()
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg = adapt_config_to_machine(cfg)
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cellseg_d2")
+    register_cell_datasets_from_config(cfg)
+    return cfg
+
+
+def main(args: argparse.Namespace) -> dict | None:
+    """Train (optionally resuming) or, with ``--eval-only``, evaluate ``MODEL.WEIGHTS``."""
+    cfg = setup(args)
+    if args.eval_only:
+        return evaluate_weights(cfg)
+    trainer = CellTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    results = trainer.train()
+    if results:
+        verify_results(cfg, results)
+    return results
+
+
+def run(args: argparse.Namespace) -> int:
+    """Launch ``main`` on the requested processes; map user errors to exit codes."""
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except (CellDataError, WeightsUnavailableError) as exc:
+        logger.error("%s", exc)
+        return EXIT_BAD_INPUT
+    except TrainingDivergedError as exc:
+        logger.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(default_argument_parser().parse_args()))
