@@ -24,6 +24,7 @@ __all__ = [
     "CellDataError",
     "atomic_write",
     "read_image",
+    "read_image_size",
     "read_instance_mask",
     "read_tiff",
     "to_uint8",
@@ -32,6 +33,11 @@ __all__ = [
 
 #: The mask file names, in class order: ``class1.tif`` is category 0 in detectron2's 0-based ids.
 CLASS_FILE_NAMES: tuple[str, ...] = ("class1.tif", "class2.tif", "class3.tif", "class4.tif")
+
+
+# Read once at import (os.umask can only be read by setting it, which is not thread-safe).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 class CellDataError(ValueError):
@@ -65,9 +71,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             handle.flush()
             os.fsync(handle.fileno())
         # mkstemp creates 0600 files; give the result the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)
+        os.chmod(tmp_name, 0o666 & ~_UMASK)
         os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -113,6 +117,23 @@ def read_tiff(path: str | os.PathLike) -> np.ndarray:
         if "imagecodecs" in str(exc):
             hint = " (install 'imagecodecs': LZW-compressed TIFFs need it)"
         raise CellDataError(f"{path}: unreadable TIFF: {exc}{hint}") from exc
+
+
+def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(height, width)`` of a TIFF from its header, without decoding pixels.
+
+    Raises:
+        CellDataError: the file is missing or not a readable TIFF.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CellDataError(f"{path}: file not found")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            return int(page.imagelength), int(page.imagewidth)
+    except Exception as exc:  # tifffile raises many types for corrupt input
+        raise CellDataError(f"{path}: unreadable TIFF: {exc}") from exc
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -1,0 +1,493 @@
+"""Dataset folder -> detectron2 dataset dicts, through a COCO-JSON cache.
+
+Decoding hundreds of TIFFs and encoding tens of thousands of masks takes seconds to minutes, so
+the result is cached under ``<root>/annotations/``:
+
+- ``instances_train.json``: COCO instances (categories 1..4 named ``class1``..``class4``; image
+  ids 1..N in folder-name order; the folder name kept in each image entry as ``folder``).
+- ``test_images.json``: the test images with the ids of the id map; it has no ``annotations``
+  key, which tells detectron2's COCOEvaluator to only save predictions.
+
+Each file carries its cache key in ``info["cellseg"]``: :data:`CONVERSION_VERSION`, a
+fingerprint over (relative path, size, mtime_ns) of every source file, and ``min_area``. A load
+whose key differs rebuilds the file; a load whose key matches never touches a TIFF. Files are
+written atomically, so an error mid-conversion leaves the previous cache (or none), never half
+of one. File names inside the cache are relative to the root, so a moved dataset keeps its cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from detectron2.structures import BoxMode
+
+from cellseg_d2.data.io import CLASS_FILE_NAMES, CellDataError, atomic_write
+from cellseg_d2.data.rle import label_image_to_instances
+from cellseg_d2.data.validate import (
+    DEFAULT_MIN_IMAGE_SIZE,
+    IMAGE_FILE_NAME,
+    TEST_DIR,
+    TRAIN_DIR,
+    DatasetFiles,
+    TrainFolder,
+    raise_if_strict,
+    read_test_images,
+    read_train_sample,
+    scan_dataset,
+)
+
+__all__ = [
+    "ANNOTATIONS_DIR",
+    "CATEGORIES",
+    "CONVERSION_VERSION",
+    "DatasetSummary",
+    "coco_to_test_dicts",
+    "coco_to_train_dicts",
+    "format_summary",
+    "load_cell_test_dicts",
+    "load_cell_train_dicts",
+    "load_test_coco",
+    "load_train_coco",
+    "prepare_cell_dataset",
+    "write_coco_subset",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Bump whenever the cache content changes for the same inputs; old caches are then rebuilt.
+CONVERSION_VERSION = 1
+ANNOTATIONS_DIR = "annotations"
+TRAIN_JSON_NAME = "instances_train.json"
+TEST_JSON_NAME = "test_images.json"
+#: COCO categories: ``classK.tif`` is COCO id K and detectron2 contiguous id K - 1.
+CATEGORIES: list[dict] = [
+    {"id": index + 1, "name": Path(name).stem} for index, name in enumerate(CLASS_FILE_NAMES)
+]
+_POOL_MIN_IMAGES = 8  # below this, starting worker processes costs more than it saves
+_POOL_PROCESSES = 2
+
+
+@dataclass
+class DatasetSummary:
+    """What :func:`prepare_cell_dataset` found, for the tool's report.
+
+    Attributes:
+        train_images: number of training images.
+        empty_images: folder names of training images without any kept instance.
+        instances_per_class: ``{"class1": n, ...}`` over all training images.
+        dropped_small: instances dropped for having fewer than ``min_area`` pixels.
+        test_images: number of test images, or None without a test set.
+        warnings: the layout warnings of :func:`~cellseg_d2.data.validate.scan_dataset`.
+        cache_files: the COCO JSON files the loaders read.
+    """
+
+    train_images: int = 0
+    empty_images: list[str] = field(default_factory=list)
+    instances_per_class: dict[str, int] = field(default_factory=dict)
+    dropped_small: int = 0
+    test_images: int | None = None
+    warnings: list[str] = field(default_factory=list)
+    cache_files: list[Path] = field(default_factory=list)
+
+
+def _fingerprint(root: Path, paths: Iterable[Path]) -> str:
+    """Hash of (path relative to ``root``, size, mtime_ns) of each file: cheap, no reads.
+
+    NOTE: contents are not hashed; a tool that rewrites a file keeping its size and mtime would go
+    unnoticed, which no normal editor or export does.
+    """
+    digest = hashlib.sha1()
+    for path in paths:
+        stat = path.stat()
+        digest.update(
+            f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
+        )
+    return digest.hexdigest()
+
+
+def _train_key(files: DatasetFiles, min_area: int) -> dict:
+    """Cache key of the training annotations: version, source fingerprint and ``min_area``."""
+    paths = [p for folder in files.train for p in (folder.image, *(m for _, m in folder.masks))]
+    return {
+        "conversion_version": CONVERSION_VERSION,
+        "fingerprint": _fingerprint(files.root, paths),
+        "min_area": min_area,
+    }
+
+
+def _test_key(files: DatasetFiles) -> dict:
+    """Cache key of the test image list: version and fingerprint of the id map and images."""
+    return {
+        "conversion_version": CONVERSION_VERSION,
+        "fingerprint": _fingerprint(files.root, [files.id_map, *files.test_images]),
+    }
+
+
+def _read_cache(path: Path, key: dict) -> dict | None:
+    """The cached COCO dict at ``path`` if its key matches ``key``, else None."""
+    if not path.is_file():
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            coco = json.load(handle)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        logger.warning("%s: unreadable cache (%s); rebuilding it", path, exc)
+        return None
+    cached = coco.get("info", {}).get("cellseg", {}) if isinstance(coco, dict) else {}
+    if any(cached.get(name) != value for name, value in key.items()):
+        logger.info("%s: sources or settings changed; rebuilding the cache", path)
+        return None
+    return coco
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write compact JSON atomically (readers see the old file or the whole new one)."""
+    with atomic_write(path, "w") as handle:
+        json.dump(data, handle, separators=(",", ":"))
+
+
+def _convert_folder(job: tuple[TrainFolder, int, int]) -> tuple[dict, list[dict], int]:
+    """Read one training folder and encode its instances (runs in a worker process).
+
+    Returns:
+        ``(image entry without id, annotations without ids, number of dropped instances)``.
+    """
+    folder, min_area, min_size = job
+    sample = read_train_sample(folder, min_size)
+    annotations = []
+    dropped = 0
+    for category_id, labels in sample.masks:
+        for instance in label_image_to_instances(labels):
+            if instance.area < min_area:
+                dropped += 1
+                continue
+            annotations.append(
+                {
+                    "category_id": category_id + 1,
+                    "segmentation": instance.rle,
+                    "bbox": instance.bbox,
+                    "area": instance.area,
+                    "iscrowd": 0,
+                }
+            )
+    image = {
+        "file_name": f"{TRAIN_DIR}/{folder.name}/{IMAGE_FILE_NAME}",
+        "height": sample.height,
+        "width": sample.width,
+        "folder": folder.name,
+    }
+    return image, annotations, dropped
+
+
+def _convert_all(jobs: list[tuple[TrainFolder, int, int]]) -> list[tuple[dict, list[dict], int]]:
+    """Run :func:`_convert_folder` over all folders, on a small process pool when it pays.
+
+    NOTE: the pool forks (where the platform can) rather than spawns: a spawned worker would
+    re-import torch and detectron2 (seconds each) to run a few milliseconds of numpy per image.
+    The workers touch no threads, CUDA or logging, which is what makes forking safe here, the
+    same way torch's data-loader workers fork.
+    """
+    if len(jobs) < _POOL_MIN_IMAGES or "fork" not in multiprocessing.get_all_start_methods():
+        return [_convert_folder(job) for job in jobs]
+    context = multiprocessing.get_context("fork")
+    chunk = max(1, len(jobs) // (_POOL_PROCESSES * 8))
+    with context.Pool(_POOL_PROCESSES) as pool:
+        return pool.map(_convert_folder, jobs, chunksize=chunk)
+
+
+def _build_train_coco(files: DatasetFiles, key: dict, min_size: int) -> dict:
+    """Convert every training folder into one COCO dict carrying ``key`` in its info."""
+    start = time.perf_counter()
+    jobs = [(folder, key["min_area"], min_size) for folder in files.train]
+    images, annotations, dropped = [], [], 0
+    for image_id, (image, image_annotations, image_dropped) in enumerate(_convert_all(jobs), 1):
+        images.append({"id": image_id, **image})
+        for annotation in image_annotations:
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, **annotation})
+        dropped += image_dropped
+    logger.info(
+        "Converted %d training images (%d instances) in %.1f s; dropped %d instance(s) smaller "
+        "than %d px",
+        len(images),
+        len(annotations),
+        time.perf_counter() - start,
+        dropped,
+        key["min_area"],
+    )
+    info = {
+        "description": "cellseg-d2 training annotations (cache; rebuilt when sources change)",
+        "cellseg": {**key, "dropped_small": dropped},
+    }
+    return {"info": info, "images": images, "annotations": annotations, "categories": CATEGORIES}
+
+
+def _load_train_coco(files: DatasetFiles, min_area: int, min_size: int) -> tuple[dict, Path]:
+    """The training COCO dict of scanned ``files``, from the cache or freshly converted."""
+    if min_area < 0:
+        raise ValueError(f"min_area must be >= 0, got {min_area}")
+    if not files.train:
+        raise CellDataError(f"{files.root / TRAIN_DIR}: no training images")
+    path = files.root / ANNOTATIONS_DIR / TRAIN_JSON_NAME
+    key = _train_key(files, min_area)
+    coco = _read_cache(path, key)
+    if coco is None:
+        coco = _build_train_coco(files, key, min_size)
+        _write_json(path, coco)
+    return coco, path
+
+
+def load_train_coco(
+    root: str | os.PathLike, min_area: int = 4, min_size: int = DEFAULT_MIN_IMAGE_SIZE
+) -> dict:
+    """The training annotations as a COCO dict, converting the folder only when needed.
+
+    Why a separate step from the dataset dicts: the split writer and the statistics need the COCO
+    form (int image ids, 1-based categories) that COCOEvaluator reads.
+
+    Args:
+        root: dataset root holding ``train/``.
+        min_area: instances with fewer pixels are dropped (part of the cache key).
+        min_size: smallest accepted image side, checked when converting (not part of the key).
+
+    Returns:
+        The COCO dict of ``<root>/annotations/instances_train.json``.
+
+    Raises:
+        CellDataError: any problem with the data, naming the file.
+    """
+    return _load_train_coco(scan_dataset(root), min_area, min_size)[0]
+
+
+def _load_test_coco(files: DatasetFiles, min_size: int) -> tuple[dict, Path]:
+    """The test COCO dict (images only) of scanned ``files``, cached like the training one."""
+    if files.test_images is None or files.id_map is None:
+        raise CellDataError(f"{files.root / TEST_DIR}: no test set (folder or id map missing)")
+    path = files.root / ANNOTATIONS_DIR / TEST_JSON_NAME
+    key = _test_key(files)
+    coco = _read_cache(path, key)
+    if coco is None:
+        entries = read_test_images(files, min_size)
+        images = [
+            {
+                "id": entry["id"],
+                "file_name": f"{TEST_DIR}/{entry['file_name']}",
+                "height": entry["height"],
+                "width": entry["width"],
+            }
+            for entry in entries
+        ]
+        info = {"description": "cellseg-d2 test images (ids from the id map)", "cellseg": key}
+        coco = {"info": info, "images": images, "categories": CATEGORIES}
+        _write_json(path, coco)
+        logger.info("Listed %d test images in %s", len(images), path)
+    return coco, path
+
+
+def load_test_coco(root: str | os.PathLike, min_size: int = DEFAULT_MIN_IMAGE_SIZE) -> dict:
+    """The test images as a COCO dict without ``annotations``, ids from the id map.
+
+    Args:
+        root: dataset root holding ``test_release/`` and ``test_image_name_to_ids.json``.
+        min_size: smallest accepted image side in pixels.
+
+    Raises:
+        CellDataError: no test set, or an id-map or image problem, naming the file.
+    """
+    return _load_test_coco(scan_dataset(root), min_size)[0]
+
+
+def coco_to_train_dicts(coco: dict, root: str | os.PathLike) -> list[dict]:
+    """Turn a training COCO dict into detectron2 dataset dicts (no file access).
+
+    Each dict has ``file_name`` (absolute), ``image_id`` (the COCO int id, which COCOEvaluator
+    matches against ``json_file``), ``height``, ``width``, ``folder`` and ``annotations`` with
+    ``bbox`` (XYWH_ABS), ``bbox_mode``, 0-based ``category_id``, ``segmentation`` (compressed RLE,
+    str counts), ``iscrowd`` and ``area``.
+
+    NOTE: the RLE dicts are shared with ``coco``, not copied; detectron2's mapper deep-copies
+    each dataset dict before changing it.
+    """
+    root = os.path.abspath(root)
+    per_image: dict[int, list[dict]] = {image["id"]: [] for image in coco["images"]}
+    for annotation in coco["annotations"]:
+        per_image[annotation["image_id"]].append(
+            {
+                "bbox": annotation["bbox"],
+                "bbox_mode": BoxMode.XYWH_ABS,
+                "category_id": annotation["category_id"] - 1,
+                "segmentation": annotation["segmentation"],
+                "iscrowd": annotation["iscrowd"],
+                "area": annotation["area"],
+            }
+        )
+    return [
+        {
+            "file_name": os.path.join(root, image["file_name"]),
+            "image_id": image["id"],
+            "height": image["height"],
+            "width": image["width"],
+            "folder": image["folder"],
+            "annotations": per_image[image["id"]],
+        }
+        for image in coco["images"]
+    ]
+
+
+def coco_to_test_dicts(coco: dict, root: str | os.PathLike) -> list[dict]:
+    """Turn the test COCO dict into detectron2 dataset dicts without annotations.
+
+    ``image_id`` is the id-map id, the one a submission must use.
+    """
+    root = os.path.abspath(root)
+    return [
+        {
+            "file_name": os.path.join(root, image["file_name"]),
+            "image_id": image["id"],
+            "height": image["height"],
+            "width": image["width"],
+        }
+        for image in coco["images"]
+    ]
+
+
+def load_cell_train_dicts(
+    root: str | os.PathLike, min_area: int = 4, min_size: int = DEFAULT_MIN_IMAGE_SIZE
+) -> list[dict]:
+    """Load all training images of a dataset root as detectron2 dataset dicts.
+
+    The first call converts the folder (a few seconds per hundred images, on two processes) and
+    writes the cache; later calls read the cache (well under a second) unless a source file,
+    ``min_area`` or :data:`CONVERSION_VERSION` changed. The dicts hold paths and RLE, never
+    pixels, so they are cheap to pickle into data-loader workers.
+
+    Args:
+        root: dataset root holding ``train/<id>/image.tif`` and ``class1..4.tif``.
+        min_area: instances with fewer pixels are dropped; the count is logged.
+        min_size: smallest accepted image side in pixels.
+
+    Returns:
+        One dict per training image in folder-name order; see :func:`coco_to_train_dicts`.
+
+    Raises:
+        CellDataError: any problem with the data, naming the file.
+    """
+    return coco_to_train_dicts(load_train_coco(root, min_area, min_size), root)
+
+
+def load_cell_test_dicts(
+    root: str | os.PathLike, min_size: int = DEFAULT_MIN_IMAGE_SIZE
+) -> list[dict]:
+    """Load the test images as detectron2 dataset dicts whose ``image_id`` is the id-map id.
+
+    Raises:
+        CellDataError: no test set, or an id-map or image problem, naming the file.
+    """
+    return coco_to_test_dicts(load_test_coco(root, min_size), root)
+
+
+def write_coco_subset(coco: dict, image_ids: Collection[int], path: str | os.PathLike) -> Path:
+    """Write the images ``image_ids`` of ``coco`` with their annotations as a COCO JSON.
+
+    Why: a validation split needs its own ``json_file`` so COCOEvaluator reads ground truth
+    instead of converting the dataset dicts again. Ids are kept, so predictions made on the
+    split's dataset dicts match. The file is left alone when it already holds exactly this
+    subset of this source, so repeated registrations do not rewrite it.
+
+    Args:
+        coco: a COCO dict from :func:`load_train_coco`.
+        image_ids: COCO image ids to keep.
+        path: destination JSON.
+
+    Returns:
+        ``path`` as a Path.
+    """
+    path = Path(path)
+    keep = set(image_ids)
+    source = coco.get("info", {}).get("cellseg", {})
+    key = {
+        "source_fingerprint": source.get("fingerprint"),
+        "source_min_area": source.get("min_area"),
+        "conversion_version": source.get("conversion_version"),
+        "image_ids_sha1": hashlib.sha1(json.dumps(sorted(keep)).encode()).hexdigest(),
+    }
+    if _read_cache(path, key) is not None:
+        return path
+    subset = {
+        "info": {"description": "cellseg-d2 split of instances_train.json", "cellseg": key},
+        "images": [image for image in coco["images"] if image["id"] in keep],
+        "annotations": [a for a in coco["annotations"] if a["image_id"] in keep],
+        "categories": coco["categories"],
+    }
+    _write_json(path, subset)
+    return path
+
+
+def prepare_cell_dataset(
+    root: str | os.PathLike,
+    min_area: int = 4,
+    min_size: int = DEFAULT_MIN_IMAGE_SIZE,
+    strict: bool = False,
+) -> DatasetSummary:
+    """Validate a dataset root and build (or confirm) its caches; the work of prepare_dataset.
+
+    Every pixel is checked as the cache is built; a fresh cache means the same files passed
+    before, so they are not decoded again.
+
+    Args:
+        root: dataset root.
+        min_area: instances with fewer pixels are dropped.
+        min_size: smallest accepted image side in pixels.
+        strict: treat layout warnings (e.g. an image without masks) as errors.
+
+    Returns:
+        Counts and warnings for the report.
+
+    Raises:
+        CellDataError: bad data (naming the file), or any warning when ``strict``.
+    """
+    files = scan_dataset(root)
+    raise_if_strict(files.warnings, strict)
+    summary = DatasetSummary(warnings=list(files.warnings))
+    if files.train:
+        coco, path = _load_train_coco(files, min_area, min_size)
+        summary.cache_files.append(path)
+        summary.train_images = len(coco["images"])
+        counts = dict.fromkeys((c["id"] for c in coco["categories"]), 0)
+        annotated = set()
+        for annotation in coco["annotations"]:
+            counts[annotation["category_id"]] += 1
+            annotated.add(annotation["image_id"])
+        names = {c["id"]: c["name"] for c in coco["categories"]}
+        summary.instances_per_class = {names[k]: n for k, n in counts.items()}
+        summary.empty_images = [i["folder"] for i in coco["images"] if i["id"] not in annotated]
+        summary.dropped_small = coco["info"]["cellseg"]["dropped_small"]
+    if files.test_images is not None:
+        coco, path = _load_test_coco(files, min_size)
+        summary.cache_files.append(path)
+        summary.test_images = len(coco["images"])
+    return summary
+
+
+def format_summary(summary: DatasetSummary) -> str:
+    """A short human-readable report of :func:`prepare_cell_dataset`'s result."""
+    lines = [
+        f"training images:   {summary.train_images}",
+        f"  without cells:   {len(summary.empty_images)}",
+        f"  instances:       {sum(summary.instances_per_class.values())}",
+    ]
+    lines += [f"    {name}:{count:>14}" for name, count in summary.instances_per_class.items()]
+    lines.append(f"  dropped (small): {summary.dropped_small}")
+    test = "none" if summary.test_images is None else str(summary.test_images)
+    lines.append(f"test images:       {test}")
+    lines.append(f"warnings:          {len(summary.warnings)}")
+    lines += [f"  {warning}" for warning in summary.warnings]
+    lines += [f"cache: {path}" for path in summary.cache_files]
+    return "\n".join(lines)

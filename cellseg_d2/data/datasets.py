@@ -1,0 +1,259 @@
+"""Register the cell dataset's splits in detectron2's DatasetCatalog and MetadataCatalog.
+
+Nothing registers at import time: the tools call :func:`register_cell_datasets_from_config` in
+``setup()``, and tests register a synthetic root and pop the names afterwards.
+
+Splits (``<prefix>_`` + name):
+
+- ``trainval``: every training image.
+- ``train`` / ``val``: a split of ``trainval`` by a hash of each folder name, so it is the same
+  on every machine and an image added later never moves the others. With ``num_folds`` the val
+  set is fold ``fold`` of a ``num_folds``-way partition built from the same hash.
+- ``test``: the images of ``test_release/`` with the ids of the id map (no annotations); only
+  when ``test_release/`` exists.
+
+Registration is lazy: the catalog functions read the conversion cache (converting on first use).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from cellseg_d2.data.convert import (
+    ANNOTATIONS_DIR,
+    CATEGORIES,
+    TEST_JSON_NAME,
+    TRAIN_JSON_NAME,
+    coco_to_train_dicts,
+    load_cell_test_dicts,
+    load_train_coco,
+    write_coco_subset,
+)
+from cellseg_d2.data.io import CellDataError
+from cellseg_d2.data.validate import TEST_DIR, TRAIN_DIR
+
+__all__ = [
+    "THING_CLASSES",
+    "THING_COLORS",
+    "register_cell_datasets",
+    "register_cell_datasets_from_config",
+    "split_of",
+]
+
+logger = logging.getLogger(__name__)
+
+THING_CLASSES: list[str] = [category["name"] for category in CATEGORIES]
+#: One clearly distinct RGB colour per class for visualizations.
+THING_COLORS: list[tuple[int, int, int]] = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (245, 130, 48),
+]
+
+
+def _hash_fraction(seed: int, name: str) -> float:
+    """Map ``(seed, name)`` to [0, 1) uniformly and reproducibly (unlike Python's ``hash``)."""
+    digest = hashlib.sha1(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def _check_split_args(val_fraction: float, fold: int | None, num_folds: int | None) -> None:
+    """Raise ``ValueError`` for split arguments that cannot work."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if num_folds is None:
+        if fold is not None:
+            raise ValueError(f"fold={fold} needs num_folds")
+        return
+    if num_folds < 2:
+        raise ValueError(f"num_folds must be >= 2 (or None to disable folds), got {num_folds}")
+    if fold is None or not 0 <= fold < num_folds:
+        raise ValueError(f"fold must be in 0..{num_folds - 1} for num_folds={num_folds}: {fold}")
+
+
+def split_of(
+    name: str,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    fold: int | None = None,
+    num_folds: int | None = None,
+) -> str:
+    """Say whether the training folder ``name`` belongs to ``"train"`` or ``"val"``.
+
+    Why a hash of the name and not a shuffle of the list: the decision for one image depends on
+    that image alone, so adding or removing images never moves the others between splits.
+
+    Args:
+        name: training folder name.
+        val_fraction: share of images in val (about; exact only for large sets). Ignored with
+            folds.
+        seed: changes the split.
+        fold: with ``num_folds``, the fold used as val.
+        num_folds: number of folds; fold ``k`` holds the images whose hash falls in
+            ``[k / num_folds, (k + 1) / num_folds)``, so the folds partition the data.
+
+    Returns:
+        ``"train"`` or ``"val"``.
+
+    Raises:
+        ValueError: ``val_fraction`` outside [0, 1), ``num_folds`` < 2, or ``fold`` out of range.
+    """
+    _check_split_args(val_fraction, fold, num_folds)
+    position = _hash_fraction(seed, name)
+    if num_folds is None:
+        return "val" if position < val_fraction else "train"
+    return "val" if int(position * num_folds) == fold else "train"
+
+
+def _split_loader(
+    root: str, split: str, split_args: dict, min_area: int, json_file: Path
+) -> Callable[[], list[dict]]:
+    """The catalog function of ``train``, ``val`` or ``trainval``: cache -> dicts -> split.
+
+    It also (re)writes the split's ``json_file`` when the data changed, before returning, so
+    COCOEvaluator, which detectron2 builds after the data loader, reads matching ground truth.
+    """
+
+    def load() -> list[dict]:
+        coco = load_train_coco(root, min_area)
+        dicts = coco_to_train_dicts(coco, root)
+        if split != "trainval":
+            dicts = [d for d in dicts if split_of(d["folder"], **split_args) == split]
+            write_coco_subset(coco, [d["image_id"] for d in dicts], json_file)
+        logger.info("%s: %d images from %s", split, len(dicts), root)
+        return dicts
+
+    return load
+
+
+def _register(name: str, loader: Callable[[], list[dict]], **metadata: object) -> None:
+    """Register ``name``, replacing an earlier registration of the same name."""
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+    if name in MetadataCatalog.list():
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, loader)
+    MetadataCatalog.get(name).set(**metadata)
+
+
+def register_cell_datasets(
+    root: str | os.PathLike,
+    prefix: str = "cells",
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    fold: int | None = None,
+    num_folds: int | None = None,
+    min_area: int = 4,
+) -> list[str]:
+    """Register ``<prefix>_train``, ``_val``, ``_trainval`` and (with a test set) ``_test``.
+
+    Registering again (same or other arguments) replaces the earlier registration, so tools and
+    tests can call it freely. Nothing is read until a dataset is requested from the catalog.
+
+    Metadata of every split: ``thing_classes`` (``class1``..``class4``), ``thing_colors``,
+    ``thing_dataset_id_to_contiguous_id`` ({1: 0, ..., 4: 3}, which COCOEvaluator needs to map
+    predictions back to the COCO ids), ``evaluator_type="coco"``, ``json_file``, ``image_root``
+    and ``root``. The ``json_file`` of ``train``/``val`` is written when the split is first
+    loaded; its name encodes the split arguments, so different splits never share a file.
+
+    Args:
+        root: dataset root (``train/``, ``test_release/``, ``test_image_name_to_ids.json``).
+        prefix: dataset name prefix.
+        val_fraction: share of training images in ``val`` when folds are off.
+        seed: split seed.
+        fold: the fold used as ``val`` (with ``num_folds``).
+        num_folds: number of cross-validation folds; None or 0 disables folds.
+        min_area: instances with fewer pixels are dropped at conversion.
+
+    Returns:
+        The registered dataset names.
+
+    Raises:
+        ValueError: invalid split arguments.
+        CellDataError: ``root`` holds neither ``train/`` nor ``test_release/``.
+    """
+    num_folds = num_folds or None
+    _check_split_args(val_fraction, fold, num_folds)
+    root_path = Path(root).resolve()
+    root = str(root_path)
+    has_train = (root_path / TRAIN_DIR).is_dir()
+    has_test = (root_path / TEST_DIR).is_dir()
+    if not has_train and not has_test:
+        raise CellDataError(f"{root}: holds neither {TRAIN_DIR}/ nor {TEST_DIR}/")
+    annotations = root_path / ANNOTATIONS_DIR
+    common = {
+        "thing_classes": list(THING_CLASSES),
+        "thing_colors": list(THING_COLORS),
+        "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(CATEGORIES)},
+        "evaluator_type": "coco",
+        "root": root,
+    }
+    names = []
+    if has_train:
+        split_args = {
+            "val_fraction": val_fraction,
+            "seed": seed,
+            "fold": fold,
+            "num_folds": num_folds,
+        }
+        tag = hashlib.sha1(json.dumps({**split_args, "min_area": min_area}).encode()).hexdigest()
+        for split in ("train", "val", "trainval"):
+            json_file = annotations / (
+                TRAIN_JSON_NAME if split == "trainval" else f"instances_{split}_{tag[:10]}.json"
+            )
+            name = f"{prefix}_{split}"
+            _register(
+                name,
+                _split_loader(root, split, split_args, min_area, json_file),
+                json_file=str(json_file),
+                image_root=str(root_path / TRAIN_DIR),
+                **common,
+            )
+            names.append(name)
+    if has_test:
+        name = f"{prefix}_test"
+        _register(
+            name,
+            lambda: load_cell_test_dicts(root),
+            json_file=str(annotations / TEST_JSON_NAME),
+            image_root=str(root_path / TEST_DIR),
+            **common,
+        )
+        names.append(name)
+    logger.info("Registered %s from %s", ", ".join(names), root)
+    return names
+
+
+def register_cell_datasets_from_config(cfg: CfgNode, prefix: str = "cells") -> list[str]:
+    """Register the cell datasets as the config's ``DATASETS.*`` keys describe.
+
+    Why: the one call the tools make in ``setup()``; it reads ``CELLS_ROOT``, ``VAL_FRACTION``,
+    ``SPLIT_SEED``, ``NUM_FOLDS`` (0 = no folds), ``FOLD`` and ``MIN_INSTANCE_AREA``.
+
+    Args:
+        cfg: a config extended by :func:`cellseg_d2.config.add_cellseg_config`.
+        prefix: dataset name prefix, matching the names in ``DATASETS.TRAIN``/``TEST``.
+
+    Returns:
+        The registered dataset names.
+    """
+    datasets = cfg.DATASETS
+    num_folds = int(datasets.NUM_FOLDS)
+    return register_cell_datasets(
+        datasets.CELLS_ROOT,
+        prefix=prefix,
+        val_fraction=float(datasets.VAL_FRACTION),
+        seed=int(datasets.SPLIT_SEED),
+        fold=int(datasets.FOLD) if num_folds else None,
+        num_folds=num_folds or None,
+        min_area=int(datasets.MIN_INSTANCE_AREA),
+    )

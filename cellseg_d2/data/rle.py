@@ -1,0 +1,157 @@
+"""COCO run-length encoding of instance masks, shared by conversion, submission and scoring.
+
+Everything that leaves this package as a mask (the COCO JSON cache, detectron2 dataset dicts,
+submission files) is a *compressed* COCO RLE: ``{"size": [height, width], "counts": str}``. The
+counts are a ``str`` rather than the ``bytes`` pycocotools returns so the dicts go into JSON
+unchanged.
+
+COCO RLE runs go down the columns (Fortran order), alternating background and foreground and
+starting with background. :func:`label_image_to_instances` computes those runs from each
+instance's bounding-box crop alone, so a label image with many small cells costs about one pass
+over the image plus the area of the boxes, not one full-image pass per cell.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from pycocotools import mask as mask_util
+from scipy import ndimage
+
+__all__ = ["LabelInstance", "decode_rle", "encode_mask", "label_image_to_instances"]
+
+
+class LabelInstance(NamedTuple):
+    """One instance of a label image, in the form the COCO cache stores it.
+
+    Attributes:
+        instance_id: the label value in the source image (ids are arbitrary, not contiguous).
+        rle: compressed COCO RLE over the whole image, ``counts`` as ``str``.
+        bbox: tight ``[x, y, width, height]`` in pixels (detectron2's ``XYWH_ABS``).
+        area: number of foreground pixels.
+    """
+
+    instance_id: int
+    rle: dict
+    bbox: list[int]
+    area: int
+
+
+def encode_mask(mask: np.ndarray) -> dict:
+    """Encode one binary HxW mask as compressed COCO RLE with ``counts`` as ``str``.
+
+    Use it for masks that already exist at full size (e.g. a model's output); for label images
+    :func:`label_image_to_instances` is much cheaper than one call per instance.
+
+    Args:
+        mask: HxW array; any non-zero value is foreground.
+
+    Returns:
+        ``{"size": [height, width], "counts": str}``.
+    """
+    if mask.ndim != 2:
+        raise ValueError(f"encode_mask expects a 2-D mask, got shape {mask.shape}")
+    rle = mask_util.encode(np.asfortranarray(mask != 0, dtype=np.uint8))
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode()}
+
+
+def decode_rle(rle: dict) -> np.ndarray:
+    """Decode a COCO RLE (compressed with ``str``/``bytes`` counts, or uncompressed) to a mask.
+
+    Args:
+        rle: ``{"size": [height, width], "counts": ...}``; a list of counts is the uncompressed
+            form used by some ground-truth files.
+
+    Returns:
+        HxW ``bool`` array.
+    """
+    size = [int(rle["size"][0]), int(rle["size"][1])]
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        compressed = mask_util.frPyObjects({"size": size, "counts": counts}, *size)
+    else:
+        compressed = {
+            "size": size,
+            "counts": counts.encode() if isinstance(counts, str) else counts,
+        }
+    return mask_util.decode(compressed).astype(bool)
+
+
+def _compress_counts(counts: list[int], height: int, width: int) -> dict:
+    """Turn uncompressed COCO run lengths into compressed RLE with ``str`` counts."""
+    rle = mask_util.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    return {"size": [height, width], "counts": rle["counts"].decode()}
+
+
+def _crop_runs(crop: np.ndarray, top: int, left: int, height: int, width: int) -> list[int]:
+    """Full-image COCO run lengths of a binary crop placed at ``(top, left)``.
+
+    The crop is padded with a background row above and below, so every foreground run starts and
+    ends inside one padded column; the flat positions of the value changes then map straight to
+    full-image Fortran-order positions.
+    """
+    crop_h, crop_w = crop.shape
+    padded = np.zeros((crop_w, crop_h + 2), dtype=bool)
+    padded[:, 1:-1] = crop.T
+    flat = padded.ravel()
+    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    column, row = np.divmod(changes, crop_h + 2)
+    edges = (left + column) * height + (top + row - 1)
+    # A run that ends at the bottom of one column and restarts at the top of the next is one run
+    # in Fortran order: drop such end/start pairs (only possible when the crop spans all rows).
+    ends, starts = edges[1:-1:2], edges[2::2]
+    joined = np.flatnonzero(ends == starts)
+    if joined.size:
+        edges = np.delete(edges, np.concatenate([2 * joined + 1, 2 * joined + 2]))
+    if edges[-1] != height * width:  # no zero-length trailing run: pycocotools omits it
+        edges = np.append(edges, height * width)
+    return np.diff(edges, prepend=0).tolist()
+
+
+def label_image_to_instances(labels: np.ndarray) -> list[LabelInstance]:
+    """Split an instance-label image into one RLE, box and area per distinct non-zero value.
+
+    NOTE: an id whose pixels form several disconnected pieces stays ONE instance: the id, not
+    connectivity, defines a cell (a cell cut by another may show up as two blobs).
+
+    Args:
+        labels: HxW integer array, 0 = background; ids need not be contiguous.
+
+    Returns:
+        The instances sorted by id.
+    """
+    if labels.ndim != 2:
+        raise ValueError(f"label image must be 2-D, got shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"label image must hold integers, got {labels.dtype}")
+    if labels.size and int(labels.min()) < 0:
+        raise ValueError("label image holds negative ids")
+    height, width = labels.shape
+    if labels.size == 0 or not labels.any():
+        return []
+    ids = None
+    work = labels
+    if int(labels.max()) > labels.size:
+        # find_objects allocates one slot per possible id; relabel huge sparse ids first.
+        ids, inverse = np.unique(labels, return_inverse=True)
+        work = inverse.reshape(labels.shape)
+        if ids[0] != 0:  # no background pixel: shift so the first id is not label 0
+            ids = np.concatenate([[0], ids])
+            work = work + 1
+    instances = []
+    for index, box in enumerate(ndimage.find_objects(work), start=1):
+        if box is None:
+            continue
+        crop = work[box] == index
+        rows, cols = box
+        runs = _crop_runs(crop, rows.start, cols.start, height, width)
+        instances.append(
+            LabelInstance(
+                instance_id=int(index if ids is None else ids[index]),
+                rle=_compress_counts(runs, height, width),
+                bbox=[cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start],
+                area=int(np.count_nonzero(crop)),
+            )
+        )
+    return instances

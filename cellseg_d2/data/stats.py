@@ -1,0 +1,165 @@
+"""Dataset statistics and the config values they suggest.
+
+Cell images break detectron2's COCO defaults in two places: cells are far smaller than COCO
+objects (anchors of 32..512 px miss them), and an image can hold hundreds of them (the default
+``TEST.DETECTIONS_PER_IMAGE = 100`` silently caps recall). The statistics here are computed from
+the conversion cache (no TIFF is read when it is fresh) and turned into those settings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from cellseg_d2.data.convert import load_train_coco
+from cellseg_d2.data.io import atomic_write
+
+__all__ = ["compute_dataset_stats", "format_stats", "stats_from_coco", "write_stats_json"]
+
+_PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
+_FPN_LEVELS = 5  # P2..P6 in detectron2's FPN: one anchor size per level
+_DETECTION_MARGIN = 1.2  # test images may be denser than the densest training image
+_DEFAULT_TOPK = 1000  # detectron2's FPN default for the RPN top-k at test time
+
+
+def _distribution(values: Sequence[float]) -> dict | None:
+    """Count, mean, min, max and percentiles of ``values``; None when empty."""
+    if len(values) == 0:
+        return None
+    data = np.asarray(values, dtype=np.float64)
+    summary = {"count": int(data.size), "mean": float(data.mean()), "min": float(data.min())}
+    summary.update({f"p{q}": float(np.percentile(data, q)) for q in _PERCENTILES})
+    summary["max"] = float(data.max())
+    return summary
+
+
+def _advice(sides: np.ndarray, densest: int) -> dict:
+    """Anchor sizes covering the instance sides and test-time budgets above the densest image."""
+    advice: dict = {}
+    notes = []
+    if sides.size:
+        low = 2 ** math.floor(math.log2(max(float(np.percentile(sides, 1)), 1.0)))
+        high = 2 ** math.ceil(math.log2(max(float(np.percentile(sides, 99)), 1.0)))
+        covering = [low * 2**k for k in range(int(math.log2(high // low)) + 1)]
+        levels = [low * 2**k for k in range(_FPN_LEVELS)]
+        if len(covering) > _FPN_LEVELS:
+            notes.append(
+                f"instance sides span {len(covering)} octaves ({low}..{high} px), more than the "
+                f"{_FPN_LEVELS} FPN levels; consider two sizes per level"
+            )
+        advice["anchor_sizes_covering_p1_p99"] = covering
+        advice["MODEL.ANCHOR_GENERATOR.SIZES"] = [[size] for size in levels]
+    detections = max(100, math.ceil(densest * _DETECTION_MARGIN / 100) * 100)
+    post_nms = max(_DEFAULT_TOPK, 2 * detections)
+    advice["TEST.DETECTIONS_PER_IMAGE"] = detections
+    advice["MODEL.RPN.POST_NMS_TOPK_TEST"] = post_nms
+    advice["MODEL.RPN.PRE_NMS_TOPK_TEST"] = max(_DEFAULT_TOPK, post_nms)
+    notes.append(
+        f"DETECTIONS_PER_IMAGE = densest training image ({densest}) x {_DETECTION_MARGIN}, "
+        "rounded up to 100; the RPN keeps at least twice that many proposals"
+    )
+    advice["notes"] = notes
+    return advice
+
+
+def stats_from_coco(coco: dict) -> dict:
+    """Statistics of a training COCO dict (see :func:`compute_dataset_stats`)."""
+    names = {category["id"]: category["name"] for category in coco["categories"]}
+    per_image = dict.fromkeys((image["id"] for image in coco["images"]), 0)
+    areas: dict[str, list[int]] = {name: [] for name in names.values()}
+    for annotation in coco["annotations"]:
+        per_image[annotation["image_id"]] += 1
+        areas[names[annotation["category_id"]]].append(annotation["area"])
+    all_areas = np.array([a for values in areas.values() for a in values], dtype=np.float64)
+    heights = [image["height"] for image in coco["images"]]
+    widths = [image["width"] for image in coco["images"]]
+    counts = list(per_image.values())
+    by_class = {**areas, "all": all_areas}
+    return {
+        "images": len(coco["images"]),
+        "empty_images": sum(1 for n in counts if n == 0),
+        "instances": int(all_areas.size),
+        "instances_per_class": {name: len(values) for name, values in areas.items()},
+        "instances_per_image": _distribution(counts),
+        "instance_area": {name: _distribution(values) for name, values in by_class.items()},
+        "equivalent_diameter": {
+            name: _distribution(2.0 * np.sqrt(np.asarray(values, np.float64) / np.pi))
+            for name, values in by_class.items()
+        },
+        "image_height": _distribution(heights),
+        "image_width": _distribution(widths),
+        "advice": _advice(np.sqrt(all_areas), max(counts, default=0)),
+    }
+
+
+def compute_dataset_stats(root: str | os.PathLike, min_area: int = 4) -> dict:
+    """Compute the statistics of a dataset's training images and derive config advice.
+
+    Why: anchor sizes and the per-image detection budget must fit the data; guessing them is
+    the most common way a cell model loses recall without any error.
+
+    Args:
+        root: dataset root with ``train/``.
+        min_area: passed to the converter (instances below it are not counted).
+
+    Returns:
+        A JSON-ready dict: ``images``, ``empty_images``, ``instances``, ``instances_per_class``,
+        ``instances_per_image`` (count, mean, min, p1..p99, max: ``p50`` is the median),
+        ``instance_area`` and ``equivalent_diameter`` per class and ``all``, ``image_height``,
+        ``image_width`` and ``advice`` (config keys and values, with ``notes``).
+
+    Raises:
+        CellDataError: bad data, naming the file.
+    """
+    return stats_from_coco(load_train_coco(root, min_area))
+
+
+def _row(label: str, summary: dict | None, digits: int = 0) -> str:
+    """One table row: label, count and the main percentiles of a distribution."""
+    if summary is None:
+        return f"{label:<16}{'-':>8}"
+    cells = [summary[k] for k in ("mean", "min", "p1", "p5", "p50", "p95", "p99", "max")]
+    return f"{label:<16}{summary['count']:>8}" + "".join(f"{v:>9.{digits}f}" for v in cells)
+
+
+def format_stats(stats: dict) -> str:
+    """Render :func:`compute_dataset_stats`'s result as a plain-text report."""
+    header = f"{'':<16}{'count':>8}" + "".join(
+        f"{k:>9}" for k in ("mean", "min", "p1", "p5", "median", "p95", "p99", "max")
+    )
+    lines = [
+        f"images: {stats['images']} ({stats['empty_images']} without cells), "
+        f"instances: {stats['instances']}",
+        "",
+        "instances per class: "
+        + ", ".join(f"{name} {count}" for name, count in stats["instances_per_class"].items()),
+        "",
+        header,
+        _row("cells/image", stats["instances_per_image"], 1),
+        _row("image height", stats["image_height"]),
+        _row("image width", stats["image_width"]),
+        "",
+        "instance area (px)",
+        header,
+    ]
+    lines += [_row(name, s) for name, s in stats["instance_area"].items()]
+    lines += ["", "equivalent diameter (px)", header]
+    lines += [_row(name, s, 1) for name, s in stats["equivalent_diameter"].items()]
+    lines += ["", "suggested config:"]
+    advice = stats["advice"]
+    if "anchor_sizes_covering_p1_p99" in advice:
+        lines.append(f"  (sides p1..p99 covered by {advice['anchor_sizes_covering_p1_p99']})")
+    lines += [f"  {key} = {value}" for key, value in advice.items() if "." in key]
+    lines += [f"  note: {note}" for note in advice["notes"]]
+    return "\n".join(lines)
+
+
+def write_stats_json(stats: dict, path: str | os.PathLike) -> None:
+    """Write the statistics as indented JSON, atomically."""
+    with atomic_write(path, "w") as handle:
+        json.dump(stats, handle, indent=2)
+        handle.write("\n")

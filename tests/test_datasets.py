@@ -1,0 +1,183 @@
+"""Registration of the cell datasets: splits, folds, metadata, test ids, config entry point."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import COCOEvaluator
+from detectron2.structures import Boxes, BoxMode, Instances
+
+from cellseg_d2.config import get_cellseg_cfg
+from cellseg_d2.data import register_cell_datasets, register_cell_datasets_from_config, split_of
+from cellseg_d2.data.rle import decode_rle
+from cellseg_d2.data.synthetic import generate_synthetic_dataset
+
+SPLITS = ("train", "val", "trainval", "test")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cells")
+    generate_synthetic_dataset(path, num_train=12, num_test=3, seed=0, min_size=40, max_size=64)
+    return path
+
+
+@pytest.fixture
+def registered() -> Iterator[list[str]]:
+    """Collects the names a test registers and removes them from both catalogs afterwards."""
+    names: list[str] = []
+    yield names
+    for name in set(names):
+        DatasetCatalog.pop(name, None)
+        MetadataCatalog.pop(name, None)
+
+
+def _folders(name: str) -> list[str]:
+    return [d["folder"] for d in DatasetCatalog.get(name)]
+
+
+def test_split_is_deterministic_and_stable_when_images_are_added() -> None:
+    names = [f"img{i:03d}" for i in range(300)]
+    first = {n: split_of(n, 0.2, seed=1) for n in names}
+    assert first == {n: split_of(n, 0.2, seed=1) for n in names}
+    assert 30 < sum(s == "val" for s in first.values()) < 90
+    more = names + [f"new{i}" for i in range(50)]
+    assert all(split_of(n, 0.2, seed=1) == first[n] for n in more if n in first)
+    assert first != {n: split_of(n, 0.2, seed=2) for n in names}  # the seed matters
+    assert all(split_of(n, 0.0) == "train" for n in names)
+
+
+def test_folds_partition_the_images() -> None:
+    names = [f"img{i:03d}" for i in range(200)]
+    folds = [
+        {n for n in names if split_of(n, seed=4, fold=k, num_folds=5) == "val"} for k in range(5)
+    ]
+    assert set().union(*folds) == set(names)
+    assert sum(len(f) for f in folds) == len(names)
+    assert all(len(f) > 10 for f in folds)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"fold": 3, "num_folds": 3},
+        {"fold": -1, "num_folds": 3},
+        {"fold": None, "num_folds": 3},
+        {"fold": 0, "num_folds": 1},
+        {"fold": 1},
+        {"val_fraction": 1.0},
+    ],
+)
+def test_invalid_split_arguments_raise(root: Path, kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        register_cell_datasets(root, prefix="bad", **kwargs)
+    assert "bad_train" not in DatasetCatalog.list()
+
+
+def test_register_twice_and_split_contents(root: Path, registered: list[str]) -> None:
+    names = register_cell_datasets(root, prefix="t", val_fraction=0.3, seed=5)
+    registered += names
+    assert names == [f"t_{s}" for s in SPLITS]
+    train, val = _folders("t_train"), _folders("t_val")
+    registered += register_cell_datasets(root, prefix="t", val_fraction=0.3, seed=5)
+    assert (_folders("t_train"), _folders("t_val")) == (train, val)
+    assert sorted(train + val) == sorted(_folders("t_trainval")) and not set(train) & set(val)
+    assert val and all(split_of(f, 0.3, seed=5) == "val" for f in val)
+    registered += register_cell_datasets(root, prefix="t", val_fraction=0.3, seed=6)
+    assert _folders("t_val") == [f for f in _folders("t_trainval") if split_of(f, 0.3, 6) == "val"]
+
+
+def test_metadata_and_split_json_file(root: Path, registered: list[str]) -> None:
+    registered += register_cell_datasets(root, prefix="m", val_fraction=0.4, seed=1)
+    meta = MetadataCatalog.get("m_val")
+    assert meta.thing_classes == ["class1", "class2", "class3", "class4"]
+    assert len(set(meta.thing_colors)) == 4 and all(len(c) == 3 for c in meta.thing_colors)
+    assert meta.evaluator_type == "coco" and meta.root == str(root.resolve())
+    assert meta.thing_dataset_id_to_contiguous_id == {1: 0, 2: 1, 3: 2, 4: 3}
+    assert meta.image_root == str(root.resolve() / "train")
+    assert MetadataCatalog.get("m_test").image_root == str(root.resolve() / "test_release")
+    assert Path(MetadataCatalog.get("m_trainval").json_file).name == "instances_train.json"
+    assert MetadataCatalog.get("m_train").json_file != meta.json_file
+    dicts = DatasetCatalog.get("m_val")
+    coco = json.loads(Path(meta.json_file).read_text())
+    assert [i["id"] for i in coco["images"]] == [d["image_id"] for d in dicts]
+    assert len(coco["annotations"]) == sum(len(d["annotations"]) for d in dicts)
+
+
+def test_test_split_carries_the_id_map_ids(root: Path, registered: list[str]) -> None:
+    registered += register_cell_datasets(root, prefix="ids")
+    id_map = json.loads((root / "test_image_name_to_ids.json").read_text())
+    expected = {e["file_name"]: e["id"] for e in id_map}
+    dicts = DatasetCatalog.get("ids_test")
+    assert {Path(d["file_name"]).name: d["image_id"] for d in dicts} == expected
+    assert all("annotations" not in d for d in dicts)
+
+
+def test_test_split_only_with_test_release(tmp_path: Path, registered: list[str]) -> None:
+    generate_synthetic_dataset(tmp_path, num_train=2, num_test=0, min_size=32, max_size=40)
+    (tmp_path / "test_release").rmdir()
+    names = register_cell_datasets(tmp_path, prefix="notest")
+    registered += names
+    assert names == ["notest_train", "notest_val", "notest_trainval"]
+
+
+def test_register_from_config(root: Path, registered: list[str]) -> None:
+    cfg = get_cellseg_cfg()
+    cfg.DATASETS.CELLS_ROOT = str(root)
+    cfg.DATASETS.VAL_FRACTION = 0.25
+    cfg.DATASETS.SPLIT_SEED = 2
+    registered += register_cell_datasets_from_config(cfg)
+    assert set(registered) == {f"cells_{s}" for s in SPLITS}
+    assert _folders("cells_val") == [
+        f for f in _folders("cells_trainval") if split_of(f, 0.25, seed=2) == "val"
+    ]
+    cfg.DATASETS.NUM_FOLDS = 3
+    cfg.DATASETS.FOLD = 1
+    registered += register_cell_datasets_from_config(cfg, prefix="cv")
+    assert _folders("cv_val") == [
+        f for f in _folders("cv_trainval") if split_of(f, seed=2, fold=1, num_folds=3) == "val"
+    ]
+
+
+def test_coco_evaluator_scores_ground_truth_as_perfect(
+    root: Path, registered: list[str], tmp_path: Path
+) -> None:
+    """The split json_file, the int image ids and the category mapping all fit COCOEvaluator."""
+    registered += register_cell_datasets(root, prefix="ev", val_fraction=0.5, seed=0)
+    dicts = DatasetCatalog.get("ev_val")
+    evaluator = COCOEvaluator("ev_val", output_dir=str(tmp_path), max_dets_per_image=500)
+    evaluator.reset()
+    for d in dicts:
+        annotations = d["annotations"]
+        instances = Instances((d["height"], d["width"]))
+        boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations]
+        instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+        instances.scores = torch.ones(len(annotations))
+        instances.pred_classes = torch.tensor([a["category_id"] for a in annotations])
+        masks = [decode_rle(a["segmentation"]) for a in annotations]
+        instances.pred_masks = torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0)
+        evaluator.process([{"image_id": d["image_id"]}], [{"instances": instances}])
+    results = evaluator.evaluate()
+    assert results["segm"]["AP"] == pytest.approx(100.0)
+    assert results["bbox"]["AP"] == pytest.approx(100.0)
+
+
+def test_adding_an_image_moves_no_other(tmp_path: Path, registered: list[str]) -> None:
+    generate_synthetic_dataset(tmp_path, num_train=8, num_test=0, min_size=32, max_size=40)
+    registered += register_cell_datasets(tmp_path, prefix="grow", val_fraction=0.5)
+    before = {f: "val" for f in _folders("grow_val")} | {f: "train" for f in _folders("grow_train")}
+    source = tmp_path / "train" / next(iter(before))
+    target = tmp_path / "train" / "zz-added"
+    target.mkdir()
+    for path in source.iterdir():
+        (target / path.name).write_bytes(path.read_bytes())
+    registered += register_cell_datasets(tmp_path, prefix="grow", val_fraction=0.5)
+    after = {f: "val" for f in _folders("grow_val")} | {f: "train" for f in _folders("grow_train")}
+    assert set(after) == set(before) | {"zz-added"}
+    assert all(after[f] == split for f, split in before.items())

@@ -1,0 +1,151 @@
+"""Readers and writers of cellseg_d2.data.io: pixel formats, channel order, mask checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from cellseg_d2.data.io import (
+    CellDataError,
+    atomic_write,
+    read_image,
+    read_instance_mask,
+    write_tiff,
+)
+
+
+def _tif(path: Path, array: np.ndarray, **kwargs) -> Path:
+    """Write a TIFF with tifffile directly, for layouts io.write_tiff does not produce."""
+    tifffile.imwrite(path, array, metadata=None, **kwargs)
+    return path
+
+
+def _rgb_planes(height: int = 5, width: int = 7) -> np.ndarray:
+    """An RGB image whose three channels hold different constants: R=10, G=20, B=30."""
+    rgb = np.zeros((height, width, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 10, 20, 30
+    return rgb
+
+
+def test_rgba_lzw_is_read_as_bgr_without_alpha(tmp_path: Path) -> None:
+    rgba = np.concatenate([_rgb_planes(), np.full((5, 7, 1), 255, np.uint8)], axis=2)
+    path = _tif(
+        tmp_path / "a.tif", rgba, photometric="rgb", extrasamples=("unassalpha",), compression="lzw"
+    )
+    image = read_image(path)
+    assert image.shape == (5, 7, 3) and image.dtype == np.uint8
+    assert (image[..., 0] == 30).all() and (image[..., 1] == 20).all()  # B, G
+    assert (image[..., 2] == 10).all()  # R last: BGR
+    assert image.flags["C_CONTIGUOUS"]
+
+
+def test_rgb_and_channel_first_are_bgr(tmp_path: Path) -> None:
+    rgb = _rgb_planes()
+    assert (read_image(_tif(tmp_path / "rgb.tif", rgb, photometric="rgb")) == rgb[..., ::-1]).all()
+    planar = np.moveaxis(rgb, -1, 0)  # stored as 3xHxW
+    path = _tif(tmp_path / "planar.tif", planar, photometric="rgb", planarconfig="separate")
+    assert (read_image(path) == rgb[..., ::-1]).all()
+
+
+def test_varying_alpha_is_rejected(tmp_path: Path) -> None:
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[0, 0, 3] = 7
+    path = _tif(tmp_path / "alpha.tif", rgba, photometric="rgb", extrasamples=("unassalpha",))
+    with pytest.raises(CellDataError, match="alpha.tif"):
+        read_image(path)
+
+
+def test_grayscale_is_repeated_to_three_channels(tmp_path: Path) -> None:
+    gray = np.arange(20, dtype=np.uint8).reshape(4, 5)
+    image = read_image(_tif(tmp_path / "gray.tif", gray))
+    assert image.shape == (4, 5, 3)
+    assert all((image[..., c] == gray).all() for c in range(3))
+
+
+def test_16bit_is_scaled_by_dtype_range(tmp_path: Path) -> None:
+    data = np.array([[0, 257, 32896, 65535]], np.uint16)
+    image = read_image(_tif(tmp_path / "u16.tif", data))
+    assert image.dtype == np.uint8
+    assert image[0, :, 0].tolist() == [0, 1, 128, 255]
+
+
+def test_16bit_holding_8bit_values_is_cast(tmp_path: Path) -> None:
+    data = np.array([[0, 17, 255]], np.uint16)
+    assert read_image(_tif(tmp_path / "u16small.tif", data))[0, :, 1].tolist() == [0, 17, 255]
+
+
+def test_float_images(tmp_path: Path) -> None:
+    unit = np.array([[0.0, 0.5, 1.0]], np.float32)
+    assert read_image(_tif(tmp_path / "unit.tif", unit))[0, :, 2].tolist() == [0, 128, 255]
+    wide = np.array([[-1.0, 0.0, 3.0]], np.float64)  # min-max stretched
+    assert read_image(_tif(tmp_path / "wide.tif", wide))[0, :, 0].tolist() == [0, 64, 255]
+
+
+def test_unreadable_and_truncated_images_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(CellDataError, match="missing.tif"):
+        read_image(tmp_path / "missing.tif")
+    junk = tmp_path / "junk.tif"
+    junk.write_bytes(b"not a tiff at all")
+    with pytest.raises(CellDataError, match="junk.tif"):
+        read_image(junk)
+    rng = np.random.default_rng(0)
+    noisy = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    path = _tif(tmp_path / "cut.tif", noisy, photometric="rgb")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CellDataError, match="cut.tif"):
+        read_image(path)
+
+
+def test_float_mask_becomes_int_ids(tmp_path: Path) -> None:
+    labels = np.array([[0, 3, 3], [7, 0, 1000]], np.float64)
+    mask = read_instance_mask(_tif(tmp_path / "class1.tif", labels))
+    assert mask.dtype == np.int64
+    assert mask.tolist() == [[0, 3, 3], [7, 0, 1000]]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.float32])
+def test_mask_dtypes(tmp_path: Path, dtype: type) -> None:
+    labels = np.array([[0, 1], [2, 2]], dtype)
+    assert read_instance_mask(_tif(tmp_path / "m.tif", labels)).tolist() == [[0, 1], [2, 2]]
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [(np.nan, "NaN"), (np.inf, "infinite"), (-1.0, "negative"), (2.5, "non-integer")],
+)
+def test_bad_mask_values_raise(tmp_path: Path, value: float, problem: str) -> None:
+    labels = np.zeros((3, 3), np.float64)
+    labels[1, 1] = value
+    path = _tif(tmp_path / "class2.tif", labels)
+    with pytest.raises(CellDataError, match=problem) as info:
+        read_instance_mask(path)
+    assert str(path) in str(info.value)
+
+
+def test_negative_int_mask_and_3d_mask_raise(tmp_path: Path) -> None:
+    with pytest.raises(CellDataError, match="negative"):
+        read_instance_mask(_tif(tmp_path / "neg.tif", np.array([[0, -2]], np.int16)))
+    with pytest.raises(CellDataError, match="2-D"):
+        read_instance_mask(_tif(tmp_path / "rgb.tif", _rgb_planes(), photometric="rgb"))
+
+
+def test_atomic_write_leaves_nothing_on_error(tmp_path: Path) -> None:
+    target = tmp_path / "out.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_write(target, "w") as handle:
+        handle.write("half")
+        raise RuntimeError("interrupted")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_write_tiff_round_trip(tmp_path: Path) -> None:
+    rgba = np.concatenate([_rgb_planes(), np.full((5, 7, 1), 255, np.uint8)], axis=2)
+    write_tiff(tmp_path / "w.tif", rgba, compression="lzw")
+    assert (read_image(tmp_path / "w.tif") == _rgb_planes()[..., ::-1]).all()
+    labels = np.array([[0, 5], [9, 9]], np.float64)
+    write_tiff(tmp_path / "class1.tif", labels)
+    assert read_instance_mask(tmp_path / "class1.tif").tolist() == [[0, 5], [9, 9]]
