@@ -18,7 +18,6 @@ import sys
 
 from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup, launch
-from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -58,10 +57,7 @@ def main(args: argparse.Namespace) -> dict | None:
         return evaluate_weights(cfg)
     trainer = CellTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    results = trainer.train()
-    if results:
-        verify_results(cfg, results)
-    return results
+    return trainer.train()
 
 
 def run(args: argparse.Namespace) -> int:

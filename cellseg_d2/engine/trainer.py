@@ -237,9 +237,13 @@ class CellTrainer(DefaultTrainer):
         super().resume_or_load(resume=resume)
 
     def train(self) -> dict[str, Any] | None:
-        """Run training; a NaN or infinite loss raises :class:`TrainingDivergedError`."""
+        """Run training and return the last evaluation results (None if none ran).
+
+        A NaN or infinite loss raises :class:`TrainingDivergedError`.
+        """
         try:
-            return super().train()
+            super().train()
+            return getattr(self, "_last_eval_results", None)
         except FloatingPointError as exc:
             last = os.path.join(self.cfg.OUTPUT_DIR, "last_checkpoint")
             saved = "none was written yet"
@@ -296,6 +300,8 @@ class CellTrainer(DefaultTrainer):
         """
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        # A cell split writes its COCO json_file when first loaded; make sure it exists.
+        DatasetCatalog.get(dataset_name)
         return COCOEvaluator(
             dataset_name,
             tasks=("bbox", "segm"),

@@ -1,0 +1,59 @@
+"""Shared fixtures: one small synthetic dataset per test session, and config helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
+from cellseg_d2.config import get_cellseg_cfg
+from cellseg_d2.data import register_cell_datasets
+from cellseg_d2.data.synthetic import generate_synthetic_dataset
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = REPO_ROOT / "configs"
+INSTANT_CONFIG = CONFIGS / "quick_schedules" / "instant_test.yaml"
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 12-train / 3-test synthetic dataset of 96-160 px images (generated once, ~1 s)."""
+    root = tmp_path_factory.mktemp("cells")
+    generate_synthetic_dataset(root, num_train=12, num_test=3, seed=0, min_size=96, max_size=160)
+    return root
+
+
+@pytest.fixture()
+def cells_prefix(synthetic_root: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """Register the synthetic dataset under a test-unique prefix and remove it afterwards."""
+    prefix = "t_" + request.node.name.replace("[", "_").replace("]", "").replace("-", "_")
+    names = register_cell_datasets(synthetic_root, prefix=prefix, val_fraction=0.25, seed=0)
+    yield prefix
+    for name in names:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+def instant_cfg(prefix: str, output_dir: Path, *opts: object) -> CfgNode:
+    """The instant-test config on CPU, trained on ``<prefix>_train``, evaluated on ``_val``."""
+    cfg = get_cellseg_cfg()
+    cfg.merge_from_file(str(INSTANT_CONFIG))
+    cfg.merge_from_list(
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "DATASETS.TRAIN",
+            (f"{prefix}_train",),
+            "DATASETS.TEST",
+            (f"{prefix}_val",),
+            "OUTPUT_DIR",
+            str(output_dir),
+            *opts,
+        ]
+    )
+    return cfg

@@ -1,0 +1,159 @@
+"""Every shipped YAML loads, builds on CPU and runs; the custom keys do what they say."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from detectron2.modeling import build_model
+from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from cellseg_d2.config import add_cellseg_config, get_cellseg_cfg
+from cellseg_d2.engine import CellTrainer
+from cellseg_d2.modeling import CellRCNN
+
+from .conftest import CONFIGS
+
+ALL_CONFIGS = sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml"))
+
+
+def _cfg(name: str, *opts: object):
+    cfg = get_cellseg_cfg()
+    cfg.merge_from_file(str(CONFIGS / name))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
+    return cfg
+
+
+def _small_inputs(cfg_size: int = 128) -> list[dict]:
+    """Two images: one with three square cells, one with none."""
+    rng = np.random.default_rng(0)
+    image = torch.from_numpy(rng.integers(0, 255, (3, cfg_size, cfg_size), dtype=np.uint8))
+    masks = torch.zeros((3, cfg_size, cfg_size), dtype=torch.bool)
+    for i, (y, x) in enumerate([(10, 10), (40, 60), (80, 30)]):
+        masks[i, y : y + 16, x : x + 16] = True
+    with_cells = Instances((cfg_size, cfg_size))
+    with_cells.gt_masks = BitMasks(masks)
+    with_cells.gt_boxes = with_cells.gt_masks.get_bounding_boxes()
+    with_cells.gt_classes = torch.tensor([0, 1, 3])
+    empty = Instances((cfg_size, cfg_size))
+    empty.gt_masks = BitMasks(torch.zeros((0, cfg_size, cfg_size), dtype=torch.bool))
+    empty.gt_boxes = Boxes(torch.zeros((0, 4)))
+    empty.gt_classes = torch.zeros((0,), dtype=torch.int64)
+    return [
+        {"image": image, "instances": with_cells, "height": cfg_size, "width": cfg_size},
+        {"image": image.clone(), "instances": empty, "height": cfg_size, "width": cfg_size},
+    ]
+
+
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+def test_config_builds_and_runs(name: str) -> None:
+    # Small inputs keep the R-50 configs fast on CPU; the structure is what is under test.
+    cfg = _cfg(name, "INPUT.MIN_SIZE_TEST", 128, "INPUT.MAX_SIZE_TEST", 128)
+    model = build_model(cfg)
+    assert isinstance(model, CellRCNN)
+    inputs = _small_inputs()
+    model.train()
+    with EventStorage():
+        losses = model(inputs)
+    assert set(losses) >= {"loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    model.eval()
+    with torch.no_grad():
+        outputs = model([{"image": inputs[0]["image"], "height": 128, "width": 128}])
+    assert len(outputs[0]["instances"]) <= cfg.TEST.DETECTIONS_PER_IMAGE
+
+
+def test_base_config_cell_settings() -> None:
+    cfg = _cfg("Base-CellSeg-RCNN-FPN.yaml")
+    assert cfg.MODEL.ANCHOR_GENERATOR.SIZES == [[8], [16], [32], [64], [128]]
+    assert cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS == [[0.5, 1.0, 2.0]]
+    assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 4
+    assert cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST == 0.3
+    assert cfg.TEST.DETECTIONS_PER_IMAGE == 200
+    assert cfg.INPUT.MASK_FORMAT == "bitmask"
+    assert cfg.DATASETS.TRAIN == ("cells_train",) and cfg.DATASETS.TEST == ("cells_val",)
+
+
+def test_real_configs_start_from_imagenet_and_demo_from_scratch() -> None:
+    for name in ALL_CONFIGS:
+        cfg = get_cellseg_cfg()
+        cfg.merge_from_file(str(CONFIGS / name))
+        if "R_50" in name:
+            assert cfg.MODEL.WEIGHTS.endswith("ImageNetPretrained/MSRA/R-50.pkl"), name
+            assert cfg.MODEL.PIXEL_STD == [1.0, 1.0, 1.0]  # MSRA caffe2 weights
+        elif name != "Base-CellSeg-RCNN-FPN.yaml":
+            assert cfg.MODEL.WEIGHTS == "", name
+
+
+def test_seed_configs_follow_the_report() -> None:
+    for name in ("seed/mask_rcnn_R_50_FPN_seed.yaml", "seed/mask_rcnn_R_50_FPN_v2_seed.yaml"):
+        cfg = _cfg(name)
+        assert cfg.SOLVER.OPTIMIZER == "ADAMW"
+        assert cfg.SOLVER.BASE_LR == 1e-4 and cfg.SOLVER.WEIGHT_DECAY == 1e-4
+        assert cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupCosineLR"
+        assert cfg.SOLVER.AMP.ENABLED and cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE == 10.0
+        assert cfg.SOLVER.IMS_PER_BATCH == 2 and cfg.SOLVER.EPOCHS == 50
+        assert (cfg.INPUT.ELASTIC.ALPHA, cfg.INPUT.ELASTIC.SIGMA) == (30.0, 12.0)
+        assert cfg.INPUT.ELASTIC.PROB == 0.3
+        assert cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST == 0.99
+        assert cfg.MODEL.CELLSEG.MASK_THRESHOLD == 0.6
+
+
+def test_v2_differs_in_structure() -> None:
+    v1 = build_model(_cfg("mask_rcnn_R_50_FPN_cells.yaml"))
+    v2 = build_model(_cfg("mask_rcnn_R_50_FPN_v2_cells.yaml"))
+
+    def count(model: torch.nn.Module, kind: type) -> int:
+        return sum(isinstance(m, kind) for m in model.modules())
+
+    assert count(v1, torch.nn.GroupNorm) == 0
+    assert count(v2.backbone, torch.nn.GroupNorm) > 0  # FPN
+    assert count(v2.roi_heads.box_head, torch.nn.GroupNorm) == 4
+    assert count(v2.roi_heads.mask_head, torch.nn.GroupNorm) == 4
+    assert len(v1.roi_heads.box_head.conv_norm_relus) == 0
+    assert len(v2.roi_heads.box_head.conv_norm_relus) == 4
+    assert len(v2.roi_heads.box_head.fcs) == 1 and len(v1.roi_heads.box_head.fcs) == 2
+    assert len(v2.proposal_generator.rpn_head.conv) == 2  # two-conv RPN head
+
+
+def test_dense_config_budget_reaches_the_evaluator(tmp_path: Path, cells_prefix: str) -> None:
+    cfg = _cfg("mask_rcnn_R_50_FPN_dense_cells.yaml", "OUTPUT_DIR", str(tmp_path))
+    assert cfg.TEST.DETECTIONS_PER_IMAGE == 1000
+    assert cfg.MODEL.RPN.POST_NMS_TOPK_TEST >= 1000
+    evaluator = CellTrainer.build_evaluator(cfg, f"{cells_prefix}_val")
+    assert evaluator._max_dets_per_image == [1, 10, 1000]
+
+
+def test_mask_threshold_changes_binarised_masks() -> None:
+    cfg = _cfg("quick_schedules/instant_test.yaml", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0)
+    model = build_model(cfg).eval()
+    torch.manual_seed(0)
+    inputs = [{"image": _small_inputs()[0]["image"], "height": 128, "width": 128}]
+    areas = []
+    for threshold in (0.3, 0.5, 0.7):
+        model.mask_threshold = threshold
+        with torch.no_grad():
+            instances = model(inputs)[0]["instances"]
+        assert len(instances) > 0
+        areas.append(int(instances.pred_masks.sum()))
+    assert areas[0] > areas[1] > areas[2]
+
+
+def test_mask_threshold_key_reaches_the_model() -> None:
+    model = build_model(_cfg("seed/mask_rcnn_R_50_FPN_seed.yaml"))
+    assert model.mask_threshold == 0.6
+    with pytest.raises(ValueError, match="MASK_THRESHOLD"):
+        build_model(_cfg("quick_schedules/instant_test.yaml", "MODEL.CELLSEG.MASK_THRESHOLD", 1.5))
+
+
+def test_add_cellseg_config_is_idempotent() -> None:
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_cellseg_config(cfg)
+    add_cellseg_config(cfg)
+    assert cfg.MODEL.CELLSEG.MASK_THRESHOLD == 0.5
+    assert cfg.SOLVER.EPOCHS == 0 and cfg.SOLVER.OPTIMIZER == "SGD"

@@ -1,0 +1,111 @@
+"""CellDatasetMapper invariants on synthetic cells."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from detectron2.data import DatasetCatalog
+from detectron2.data import transforms as T
+
+from cellseg_d2.data import read_image
+from cellseg_d2.data.mapper import CellDatasetMapper, Rot90Transform
+
+from .conftest import instant_cfg
+
+
+def _mapper(prefix: str, tmp_path, *opts: object, is_train: bool = True) -> CellDatasetMapper:
+    cfg = instant_cfg(prefix, tmp_path, *opts)
+    return CellDatasetMapper(cfg, is_train=is_train)
+
+
+def _densest(prefix: str) -> dict:
+    return max(DatasetCatalog.get(f"{prefix}_trainval"), key=lambda d: len(d["annotations"]))
+
+
+@pytest.mark.parametrize("elastic", [0.0, 1.0])
+def test_boxes_tight_masks_nonempty_classes_kept(
+    cells_prefix: str, tmp_path, elastic: float
+) -> None:
+    mapper = _mapper(cells_prefix, tmp_path, "INPUT.ELASTIC.PROB", elastic)
+    record = _densest(cells_prefix)
+    np.random.seed(0)
+    for _ in range(3):
+        out = mapper(record)
+        instances = out["instances"]
+        masks = instances.gt_masks.tensor
+        assert len(instances) > 0.8 * len(record["annotations"])
+        assert masks.flatten(1).any(dim=1).all(), "an empty mask survived"
+        tight = instances.gt_masks.get_bounding_boxes().tensor
+        assert torch.equal(instances.gt_boxes.tensor, tight)
+        assert masks.shape[1:] == out["image"].shape[1:]
+        original = {a["category_id"] for a in record["annotations"]}
+        assert set(instances.gt_classes.tolist()) <= original
+
+
+def test_identity_when_augmentations_off(cells_prefix: str, tmp_path) -> None:
+    record = _densest(cells_prefix)
+    size = min(record["height"], record["width"])
+    mapper = _mapper(
+        cells_prefix,
+        tmp_path,
+        "INPUT.ELASTIC.ENABLED", False,
+        "INPUT.GEOMETRIC.HFLIP_PROB", 0.0,
+        "INPUT.GEOMETRIC.VFLIP_PROB", 0.0,
+        "INPUT.GEOMETRIC.ROT90_PROB", 0.0,
+        "INPUT.MIN_SIZE_TRAIN", (size,),
+        "INPUT.MAX_SIZE_TRAIN", 4096,
+    )  # fmt: skip
+    out = mapper(record)
+    image = read_image(record["file_name"])
+    assert torch.equal(out["image"], torch.from_numpy(image).permute(2, 0, 1))
+    assert len(out["instances"]) == len(record["annotations"])
+    boxes = torch.tensor([a["bbox"] for a in record["annotations"]], dtype=torch.float32)
+    boxes[:, 2:] += boxes[:, :2]
+    assert torch.allclose(out["instances"].gt_boxes.tensor, boxes)
+
+
+def test_elastic_changes_pixels_and_is_seeded(cells_prefix: str, tmp_path) -> None:
+    record = _densest(cells_prefix)
+    size = min(record["height"], record["width"])
+    opts = [
+        "INPUT.GEOMETRIC.HFLIP_PROB", 0.0,
+        "INPUT.GEOMETRIC.VFLIP_PROB", 0.0,
+        "INPUT.GEOMETRIC.ROT90_PROB", 0.0,
+        "INPUT.MIN_SIZE_TRAIN", (size,),
+        "INPUT.MAX_SIZE_TRAIN", 4096,
+    ]  # fmt: skip
+    plain = _mapper(cells_prefix, tmp_path, "INPUT.ELASTIC.ENABLED", False, *opts)(record)
+    warp = _mapper(cells_prefix, tmp_path, "INPUT.ELASTIC.PROB", 1.0, *opts)
+    np.random.seed(1)
+    first = warp(record)
+    np.random.seed(1)
+    second = warp(record)
+    assert (first["image"] != plain["image"]).float().mean() > 0.1
+    assert torch.equal(first["image"], second["image"])
+    assert torch.equal(first["instances"].gt_masks.tensor, second["instances"].gt_masks.tensor)
+    assert not torch.equal(
+        first["instances"].gt_masks.tensor.sum(dim=(1, 2))[:5],
+        plain["instances"].gt_masks.tensor.sum(dim=(1, 2))[:5],
+    )
+
+
+def test_inference_mode_drops_annotations(cells_prefix: str, tmp_path) -> None:
+    record = _densest(cells_prefix)
+    out = _mapper(cells_prefix, tmp_path, is_train=False)(record)
+    assert "instances" not in out and "annotations" not in out
+    assert out["image"].dtype == torch.uint8 and out["image"].shape[0] == 3
+
+
+def test_rot90_transform_is_consistent() -> None:
+    image = np.arange(6 * 4).reshape(6, 4).astype(np.uint8)
+    for k in range(4):
+        tfm = Rot90Transform(6, 4, k)
+        rotated = tfm.apply_image(image)
+        assert np.array_equal(rotated, np.rot90(image, k))
+        # The pixel centre of value v moves where the coordinates say it does.
+        y, x = 1, 2
+        ((nx, ny),) = tfm.apply_coords(np.array([[x + 0.5, y + 0.5]]))
+        assert rotated[int(ny), int(nx)] == image[y, x]
+        assert np.array_equal(tfm.inverse().apply_image(rotated), image)
+        assert isinstance(tfm.inverse(), T.Transform)
