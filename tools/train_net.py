@@ -13,7 +13,6 @@ The cell datasets named in the config are registered from ``DATASETS.CELLS_ROOT`
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from detectron2.config import CfgNode
@@ -33,7 +32,6 @@ from cellseg_d2.engine import (
 )
 
 EXIT_BAD_INPUT = 2
-logger = logging.getLogger("cellseg_d2")
 
 
 def setup(args: argparse.Namespace) -> CfgNode:
@@ -72,10 +70,10 @@ def run(args: argparse.Namespace) -> int:
             args=(args,),
         )
     except (CellDataError, WeightsUnavailableError) as exc:
-        logger.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except TrainingDivergedError as exc:
-        logger.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -19,7 +19,7 @@ import numpy as np
 from pycocotools import mask as mask_util
 from scipy import ndimage
 
-__all__ = ["LabelInstance", "decode_rle", "encode_mask", "label_image_to_instances"]
+__all__ = ["LabelInstance", "decode_rle", "encode_crop", "encode_mask", "label_image_to_instances"]
 
 
 class LabelInstance(NamedTuple):
@@ -109,6 +109,26 @@ def _crop_runs(crop: np.ndarray, top: int, left: int, height: int, width: int) -
     return np.diff(edges, prepend=0).tolist()
 
 
+def encode_crop(crop: np.ndarray, top: int, left: int, height: int, width: int) -> dict:
+    """Encode a binary crop placed at ``(top, left)`` in an HxW image as compressed COCO RLE.
+
+    Costs the crop's area, not the image's: how predictions become submission masks without
+    pasting every cell into a full-size array.
+
+    Args:
+        crop: h x w array, non-zero = foreground; must lie inside the image.
+        top, left: position of the crop's first pixel in the image.
+        height, width: the image size.
+
+    Returns:
+        ``{"size": [height, width], "counts": str}``.
+    """
+    crop = crop != 0
+    if not crop.any():
+        return _compress_counts([height * width], height, width)
+    return _compress_counts(_crop_runs(crop, top, left, height, width), height, width)
+
+
 def label_image_to_instances(labels: np.ndarray) -> list[LabelInstance]:
     """Split an instance-label image into one RLE, box and area per distinct non-zero value.
 
@@ -145,11 +165,10 @@ def label_image_to_instances(labels: np.ndarray) -> list[LabelInstance]:
             continue
         crop = work[box] == index
         rows, cols = box
-        runs = _crop_runs(crop, rows.start, cols.start, height, width)
         instances.append(
             LabelInstance(
                 instance_id=int(index if ids is None else ids[index]),
-                rle=_compress_counts(runs, height, width),
+                rle=encode_crop(crop, rows.start, cols.start, height, width),
                 bbox=[cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start],
                 area=int(np.count_nonzero(crop)),
             )

@@ -1,0 +1,292 @@
+"""Inference on whole cell images: batching, test-time augmentation and tiling.
+
+Speed is won around the model, so predictions never become full-size masks: each detection's
+28x28 mask is pasted only into its own box (detectron2's CPU paste path), thresholded there,
+trimmed to its tight extent and kept as a small crop. Submission RLEs are encoded from those crops
+(:func:`cellseg_d2.data.rle.encode_crop`), which costs the cell's area instead of the image's.
+
+Images larger than ``TEST.TILING.MAX_SIZE`` run as overlapping tiles: a detection touching a tile
+edge inside the image is a cell cut by the tile and is dropped (the neighbouring tile, overlapping
+by more than a cell, holds it whole); cells whole in two tiles are merged by NMS.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.data import transforms as T
+from detectron2.layers.mask_ops import _do_paste_mask
+from detectron2.modeling import build_model
+from detectron2.structures import Instances
+from torchvision.ops import nms
+
+from ..data.rle import encode_crop
+from ..engine.checkpoint import fetch_weights
+from ..modeling import CellRCNNWithTTA
+
+__all__ = [
+    "CellPredictor",
+    "Detection",
+    "detections_to_results",
+    "merge_tile_detections",
+    "tile_windows",
+]
+
+logger = logging.getLogger(__name__)
+
+#: IoU above which two whole detections from different tiles are the same cell.
+TILE_MERGE_IOU = 0.5
+
+
+@dataclass
+class Detection:
+    """One predicted cell in original image pixels.
+
+    Attributes:
+        category: 0-based contiguous class index (class1 -> 0).
+        score: detection confidence in [0, 1].
+        top, left: position of ``mask``'s first pixel in the image.
+        mask: bool crop, tight around the cell's pixels.
+    """
+
+    category: int
+    score: float
+    top: int
+    left: int
+    mask: np.ndarray
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        """Tight ``(x0, y0, x1, y1)`` box of the mask, exclusive end."""
+        return self.left, self.top, self.left + self.mask.shape[1], self.top + self.mask.shape[0]
+
+
+def _tight(category: int, score: float, top: int, left: int, mask: np.ndarray) -> Detection | None:
+    """A :class:`Detection` trimmed to the mask's tight box; None for an empty mask."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    crop = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    return Detection(category, score, top + int(rows[0]), left + int(cols[0]), crop)
+
+
+def raw_instances_to_detections(
+    instances: Instances, height: int, width: int, mask_threshold: float
+) -> list[Detection]:
+    """Turn the model's unprocessed output (network input scale, 28x28 mask probabilities) into
+    detections at ``height`` x ``width``.
+
+    Boxes are scaled and clipped as ``detector_postprocess`` does; each mask is pasted with
+    detectron2's own bilinear paste, restricted to its box, and cut at ``mask_threshold``
+    (foreground where probability >= threshold, as detectron2 does).
+    """
+    in_h, in_w = instances.image_size
+    boxes = instances.pred_boxes.tensor.detach().to("cpu", torch.float32).clone()
+    boxes[:, 0::2] *= width / in_w
+    boxes[:, 1::2] *= height / in_h
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+    scores = instances.scores.detach().cpu().tolist()
+    classes = instances.pred_classes.detach().cpu().tolist()
+    masks = instances.pred_masks.detach().to("cpu", torch.float32)  # N x 1 x 28 x 28
+    detections = []
+    for i in range(len(instances)):
+        box = boxes[i : i + 1]
+        if not (box[0, 2] > box[0, 0] and box[0, 3] > box[0, 1]):
+            continue
+        probabilities, (rows, cols) = _do_paste_mask(masks[i : i + 1], box, height, width, True)
+        binary = (probabilities[0] >= mask_threshold).numpy()
+        detection = _tight(classes[i], scores[i], rows.start, cols.start, binary)
+        if detection is not None:
+            detections.append(detection)
+    return detections
+
+
+def postprocessed_instances_to_detections(instances: Instances) -> list[Detection]:
+    """Turn full-size binary ``pred_masks`` (e.g. from TTA) into crop detections."""
+    masks = instances.pred_masks.cpu().numpy()
+    scores = instances.scores.cpu().tolist()
+    classes = instances.pred_classes.cpu().tolist()
+    detections = [_tight(c, s, 0, 0, m) for c, s, m in zip(classes, scores, masks)]
+    return [d for d in detections if d is not None]
+
+
+def tile_windows(
+    height: int, width: int, tile: int, overlap: int
+) -> list[tuple[int, int, int, int]]:
+    """Overlapping ``(top, left, bottom, right)`` windows covering an image.
+
+    Windows are ``tile`` pixels wide (or the whole side when smaller), start ``tile - overlap``
+    apart, and the last one is aligned to the image edge, so every overlap is at least
+    ``overlap`` pixels.
+    """
+    if overlap >= tile:
+        raise ValueError(f"TEST.TILING.OVERLAP ({overlap}) must be smaller than TILE_SIZE ({tile})")
+
+    def starts(size: int) -> list[int]:
+        if size <= tile:
+            return [0]
+        step = tile - overlap
+        positions = list(range(0, size - tile, step))
+        return positions + [size - tile]
+
+    return [
+        (top, left, min(top + tile, height), min(left + tile, width))
+        for top in starts(height)
+        for left in starts(width)
+    ]
+
+
+def merge_tile_detections(
+    tiles: Sequence[tuple[tuple[int, int, int, int], list[Detection]]],
+    height: int,
+    width: int,
+    edge_margin: int = 1,
+) -> list[Detection]:
+    """Combine per-tile detections (in tile coordinates) into one image's detections.
+
+    A detection within ``edge_margin`` pixels of a tile edge that lies inside the image is a cell
+    cut by the tile and is dropped: with an overlap wider than any cell, another tile holds it
+    whole. Cells whole in several tiles are merged by class-agnostic NMS on their boxes.
+    """
+    kept: list[Detection] = []
+    for (top, left, bottom, right), detections in tiles:
+        for det in detections:
+            x0, y0, x1, y1 = det.box
+            cut = (
+                (top > 0 and y0 <= edge_margin)
+                or (left > 0 and x0 <= edge_margin)
+                or (bottom < height and y1 >= bottom - top - edge_margin)
+                or (right < width and x1 >= right - left - edge_margin)
+            )
+            if not cut:
+                kept.append(
+                    Detection(det.category, det.score, det.top + top, det.left + left, det.mask)
+                )
+    if len(kept) < 2:
+        return kept
+    boxes = torch.tensor([d.box for d in kept], dtype=torch.float32)
+    scores = torch.tensor([d.score for d in kept], dtype=torch.float32)
+    keep = nms(boxes, scores, TILE_MERGE_IOU).tolist()
+    return [kept[i] for i in keep]
+
+
+def detections_to_results(
+    detections: Sequence[Detection], image_id: int, height: int, width: int
+) -> list[dict]:
+    """COCO results entries for one image: ``category_id`` 1..4, tight ``[x, y, w, h]`` box of
+    the mask, ``score`` and RLE ``segmentation`` with ``str`` counts."""
+    results = []
+    for det in detections:
+        h, w = det.mask.shape
+        results.append(
+            {
+                "image_id": int(image_id),
+                "category_id": int(det.category) + 1,
+                "bbox": [float(det.left), float(det.top), float(w), float(h)],
+                "score": float(det.score),
+                "segmentation": encode_crop(det.mask, det.top, det.left, height, width),
+            }
+        )
+    return results
+
+
+class CellPredictor:
+    """Predict cells on BGR images with a config and its ``MODEL.WEIGHTS``.
+
+    Unlike detectron2's ``DefaultPredictor`` it takes batches (``TEST.IMS_PER_BATCH``), keeps
+    masks as crops, tiles large images and optionally runs test-time augmentation (``TEST.AUG``).
+    """
+
+    def __init__(self, cfg: CfgNode, tta: bool = False) -> None:
+        """Build the model in eval mode and load ``MODEL.WEIGHTS`` (random weights when empty).
+
+        Raises:
+            WeightsUnavailableError: the weights cannot be read.
+        """
+        self.cfg = cfg.clone()
+        self.model = build_model(self.cfg).eval()
+        if cfg.MODEL.WEIGHTS:
+            DetectionCheckpointer(self.model).load(fetch_weights(cfg.MODEL.WEIGHTS))
+        else:
+            logger.warning("MODEL.WEIGHTS is empty: predicting with a randomly initialised model")
+        self.mask_threshold = float(getattr(self.model, "mask_threshold", 0.5))
+        self.resize = T.ResizeShortestEdge(
+            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
+        )
+        self.tta_model = CellRCNNWithTTA(self.cfg, self.model) if tta else None
+        self.batch_size = max(1, cfg.TEST.IMS_PER_BATCH)
+        tiling = cfg.TEST.TILING
+        self.tile_above, self.tile_size, self.tile_overlap = (
+            tiling.MAX_SIZE,
+            tiling.TILE_SIZE,
+            tiling.OVERLAP,
+        )
+
+    def _model_input(self, image: np.ndarray) -> dict:
+        """Resize as in evaluation and convert to the model's CHW tensor and format."""
+        if self.cfg.INPUT.FORMAT == "RGB":
+            image = image[:, :, ::-1]
+        height, width = image.shape[:2]
+        resized = self.resize.get_transform(image).apply_image(image)
+        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+        return {"image": tensor, "height": height, "width": width}
+
+    @torch.no_grad()
+    def _predict_batch(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
+        """Run the model once on a batch of (untiled) images."""
+        if self.tta_model is not None:
+            outputs = []
+            for image in images:
+                height, width = image.shape[:2]
+                chw = image[:, :, ::-1] if self.cfg.INPUT.FORMAT == "RGB" else image
+                tensor = torch.as_tensor(np.ascontiguousarray(chw.transpose(2, 0, 1)))
+                result = self.tta_model([{"image": tensor, "height": height, "width": width}])
+                outputs.append(postprocessed_instances_to_detections(result[0]["instances"]))
+            return outputs
+        inputs = [self._model_input(image) for image in images]
+        raw = self.model.inference(inputs, do_postprocess=False)
+        return [
+            raw_instances_to_detections(
+                instances, item["height"], item["width"], self.mask_threshold
+            )
+            for instances, item in zip(raw, inputs)
+        ]
+
+    def _needs_tiles(self, image: np.ndarray) -> bool:
+        return self.tile_above > 0 and max(image.shape[:2]) > self.tile_above
+
+    def predict_tiled(
+        self, image: np.ndarray, predict: Callable[[list[np.ndarray]], list[list[Detection]]]
+    ) -> list[Detection]:
+        """Predict a large image tile by tile with ``predict`` and merge the tiles' detections."""
+        height, width = image.shape[:2]
+        windows = tile_windows(height, width, self.tile_size, self.tile_overlap)
+        per_tile = []
+        for start in range(0, len(windows), self.batch_size):
+            batch = windows[start : start + self.batch_size]
+            crops = [image[top:bottom, left:right] for top, left, bottom, right in batch]
+            per_tile.extend(zip(batch, predict(crops)))
+        return merge_tile_detections(per_tile, height, width)
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
+        """Predict every image (HxWx3 uint8 BGR, any sizes); returns detections per image."""
+        results: list[list[Detection] | None] = [None] * len(images)
+        small = [i for i, image in enumerate(images) if not self._needs_tiles(image)]
+        for start in range(0, len(small), self.batch_size):
+            indices = small[start : start + self.batch_size]
+            for index, detections in zip(
+                indices, self._predict_batch([images[i] for i in indices])
+            ):
+                results[index] = detections
+        for index, image in enumerate(images):
+            if results[index] is None:
+                results[index] = self.predict_tiled(image, self._predict_batch)
+        return results

@@ -1,0 +1,190 @@
+"""Prediction: crop-based mask paste, tiling, the predict tool and its input checks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.structures import Boxes, Instances
+
+from cellseg_d2.data import decode_rle, label_image_to_instances
+from cellseg_d2.data.synthetic import synthesize_image
+from cellseg_d2.inference.predictor import (
+    CellPredictor,
+    Detection,
+    detections_to_results,
+    merge_tile_detections,
+    raw_instances_to_detections,
+    tile_windows,
+)
+
+from .conftest import INSTANT_CONFIG, REPO_ROOT, instant_cfg
+
+PREDICT = [sys.executable, str(REPO_ROOT / "tools" / "predict.py")]
+
+
+def _random_raw_instances(n: int, in_size: tuple[int, int], seed: int = 0) -> Instances:
+    gen = torch.Generator().manual_seed(seed)
+    h, w = in_size
+    xy = torch.rand(n, 2, generator=gen) * torch.tensor([w - 20, h - 20])
+    wh = 4 + torch.rand(n, 2, generator=gen) * 30
+    instances = Instances(in_size)
+    instances.pred_boxes = Boxes(torch.cat([xy, xy + wh], dim=1))
+    instances.scores = torch.rand(n, generator=gen)
+    instances.pred_classes = torch.randint(0, 4, (n,), generator=gen)
+    instances.pred_masks = torch.rand(n, 1, 28, 28, generator=gen)
+    return instances
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.6])
+def test_crop_paste_equals_detectron2_postprocess(threshold: float) -> None:
+    raw = _random_raw_instances(40, (120, 160))
+    out_h, out_w = 150, 200  # a resized input mapped back to its original size
+    ours = raw_instances_to_detections(raw, out_h, out_w, threshold)
+    reference = detector_postprocess(raw, out_h, out_w, mask_threshold=threshold)
+    full = [m.numpy() for m in reference.pred_masks if m.any()]
+    assert len(ours) == len(full)
+    for det, mask in zip(ours, full):
+        pasted = np.zeros((out_h, out_w), bool)
+        y, x = det.top, det.left
+        pasted[y : y + det.mask.shape[0], x : x + det.mask.shape[1]] = det.mask
+        assert np.array_equal(pasted, mask)
+        rle = detections_to_results([det], 1, out_h, out_w)[0]["segmentation"]
+        assert np.array_equal(decode_rle(rle), mask)
+
+
+def test_tile_windows_cover_with_overlap() -> None:
+    windows = tile_windows(100, 700, tile=256, overlap=64)
+    covered = np.zeros((100, 700), int)
+    for top, left, bottom, right in windows:
+        covered[top:bottom, left:right] += 1
+        assert right - left == 256 and bottom - top == 100
+    assert covered.min() >= 1
+    lefts = sorted({w[1] for w in windows})
+    assert all(b - a <= 256 - 64 for a, b in zip(lefts, lefts[1:]))
+    with pytest.raises(ValueError, match="OVERLAP"):
+        tile_windows(100, 700, tile=64, overlap=64)
+
+
+def _oracle_detections(labels: dict[int, np.ndarray], window) -> list[Detection]:
+    """What a perfect model sees in a tile: every ground-truth cell, cut by the tile edges."""
+    top, left, bottom, right = window
+    detections = []
+    for cls, label in labels.items():
+        for inst in label_image_to_instances(label[top:bottom, left:right].astype(np.int64)):
+            x, y, w, h = inst.bbox
+            crop = decode_rle(inst.rle)[y : y + h, x : x + w]
+            detections.append(Detection(cls - 1, 0.9, y, x, crop))
+    return detections
+
+
+def test_tiled_result_matches_untiled_on_three_tiles() -> None:
+    rng = np.random.default_rng(3)
+    _, labels = synthesize_image(rng, 160, 384)
+    height, width = 160, 384
+    whole = _oracle_detections(labels, (0, 0, height, width))
+    windows = tile_windows(height, width, tile=160, overlap=48)
+    assert len({w[1] for w in windows}) == 3
+    tiled = merge_tile_detections(
+        [(w, _oracle_detections(labels, w)) for w in windows], height, width
+    )
+
+    def keyed(dets):
+        return sorted(
+            (d.category, r["segmentation"]["counts"])
+            for d, r in zip(dets, detections_to_results(dets, 1, height, width))
+        )
+
+    assert len(tiled) == len(whole)
+    assert keyed(tiled) == keyed(whole)
+
+
+def test_predictor_tiles_large_images_and_batches(cells_prefix: str, tmp_path: Path) -> None:
+    cfg = instant_cfg(cells_prefix, tmp_path, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0)
+    cfg.merge_from_list(["TEST.TILING.MAX_SIZE", 200, "TEST.TILING.TILE_SIZE", 128])
+    cfg.merge_from_list(["TEST.TILING.OVERLAP", 32, "TEST.IMS_PER_BATCH", 2])
+    predictor = CellPredictor(cfg)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in [(96, 120), (150, 330)]]
+    outputs = predictor(images)
+    assert len(outputs) == 2
+    for image, detections in zip(images, outputs):
+        assert detections, "a random model at score 0 still detects something"
+        for det in detections:
+            x0, y0, x1, y1 = det.box
+            assert 0 <= x0 < x1 <= image.shape[1] and 0 <= y0 < y1 <= image.shape[0]
+            assert det.mask.any(axis=0)[[0, -1]].all() and det.mask.any(axis=1)[[0, -1]].all()
+
+
+def _run_predict(synthetic_root: Path, output: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [
+        *PREDICT,
+        "--config-file", str(INSTANT_CONFIG),
+        "--input", str(synthetic_root / "test_release"),
+        "--id-map", str(synthetic_root / "test_image_name_to_ids.json"),
+        "--output", str(output),
+        "--no-progress",
+        *extra,
+    ]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def test_predict_tool_writes_valid_zip(synthetic_root: Path, tmp_path: Path) -> None:
+    from cellseg_d2.data.validate import load_id_map
+    from cellseg_d2.inference import read_submission, validate_submission
+
+    output = tmp_path / "submission.zip"
+    proc = _run_predict(
+        synthetic_root, output, "--zip", "--score-thresh", "0.0", "MODEL.DEVICE", "cpu"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with zipfile.ZipFile(output) as archive:
+        assert archive.namelist() == ["test-results.json"]
+    results = read_submission(output)
+    assert results, "score threshold 0 keeps the random model's detections"
+    report = validate_submission(
+        results, load_id_map(synthetic_root / "test_image_name_to_ids.json")
+    )
+    assert report.violations == []
+    assert not [p for p in tmp_path.iterdir() if p.name != "submission.zip"]
+
+
+def test_predict_tool_tta(synthetic_root: Path, tmp_path: Path) -> None:
+    output = tmp_path / "tta.json"
+    proc = _run_predict(synthetic_root, output, "--tta", "TEST.AUG.MIN_SIZES", "(96, 128)")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert isinstance(json.loads(output.read_text()), list)
+
+
+@pytest.mark.parametrize("problem", ["unlisted", "missing", "size"])
+def test_predict_tool_rejects_id_map_mismatch(
+    synthetic_root: Path, tmp_path: Path, problem
+) -> None:
+    import shutil
+
+    images = tmp_path / "images"
+    shutil.copytree(synthetic_root / "test_release", images)
+    entries = json.loads((synthetic_root / "test_image_name_to_ids.json").read_text())
+    if problem == "unlisted":
+        shutil.copy(images / entries[0]["file_name"], images / "extra.tif")
+    elif problem == "missing":
+        (images / entries[0]["file_name"]).unlink()
+    else:
+        entries[0]["height"] += 1
+    id_map = tmp_path / "ids.json"
+    id_map.write_text(json.dumps(entries))
+    output = tmp_path / "out.json"
+    cmd = [*PREDICT, "--config-file", str(INSTANT_CONFIG), "--input", str(images)]
+    cmd += ["--id-map", str(id_map), "--output", str(output)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    named = "extra.tif" if problem == "unlisted" else entries[0]["file_name"]
+    assert named in proc.stderr
+    assert not output.exists()
