@@ -247,8 +247,8 @@ def load_id_map(path: str | os.PathLike) -> list[dict]:
     """Parse ``test_image_name_to_ids.json`` and check each entry's fields and types.
 
     Raises:
-        CellDataError: unreadable JSON, not a list, or an entry without integer ``id``,
-            ``height``, ``width`` and a string ``file_name``.
+        CellDataError: unreadable JSON, not a list, an entry without integer ``id``,
+            ``height``, ``width`` and a string ``file_name``, or a repeated id or file name.
     """
     path = Path(path)
     try:
@@ -268,6 +268,18 @@ def load_id_map(path: str | os.PathLike) -> list[dict]:
                 raise CellDataError(f"{path}: entry {index} has a non-integer {key}: {entry!r}")
         if not isinstance(entry["file_name"], str):
             raise CellDataError(f"{path}: entry {index} has a non-string file_name: {entry!r}")
+    seen_ids: dict[int, str] = {}
+    seen_names: set[str] = set()
+    for entry in entries:
+        name, image_id = entry["file_name"], entry["id"]
+        if image_id in seen_ids:
+            raise CellDataError(
+                f"{path}: id {image_id} is used twice ({seen_ids[image_id]} and {name})"
+            )
+        if name in seen_names:
+            raise CellDataError(f"{path}: file {name} is listed twice")
+        seen_ids[image_id] = name
+        seen_names.add(name)
     return entries
 
 
@@ -314,18 +326,7 @@ def check_test_images(
     """
     map_path = Path(map_path)
     entries = load_id_map(map_path)
-    seen_ids: dict[int, str] = {}
-    seen_names: set[str] = set()
-    for entry in entries:
-        name, image_id = entry["file_name"], entry["id"]
-        if image_id in seen_ids:
-            raise CellDataError(
-                f"{map_path}: id {image_id} is used twice ({seen_ids[image_id]} and {name})"
-            )
-        if name in seen_names:
-            raise CellDataError(f"{map_path}: file {name} is listed twice")
-        seen_ids[image_id] = name
-        seen_names.add(name)
+    seen_names = {entry["file_name"] for entry in entries}
     on_disk = {path.name: path for path in image_paths}
     folder = image_paths[0].parent if image_paths else "the image folder"
     missing = sorted(seen_names - on_disk.keys())

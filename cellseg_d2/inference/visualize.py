@@ -1,0 +1,276 @@
+"""Figures for the report: each image beside its predictions (and its ground truth when known).
+
+One row per image, panels left to right: the original, the ground truth (when given), the
+predictions. Masks are filled in their class colour (:data:`THING_COLORS`) with transparency and
+outlined; boxes carry the class name and, for predictions, the score (a label that would cover
+another, more confident one is left out, so dense images stay readable). Panels and rows are
+separated by :data:`GAP` white pixels, so a row of ``P`` panels of a ``W x H`` image is
+``P * W + (P - 1) * GAP`` wide and ``H`` tall, and a figure of ``N`` rows is as wide as its widest
+row and ``sum(H) + (N - 1) * GAP`` tall.
+
+Everything works on numpy arrays with OpenCV drawing, at the image's own resolution; masks are
+decoded once each and painted inside their box only, so a dense image with hundreds of cells
+draws in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_util
+
+from cellseg_d2.data.datasets import THING_CLASSES, THING_COLORS
+from cellseg_d2.data.io import CellDataError, atomic_write, read_image
+from cellseg_d2.data.rle import decode_rle
+from cellseg_d2.inference.scoring import ground_truth_folder, read_ground_truth_instances
+
+__all__ = [
+    "GAP",
+    "compose_figure",
+    "render_comparison",
+    "visualize_predictions",
+    "write_png",
+]
+
+logger = logging.getLogger(__name__)
+
+#: White pixels between panels and between rows.
+GAP = 4
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_LABEL_SCALE = 0.3
+_TITLE_SCALE = 0.45
+_WHITE = (255, 255, 255)
+
+
+def _put_label(
+    canvas: np.ndarray,
+    text: str,
+    x: int,
+    y: int,
+    color: tuple[int, int, int],
+    scale: float,
+    taken: np.ndarray | None = None,
+) -> None:
+    """Write ``text`` with its baseline-left corner near ``(x, y)`` on a filled colour box.
+
+    The box is moved inside the canvas so labels at the border stay readable. With ``taken``
+    (a bool map of pixels already under a label) a label that would cover another is left out,
+    and the pixels of a drawn one are marked.
+    """
+    (text_w, text_h), baseline = cv2.getTextSize(text, _FONT, scale, 1)
+    height, width = canvas.shape[:2]
+    x = int(min(max(x, 0), max(width - text_w - 2, 0)))
+    y = int(min(max(y, text_h + 2), height - baseline))
+    top, bottom, right = max(y - text_h - 2, 0), y + baseline, x + text_w + 2
+    if taken is not None:
+        if taken[top : bottom + 1, x : right + 1].any():
+            return
+        taken[top : bottom + 1, x : right + 1] = True
+    cv2.rectangle(canvas, (x, top), (right, bottom), color, cv2.FILLED)
+    cv2.putText(canvas, text, (x + 1, y - 1), _FONT, scale, _WHITE, 1, cv2.LINE_AA)
+
+
+def _draw_instances(
+    image_rgb: np.ndarray, instances: list[dict], alpha: float, with_scores: bool
+) -> np.ndarray:
+    """Paint masks (filled and outlined), boxes and labels of ``instances`` on a copy of the image.
+
+    Instances are drawn from the lowest score up, so the most confident ones end on top.
+    """
+    height, width = image_rgb.shape[:2]
+    fill = image_rgb.copy()
+    canvas = image_rgb.copy()
+    ordered = sorted(instances, key=lambda instance: instance.get("score", 1.0))
+    outlines = []
+    for instance in ordered:
+        segmentation = instance["segmentation"]
+        if list(segmentation["size"]) != [height, width]:
+            raise ValueError(
+                f"a mask of size {list(segmentation['size'])} does not fit the "
+                f"{height}x{width} image"
+            )
+        color = THING_COLORS[instance["category_id"] - 1]
+        rle = {"size": segmentation["size"], "counts": segmentation["counts"].encode()}
+        x, y, w, h = (int(v) for v in mask_util.toBbox(rle))
+        if w == 0 or h == 0:
+            continue
+        # Paint only inside the mask's box: decoding is one C call, numpy work stays local.
+        crop = decode_rle(segmentation)[y : y + h, x : x + w]
+        fill[y : y + h, x : x + w][crop] = color
+        contours, _ = cv2.findContours(
+            crop.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x, y)
+        )
+        outlines.append((contours, color))
+    cv2.addWeighted(fill, alpha, canvas, 1.0 - alpha, 0.0, dst=canvas)
+    for contours, color in outlines:
+        cv2.drawContours(canvas, contours, -1, color, 1, cv2.LINE_AA)
+    for instance in ordered:
+        x, y, w, h = instance["bbox"]
+        top_left = (int(round(x)), int(round(y)))
+        bottom_right = (int(round(x + w)) - 1, int(round(y + h)) - 1)
+        cv2.rectangle(canvas, top_left, bottom_right, THING_COLORS[instance["category_id"] - 1])
+    # Labels go to the most confident first; one that would cover another is left out, so a
+    # dense image keeps readable labels instead of a solid band of text.
+    taken = np.zeros((height, width), bool)
+    for instance in reversed(ordered):
+        x, y = (int(round(v)) for v in instance["bbox"][:2])
+        text = THING_CLASSES[instance["category_id"] - 1]
+        if with_scores:
+            text += f" {instance['score']:.2f}"
+        color = THING_COLORS[instance["category_id"] - 1]
+        _put_label(canvas, text, x, y - 1, color, _LABEL_SCALE, taken)
+    return canvas
+
+
+def _titled(panel: np.ndarray, title: str) -> np.ndarray:
+    """Write a panel's title in its top-left corner on a dark box."""
+    _put_label(panel, title, 2, 2, (40, 40, 40), _TITLE_SCALE)
+    return panel
+
+
+def render_comparison(
+    image: np.ndarray,
+    predictions: list[dict],
+    ground_truth: list[dict] | None = None,
+    score_thresh: float = 0.5,
+    alpha: float = 0.45,
+) -> np.ndarray:
+    """Draw one figure row: original | (ground truth |) predictions.
+
+    Why this signature: predictions in submission format come from a results file or straight
+    from a model, so any source can use the same drawing.
+
+    Args:
+        image: HxWx3 BGR uint8, as :func:`~cellseg_d2.data.io.read_image` returns it.
+        predictions: detections in submission format (``category_id`` 1..4, ``bbox``,
+            ``score``, ``segmentation`` RLE of size ``[H, W]``); those below ``score_thresh``
+            are left out.
+        ground_truth: instances in the same format (``score`` not needed), or None for a
+            two-panel row.
+        score_thresh: smallest score drawn.
+        alpha: opacity of the mask fill.
+
+    Returns:
+        An RGB uint8 array ``H`` tall and ``P * W + (P - 1) * GAP`` wide, ``P`` = 2 or 3 panels.
+
+    Raises:
+        ValueError: a mask whose size differs from the image's.
+    """
+    rgb = np.ascontiguousarray(image[:, :, ::-1])
+    shown = [p for p in predictions if p["score"] >= score_thresh]
+    panels = [_titled(rgb.copy(), "image")]
+    if ground_truth is not None:
+        gt_panel = _draw_instances(rgb, ground_truth, alpha, with_scores=False)
+        panels.append(_titled(gt_panel, f"ground truth ({len(ground_truth)})"))
+    prediction_panel = _draw_instances(rgb, shown, alpha, with_scores=True)
+    panels.append(_titled(prediction_panel, f"predictions ({len(shown)})"))
+    gap = np.full((rgb.shape[0], GAP, 3), 255, np.uint8)
+    row = [panels[0]]
+    for panel in panels[1:]:
+        row += [gap, panel]
+    return np.concatenate(row, axis=1)
+
+
+def compose_figure(rows: list[np.ndarray]) -> np.ndarray:
+    """Stack rows top to bottom with :data:`GAP` white pixels between them.
+
+    Why: images differ in size, so narrower rows are padded with white on the right instead of
+    being scaled (which would blur thin outlines and change the pixels compared).
+
+    Args:
+        rows: RGB uint8 arrays, e.g. from :func:`render_comparison`.
+
+    Returns:
+        One RGB uint8 array as wide as the widest row.
+    """
+    if not rows:
+        raise ValueError("compose_figure needs at least one row")
+    width = max(row.shape[1] for row in rows)
+    parts = []
+    for index, row in enumerate(rows):
+        if index:
+            parts.append(np.full((GAP, width, 3), 255, np.uint8))
+        padded = np.full((row.shape[0], width, 3), 255, np.uint8)
+        padded[:, : row.shape[1]] = row
+        parts.append(padded)
+    return np.concatenate(parts, axis=0)
+
+
+def write_png(figure: np.ndarray, path: str | os.PathLike) -> None:
+    """Write an RGB uint8 array as a PNG atomically (a half-written figure never appears).
+
+    Raises:
+        ValueError: OpenCV could not encode the array.
+    """
+    encoded, buffer = cv2.imencode(".png", np.ascontiguousarray(figure[:, :, ::-1]))
+    if not encoded:
+        raise ValueError(f"could not encode a {figure.shape} array as PNG")
+    with atomic_write(path) as handle:
+        handle.write(buffer.tobytes())
+    logger.info("Wrote %dx%d figure to %s", figure.shape[1], figure.shape[0], path)
+
+
+def visualize_predictions(
+    image_dir: str | os.PathLike,
+    id_map_entries: list[dict],
+    predictions_by_image: Mapping[int, list[dict]],
+    output: str | os.PathLike,
+    gt_dir: str | os.PathLike | None = None,
+    num_images: int = 4,
+    score_thresh: float = 0.5,
+) -> np.ndarray:
+    """Draw the first ``num_images`` images of an id map with their predictions into one PNG.
+
+    Why the id map drives it: it ties each ``image_id`` to a file and a size, whatever produced
+    the predictions (a results file, or a model run through a predictor).
+
+    Args:
+        image_dir: folder the map's ``file_name`` values are relative to (``test_release/``).
+        id_map_entries: ``[{file_name, id, height, width}]``; images are taken in id order.
+        predictions_by_image: ``{image_id: detections}`` in submission format; an image missing
+            here is drawn without detections.
+        output: the PNG to write.
+        gt_dir: folder of ground-truth mask folders (``test_gt/``, or a dataset root ``train/``
+            for validation images; see :func:`~cellseg_d2.inference.scoring.ground_truth_folder`)
+            for a three-panel figure, or None.
+        num_images: number of rows (fewer when the map is shorter).
+        score_thresh: smallest prediction score drawn.
+
+    Returns:
+        The figure written, RGB uint8.
+
+    Raises:
+        CellDataError: an unreadable image, an image whose size differs from the map, a mask
+            that does not fit its image, or unreadable ground truth; the message names the file.
+    """
+    if num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    entries = sorted(id_map_entries, key=lambda entry: entry["id"])[:num_images]
+    if not entries:
+        raise CellDataError("the id map lists no image to draw")
+    rows = []
+    for entry in entries:
+        path = Path(image_dir) / entry["file_name"]
+        image = read_image(path)
+        if image.shape[:2] != (entry["height"], entry["width"]):
+            raise CellDataError(
+                f"{path}: image is {image.shape[0]}x{image.shape[1]} but the id map says "
+                f"{entry['height']}x{entry['width']}"
+            )
+        ground_truth = None
+        if gt_dir is not None:
+            folder = ground_truth_folder(gt_dir, entry["file_name"])
+            ground_truth = read_ground_truth_instances(folder, entry["height"], entry["width"])
+        predictions = predictions_by_image.get(entry["id"], [])
+        try:
+            rows.append(render_comparison(image, predictions, ground_truth, score_thresh))
+        except ValueError as exc:
+            raise CellDataError(f"{path} (image_id {entry['id']}): {exc}") from exc
+    figure = compose_figure(rows)
+    write_png(figure, output)
+    return figure

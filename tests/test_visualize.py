@@ -1,0 +1,145 @@
+"""Tests for the prediction figures and their command-line tool (CPU, well under a second each)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import cv2
+import numpy as np
+import pytest
+
+from cellseg_d2.data.io import CellDataError, read_image
+from cellseg_d2.data.synthetic import generate_synthetic_dataset
+from cellseg_d2.data.validate import load_id_map
+from cellseg_d2.inference.scoring import ground_truth_as_results, load_ground_truth_coco
+from cellseg_d2.inference.submission import group_by_image, write_submission
+from cellseg_d2.inference.visualize import (
+    GAP,
+    compose_figure,
+    render_comparison,
+    visualize_predictions,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TOOL = REPO / "tools" / "visualize.py"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict], list[dict]]:
+    """Three synthetic test images of different sizes, the id map and the oracle submission."""
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_synthetic_dataset(root, 0, 3, seed=1, min_size=128, max_size=192)
+    entries = load_id_map(root / "test_image_name_to_ids.json")
+    results = ground_truth_as_results(load_ground_truth_coco(root / "test_gt", entries))
+    return root, entries, results
+
+
+def _expected_size(entries: list[dict], panels: int) -> tuple[int, int]:
+    """(height, width) of a figure: rows stacked with GAP between, panels side by side."""
+    height = sum(e["height"] for e in entries) + GAP * (len(entries) - 1)
+    width = max(panels * e["width"] + GAP * (panels - 1) for e in entries)
+    return height, width
+
+
+@pytest.mark.parametrize("with_gt", [True, False])
+def test_figure_png_has_expected_size(
+    dataset: tuple[Path, list[dict], list[dict]], tmp_path: Path, with_gt: bool
+) -> None:
+    root, entries, results = dataset
+    output = tmp_path / "figures" / "predictions.png"
+    figure = visualize_predictions(
+        root / "test_release",
+        entries,
+        group_by_image(results),
+        output,
+        gt_dir=root / "test_gt" if with_gt else None,
+        num_images=5,  # more than the map holds: all three are drawn
+    )
+    expected = _expected_size(entries, 3 if with_gt else 2)
+    assert figure.shape == (*expected, 3) and figure.dtype == np.uint8
+    written = cv2.imread(str(output), cv2.IMREAD_COLOR)
+    assert written.shape == (*expected, 3)
+    assert np.array_equal(written[:, :, ::-1], figure)
+    assert [p.name for p in output.parent.iterdir()] == ["predictions.png"]
+
+
+def test_render_draws_predictions_above_threshold(
+    dataset: tuple[Path, list[dict], list[dict]],
+) -> None:
+    root, entries, results = dataset
+    entry = entries[0]
+    image = read_image(root / "test_release" / entry["file_name"])
+    height, width = image.shape[:2]
+    predictions = group_by_image(results)[entry["id"]]
+    row = render_comparison(image, predictions, score_thresh=0.5)
+    assert row.shape == (height, 2 * width + GAP, 3) and row.dtype == np.uint8
+    original, drawn = row[:, :width], row[:, width + GAP :]
+    assert np.array_equal(original[40:], image[40:, :, ::-1])  # RGB; below the title
+    assert (drawn != original).any(axis=2).mean() > 0.05
+    assert (row[:, width : width + GAP] == 255).all()
+    # Below the threshold nothing is drawn except the panel title.
+    faint = [{**p, "score": 0.1} for p in predictions]
+    row = render_comparison(image, faint, score_thresh=0.5)
+    assert np.array_equal(row[40:, width + GAP :], row[40:, :width])
+
+
+def test_render_with_ground_truth_has_three_panels(
+    dataset: tuple[Path, list[dict], list[dict]],
+) -> None:
+    root, entries, results = dataset
+    entry = entries[1]
+    image = read_image(root / "test_release" / entry["file_name"])
+    ground_truth = [{k: v for k, v in r.items() if k != "score"} for r in results]
+    ground_truth = [g for g in ground_truth if g["image_id"] == entry["id"]]
+    row = render_comparison(image, [], ground_truth)
+    width = image.shape[1]
+    assert row.shape == (image.shape[0], 3 * width + 2 * GAP, 3)
+    gt_panel, prediction_panel = row[:, width + GAP : 2 * width + GAP], row[:, -width:]
+    assert (gt_panel[40:] != prediction_panel[40:]).any()
+
+
+def test_mask_of_wrong_size_is_rejected(dataset: tuple[Path, list[dict], list[dict]]) -> None:
+    root, entries, results = dataset
+    first, second = entries[:2]
+    assert (first["height"], first["width"]) != (second["height"], second["width"])
+    # A mask of the first image submitted for the second one.
+    swapped = {second["id"]: [{**results[0], "image_id": second["id"]}]}
+    with pytest.raises(CellDataError, match=second["file_name"]):
+        visualize_predictions(root / "test_release", entries, swapped, root / "x.png", num_images=2)
+
+
+def test_compose_pads_narrow_rows_with_white() -> None:
+    rows = [np.zeros((10, 30, 3), np.uint8), np.zeros((5, 20, 3), np.uint8)]
+    figure = compose_figure(rows)
+    assert figure.shape == (10 + GAP + 5, 30, 3)
+    assert (figure[10 : 10 + GAP] == 255).all()
+    assert (figure[10 + GAP :, 20:] == 255).all() and (figure[10 + GAP :, :20] == 0).all()
+
+
+def _load_tool(path: Path) -> ModuleType:
+    """Import a script of ``tools/`` as a module, to call its ``main`` in-process (fast)."""
+    spec = importlib.util.spec_from_file_location(path.stem + "_tool", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli(dataset: tuple[Path, list[dict], list[dict]], tmp_path: Path) -> None:
+    root, entries, results = dataset
+    tool = _load_tool(TOOL)
+    pred = tmp_path / "submission.zip"
+    write_submission(results, pred, zip_output=True)
+    output = tmp_path / "figure.png"
+    common = ["--input", str(root / "test_release"), "--id-map"]
+    common += [str(root / "test_image_name_to_ids.json"), "--output", str(output)]
+    code = tool.main([*common, "--pred", str(pred), "--gt", str(root / "test_gt"),
+                      "--num-images", "2", "--score-thresh", "0.3"])  # fmt: skip
+    assert code == 0
+    assert cv2.imread(str(output)).shape[:2] == _expected_size(entries[:2], 3)
+    bad = tmp_path / "bad.json"
+    write_submission([{**r, "category_id": 0} for r in results], bad, zip_output=False)
+    output.unlink()
+    assert tool.main([*common, "--pred", str(bad)]) == 2
+    assert not output.exists()

@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""Check a submission (JSON or CodaBench zip) against the test id map before uploading it.
+
+Example::
+
+    python tools/validate_submission.py --id-map datasets/cells/test_image_name_to_ids.json \\
+        --pred output/submission.zip
+
+Prints detections per image and per class and every violation (unknown image id, category
+outside 1..4, mask size different from the image, box outside the image or away from its mask,
+score not in [0, 1]); see :func:`cellseg_d2.inference.submission.validate_submission`. Exit
+status 0 means the submission is valid, 2 that it has violations or a file is unreadable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from cellseg_d2.data.io import CellDataError
+from cellseg_d2.data.validate import load_id_map
+from cellseg_d2.inference.submission import format_report, read_submission, validate_submission
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; argparse exits with status 2 on bad flags."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--id-map", required=True, help="test_image_name_to_ids.json")
+    parser.add_argument("--pred", required=True, help="submission: results JSON or zip")
+    parser.add_argument(
+        "--max-violations", type=int, default=20, help="list at most this many (default 20)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Validate and print the report; 0 when valid, 2 on violations or unreadable input."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        entries = load_id_map(args.id_map)
+        results = read_submission(args.pred)
+    except CellDataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report = validate_submission(results, entries)
+    print(format_report(report, args.max_violations))
+    if not report.ok:
+        print(f"error: {args.pred}: {len(report.violations)} violation(s)", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

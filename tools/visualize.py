@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""Draw images beside their predictions (and ground truth) into one PNG for the report.
+
+Example::
+
+    python tools/visualize.py --input datasets/synthetic/test_release \\
+        --id-map datasets/synthetic/test_image_name_to_ids.json --pred output/submission.zip \\
+        --gt datasets/synthetic/test_gt --output output/predictions.png --num-images 4
+
+One row per image (the first ``--num-images`` of the id map by id): original | ground truth
+(with ``--gt``) | predictions at or above ``--score-thresh``, masks in class colours with boxes,
+class names and scores. For validation images pass the dataset's ``train/`` folder as ``--input``
+and ``--gt`` with an id map whose names are ``<folder>/image.tif``. The submission is validated
+first; exit status 2 means violations or unreadable input, with the file named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from cellseg_d2.data.io import CellDataError
+from cellseg_d2.data.validate import load_id_map
+from cellseg_d2.inference.submission import (
+    format_report,
+    group_by_image,
+    read_submission,
+    validate_submission,
+)
+from cellseg_d2.inference.visualize import visualize_predictions
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and check the command line; argparse exits with status 2 on bad values."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input", required=True, help="folder of the images (test_release/)")
+    parser.add_argument("--id-map", required=True, help="test_image_name_to_ids.json")
+    parser.add_argument("--pred", required=True, help="submission: results JSON or zip")
+    parser.add_argument("--output", required=True, help="PNG file to write")
+    parser.add_argument("--gt", help="ground-truth mask folders (test_gt/ or train/)")
+    parser.add_argument("--num-images", type=int, default=4, help="rows (default 4)")
+    parser.add_argument(
+        "--score-thresh", type=float, default=0.5, help="smallest score drawn (default 0.5)"
+    )
+    args = parser.parse_args(argv)
+    if args.num_images < 1:
+        parser.error("--num-images must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Validate the submission and write the figure; 0 on success, 2 on bad input."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        entries = load_id_map(args.id_map)
+        results = read_submission(args.pred)
+        report = validate_submission(results, entries)
+        if not report.ok:
+            print(format_report(report), file=sys.stderr)
+            raise CellDataError(f"{args.pred}: {len(report.violations)} violation(s)")
+        visualize_predictions(
+            args.input,
+            entries,
+            group_by_image(results),
+            args.output,
+            gt_dir=args.gt,
+            num_images=args.num_images,
+            score_thresh=args.score_thresh,
+        )
+    except CellDataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
