@@ -143,3 +143,24 @@ def test_cli(dataset: tuple[Path, list[dict], list[dict]], tmp_path: Path) -> No
     output.unlink()
     assert tool.main([*common, "--pred", str(bad)]) == 2
     assert not output.exists()
+
+
+def test_cli_predicts_with_a_config(
+    dataset: tuple[Path, list[dict], list[dict]], tmp_path: Path
+) -> None:
+    root, entries, _ = dataset
+    tool = _load_tool(TOOL)
+    output = tmp_path / "model.png"
+    config = REPO / "configs" / "quick_schedules" / "instant_test.yaml"
+    code = tool.main(
+        [
+            "--input",
+            str(root / "test_release"),
+            "--id-map",
+            str(root / "test_image_name_to_ids.json"),
+        ]
+        + ["--output", str(output), "--num-images", "1", "--score-thresh", "0.0"]
+        + ["--config-file", str(config), "MODEL.DEVICE", "cpu"]
+    )
+    assert code == 0
+    assert cv2.imread(str(output)).shape[:2] == _expected_size(entries[:1], 2)

@@ -17,15 +17,14 @@ import sys
 import time
 from pathlib import Path
 
-from detectron2.config import CfgNode
 from detectron2.utils.logger import setup_logger
 
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
-from cellseg_d2.config import get_cellseg_cfg
 from cellseg_d2.data import CellDataError
 from cellseg_d2.data.validate import check_test_images
-from cellseg_d2.engine import WeightsUnavailableError, adapt_config_to_machine
+from cellseg_d2.engine import WeightsUnavailableError
 from cellseg_d2.inference import CellPredictor, predict_folder, write_submission
+from cellseg_d2.inference.predict import build_predict_config
 
 EXIT_BAD_INPUT = 2
 logger = logging.getLogger("cellseg_d2.predict")
@@ -47,26 +46,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def setup(args: argparse.Namespace) -> CfgNode:
-    """Config from the file, the overrides and the threshold flags, adapted to this machine."""
-    cfg = get_cellseg_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if args.score_thresh is not None:
-        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.score_thresh
-    if args.mask_thresh is not None:
-        cfg.MODEL.CELLSEG.MASK_THRESHOLD = args.mask_thresh
-    cfg = adapt_config_to_machine(cfg)
-    cfg.freeze()
-    return cfg
-
-
 def main(args: argparse.Namespace) -> int:
     """Check inputs, predict, write the submission atomically."""
     setup_logger(name="cellseg_d2")
     setup_logger(name="detectron2")
     try:
-        cfg = setup(args)
+        cfg = build_predict_config(args.config_file, args.opts, args.score_thresh, args.mask_thresh)
         input_dir = Path(args.input)
         if not input_dir.is_dir():
             raise CellDataError(f"{input_dir}: input folder not found")

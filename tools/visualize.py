@@ -7,6 +7,8 @@ Example::
         --id-map datasets/synthetic/test_image_name_to_ids.json --pred output/submission.zip \\
         --gt datasets/synthetic/test_gt --output output/predictions.png --num-images 4
 
+Predictions come from a submission (``--pred``) or from a model run on the drawn images
+(``--config-file`` with ``MODEL.WEIGHTS`` among the trailing ``KEY VALUE`` overrides).
 One row per image (the first ``--num-images`` of the id map by id): original | ground truth
 (with ``--gt``) | predictions at or above ``--score-thresh``, masks in class colours with boxes,
 class names and scores. For validation images pass the dataset's ``train/`` folder as ``--input``
@@ -20,8 +22,12 @@ import argparse
 import logging
 import sys
 
+import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
 from cellseg_d2.data.io import CellDataError
 from cellseg_d2.data.validate import load_id_map
+from cellseg_d2.engine import WeightsUnavailableError
+from cellseg_d2.inference.predict import build_predict_config, predict_folder
+from cellseg_d2.inference.predictor import CellPredictor
 from cellseg_d2.inference.submission import (
     format_report,
     group_by_image,
@@ -36,17 +42,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", required=True, help="folder of the images (test_release/)")
     parser.add_argument("--id-map", required=True, help="test_image_name_to_ids.json")
-    parser.add_argument("--pred", required=True, help="submission: results JSON or zip")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--pred", help="submission: results JSON or zip")
+    source.add_argument("--config-file", help="predict with this config (and MODEL.WEIGHTS)")
     parser.add_argument("--output", required=True, help="PNG file to write")
     parser.add_argument("--gt", help="ground-truth mask folders (test_gt/ or train/)")
     parser.add_argument("--num-images", type=int, default=4, help="rows (default 4)")
     parser.add_argument(
         "--score-thresh", type=float, default=0.5, help="smallest score drawn (default 0.5)"
     )
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
+    if args.opts and not args.config_file:
+        parser.error("KEY VALUE overrides need --config-file")
     if args.num_images < 1:
         parser.error("--num-images must be >= 1")
     return args
+
+
+def predict_entries(args: argparse.Namespace, entries: list[dict]) -> list[dict]:
+    """Run the configured model on the images that will be drawn, as submission entries."""
+    cfg = build_predict_config(args.config_file, args.opts, score_thresh=args.score_thresh)
+    drawn = sorted(entries, key=lambda entry: entry["id"])[: args.num_images]
+    return predict_folder(CellPredictor(cfg), args.input, drawn, progress=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,11 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         entries = load_id_map(args.id_map)
-        results = read_submission(args.pred)
+        if args.config_file:
+            results = predict_entries(args, entries)
+        else:
+            results = read_submission(args.pred)
         report = validate_submission(results, entries)
         if not report.ok:
             print(format_report(report), file=sys.stderr)
-            raise CellDataError(f"{args.pred}: {len(report.violations)} violation(s)")
+            source = args.pred or "the model's predictions"
+            raise CellDataError(f"{source}: {len(report.violations)} violation(s)")
         visualize_predictions(
             args.input,
             entries,
@@ -69,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             num_images=args.num_images,
             score_thresh=args.score_thresh,
         )
-    except CellDataError as exc:
+    except (CellDataError, WeightsUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

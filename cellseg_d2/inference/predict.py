@@ -9,14 +9,38 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from detectron2.config import CfgNode
 from tqdm import tqdm
 
+from ..config import get_cellseg_cfg
 from ..data.io import read_image
+from ..engine.trainer import adapt_config_to_machine
 from .predictor import CellPredictor, detections_to_results
 
-__all__ = ["iter_batches", "predict_folder"]
+__all__ = ["build_predict_config", "iter_batches", "predict_folder"]
 
 logger = logging.getLogger(__name__)
+
+
+def build_predict_config(
+    config_file: str,
+    opts: Sequence[str] = (),
+    score_thresh: float | None = None,
+    mask_thresh: float | None = None,
+) -> CfgNode:
+    """The frozen config for prediction: file, ``KEY VALUE`` overrides, then the threshold
+    flags (``MODEL.ROI_HEADS.SCORE_THRESH_TEST``, ``MODEL.CELLSEG.MASK_THRESHOLD``), adapted to
+    this machine (CPU without CUDA)."""
+    cfg = get_cellseg_cfg()
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    if score_thresh is not None:
+        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = score_thresh
+    if mask_thresh is not None:
+        cfg.MODEL.CELLSEG.MASK_THRESHOLD = mask_thresh
+    cfg = adapt_config_to_machine(cfg)
+    cfg.freeze()
+    return cfg
 
 
 def iter_batches(
