@@ -17,9 +17,11 @@ from detectron2.utils.events import get_event_storage
 from cellseg_d2.engine import (
     CellTrainer,
     TrainingDivergedError,
+    WeightsUnavailableError,
     apply_epoch_schedule,
     build_cell_optimizer,
     evaluate_weights,
+    fetch_weights,
 )
 from cellseg_d2.engine.checkpoint import AtomicDetectionCheckpointer
 from cellseg_d2.modeling import CellRCNN
@@ -212,3 +214,25 @@ def test_two_process_gloo_training(synthetic_root: Path, tmp_path: Path) -> None
     assert (tmp_path / "model_final.pth").is_file()
     log = (tmp_path / "log.txt").read_text()
     assert "world size: 2" in log.lower() or "rank 1" in (proc.stdout + proc.stderr).lower()
+
+
+@pytest.mark.parametrize("weights", ["http://127.0.0.1:9/R-50.pkl", "/nonexistent/R-50.pkl"])
+def test_unreachable_weights_explain_what_to_do(weights: str) -> None:
+    with pytest.raises(WeightsUnavailableError) as info:
+        fetch_weights(weights)
+    message = str(info.value)
+    assert weights in message and 'MODEL.WEIGHTS ""' in message
+
+
+def test_train_tool_exits_2_on_unreachable_weights(synthetic_root: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "CELLSEG_DATASETS": str(synthetic_root)}
+    cmd = [
+        sys.executable,
+        str(REPO_ROOT / "tools" / "train_net.py"),
+        "--config-file", str(INSTANT_CONFIG),
+        "MODEL.WEIGHTS", "http://127.0.0.1:9/R-50.pkl",
+        "OUTPUT_DIR", str(tmp_path),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "127.0.0.1:9/R-50.pkl" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,259 @@
+"""Reproducible speed, memory and FLOP figures on the machine it runs on (``tools/benchmark.py``).
+
+Every figure is measured here, now, on the given config and data; nothing is estimated. The
+trainer comparison runs the project's ``CellTrainer`` and detectron2's stock ``DefaultTrainer``
+with its stock ``DatasetMapper`` on the same config and data, alternately (A B A B ...) after a
+warm-up, so drift in machine load hits both equally. Peak memory is the main process's resident
+high-water mark (``VmHWM``), reset before each phase; data-loader workers are not included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
+from detectron2.engine import DefaultTrainer
+from detectron2.utils.analysis import FlopCountAnalysis
+from detectron2.utils.events import EventStorage
+
+from .data.convert import load_cell_train_dicts
+from .data.datasets import register_cell_datasets
+from .data.io import read_image
+from .data.mapper import CellDatasetMapper
+from .data.validate import load_id_map
+from .engine.trainer import CellTrainer, adapt_config_to_machine
+from .inference.predict import predict_folder
+from .inference.predictor import CellPredictor
+from .inference.submission import write_submission
+
+__all__ = ["run_benchmark", "format_benchmark", "matmul_peak_gflops"]
+
+logger = logging.getLogger(__name__)
+
+_PREFIX = "cellseg_benchmark"
+
+
+def _reset_peak_rss() -> None:
+    """Reset the kernel's resident-set high-water mark of this process (Linux)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        logger.warning("cannot reset the peak RSS (not Linux?): memory figures are cumulative")
+
+
+def _peak_rss_mib() -> float:
+    """This process's resident-set high-water mark in MiB (``VmHWM``)."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """The machine's measured fp32 matrix-multiply throughput in GFLOP/s (best of ``repeats``),
+    the denominator of the utilisation figure."""
+    a = torch.randn(size, size)
+    b = torch.randn(size, size)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best / 1e9
+
+
+def _time_conversion(data_root: Path) -> dict[str, float]:
+    """Seconds to convert the training set cold (copy without cache) and to load it cached."""
+    with tempfile.TemporaryDirectory(prefix="cellseg_bench_") as tmp:
+        copy = Path(tmp) / "data"
+        shutil.copytree(data_root / "train", copy / "train")
+        start = time.perf_counter()
+        dicts = load_cell_train_dicts(copy)
+        cold = time.perf_counter() - start
+        start = time.perf_counter()
+        load_cell_train_dicts(copy)
+        cached = time.perf_counter() - start
+    return {"images": len(dicts), "cold_s": cold, "cached_s": cached}
+
+
+def _loader_images_per_second(cfg: CfgNode, batches: int) -> float:
+    """Images per second the training loader delivers, after two warm-up batches."""
+    loader = iter(build_detection_train_loader(cfg, mapper=CellDatasetMapper(cfg, is_train=True)))
+    for _ in range(2):
+        next(loader)
+    start = time.perf_counter()
+    images = sum(len(next(loader)) for _ in range(batches))
+    return images / (time.perf_counter() - start)
+
+
+class _StockTrainer(DefaultTrainer):
+    """detectron2's DefaultTrainer, unchanged: stock DatasetMapper, SGD, default hooks."""
+
+
+def _step_timer(trainer: DefaultTrainer, storage: EventStorage) -> Callable[[], float]:
+    """A function running one training step of ``trainer`` and returning its seconds."""
+    inner = trainer._trainer
+    inner.storage = storage
+
+    def step() -> float:
+        start = time.perf_counter()
+        inner.run_step()
+        storage.step()
+        return time.perf_counter() - start
+
+    return step
+
+
+def _time_training(cfg: CfgNode, iters: int) -> dict[str, float]:
+    """Median seconds per iteration of CellTrainer and the stock trainer, run alternately, and
+    the peak RSS of training."""
+    _reset_peak_rss()
+    ours = CellTrainer(cfg)
+    stock = _StockTrainer(cfg)
+    times: dict[str, list[float]] = {"cellseg": [], "detectron2": []}
+    with EventStorage(0) as storage:
+        steps = {"cellseg": _step_timer(ours, storage), "detectron2": _step_timer(stock, storage)}
+        for step in steps.values():  # warm-up: allocator, loader workers, first batch
+            step()
+        for _ in range(iters):
+            for name, step in steps.items():
+                times[name].append(step())
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    return {
+        "cellseg_s_per_iter": medians["cellseg"],
+        "detectron2_s_per_iter": medians["detectron2"],
+        "ratio": medians["cellseg"] / medians["detectron2"],
+        "peak_rss_mib": _peak_rss_mib(),
+    }
+
+
+def _inference_figures(cfg: CfgNode, data_root: Path, max_images: int) -> dict[str, float]:
+    """Model-only and end-to-end prediction seconds per image, FLOPs and peak RSS."""
+    entries = sorted(load_id_map(data_root / "test_image_name_to_ids.json"), key=lambda e: e["id"])
+    entries = entries[:max_images]
+    image_dir = data_root / "test_release"
+    _reset_peak_rss()
+    predictor = CellPredictor(cfg)
+    inputs = [predictor._model_input(read_image(image_dir / e["file_name"])) for e in entries]
+    model = predictor.model
+    with torch.no_grad():
+        model.inference(inputs[:1], do_postprocess=False)  # warm-up
+        start = time.perf_counter()
+        for item in inputs:
+            model.inference([item], do_postprocess=False)
+        model_s = (time.perf_counter() - start) / len(inputs)
+        flops = FlopCountAnalysis(model, [inputs[0]])
+        flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        flops_first = float(flops.total())
+        start = time.perf_counter()
+        model.inference([inputs[0]], do_postprocess=False)
+        first_s = time.perf_counter() - start
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        results = predict_folder(predictor, image_dir, entries, progress=False)
+        write_submission(results, os.path.join(tmp, "results.json"))
+    end_to_end_s = (time.perf_counter() - start) / len(entries)
+    return {
+        "images": len(entries),
+        "model_s_per_image": model_s,
+        "predict_s_per_image": end_to_end_s,
+        "ratio": end_to_end_s / model_s,
+        "gflops_per_image": flops_first / 1e9,
+        "achieved_gflops_per_s": flops_first / 1e9 / first_s,
+        "peak_rss_mib": _peak_rss_mib(),
+    }
+
+
+@contextlib.contextmanager
+def _registered(data_root: Path) -> Iterator[str]:
+    """Register the benchmark's dataset under a private prefix for the duration."""
+    names = register_cell_datasets(data_root, prefix=_PREFIX, val_fraction=0.1, seed=0)
+    try:
+        yield _PREFIX
+    finally:
+        for name in names:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+
+
+def run_benchmark(
+    cfg: CfgNode, data_root: str | os.PathLike, iters: int = 10, loader_batches: int = 10
+) -> dict[str, Any]:
+    """Measure every figure of the benchmark for ``cfg`` on the dataset at ``data_root``.
+
+    Args:
+        cfg: a cellseg-d2 config (weights are not needed: speed does not depend on them).
+        data_root: a dataset in the cell layout with ``train/`` and ``test_release/``.
+        iters: timed training iterations per trainer (after one warm-up each).
+        loader_batches: timed batches per data-loader setting.
+
+    Returns:
+        A JSON-ready dict: machine, conversion, loader, training, inference, utilisation.
+    """
+    data_root = Path(data_root)
+    cfg = adapt_config_to_machine(cfg)
+    cfg.defrost()
+    cfg.MODEL.WEIGHTS = ""
+    report: dict[str, Any] = {
+        "machine": {
+            "device": cfg.MODEL.DEVICE,
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
+        "conversion": _time_conversion(data_root),
+    }
+    output_dir = tempfile.mkdtemp(prefix="cellseg_bench_out_")
+    with _registered(data_root) as prefix:
+        cfg.DATASETS.TRAIN = (f"{prefix}_trainval",)
+        cfg.DATASETS.TEST = ()
+        cfg.SOLVER.MAX_ITER = 10**6  # the schedule is irrelevant to step time
+        cfg.SOLVER.EPOCHS = 0
+        cfg.OUTPUT_DIR = output_dir
+        loader = {}
+        for elastic in (False, True):
+            for workers in (0, 2):
+                variant = cfg.clone()
+                variant.INPUT.ELASTIC.ENABLED = elastic
+                variant.DATALOADER.NUM_WORKERS = workers
+                key = f"elastic_{'on' if elastic else 'off'}_workers_{workers}_images_per_s"
+                loader[key] = _loader_images_per_second(variant, loader_batches)
+        report["loader"] = loader
+        report["training"] = _time_training(cfg, iters)
+        consumed = cfg.SOLVER.IMS_PER_BATCH / report["training"]["cellseg_s_per_iter"]
+        loader["model_consumes_images_per_s"] = consumed
+        report["inference"] = _inference_figures(cfg, data_root, max_images=max(2, iters))
+    shutil.rmtree(output_dir, ignore_errors=True)
+    peak = matmul_peak_gflops()
+    report["utilisation"] = {
+        "fp32_matmul_peak_gflops_per_s": peak,
+        "inference_gflops_per_s": report["inference"]["achieved_gflops_per_s"],
+        "fraction_of_peak": report["inference"]["achieved_gflops_per_s"] / peak,
+    }
+    return report
+
+
+def format_benchmark(report: dict[str, Any]) -> str:
+    """The report as an aligned two-column table, one section per phase."""
+    lines = []
+    for section, values in report.items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            shown = f"{value:.4g}" if isinstance(value, float) and np.isfinite(value) else value
+            lines.append(f"  {key:<42} {shown}")
+    return "\n".join(lines)
