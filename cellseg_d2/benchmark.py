@@ -124,7 +124,11 @@ def _time_training(cfg: CfgNode, iters: int) -> dict[str, float]:
     the peak RSS of training."""
     _reset_peak_rss()
     ours = CellTrainer(cfg)
-    stock = _StockTrainer(cfg)
+    stock_cfg = cfg.clone()
+    if stock_cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE == "full_model":
+        # detectron2 knows only per-parameter clipping; "norm" is its nearest equivalent.
+        stock_cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "norm"
+    stock = _StockTrainer(stock_cfg)
     times: dict[str, list[float]] = {"cellseg": [], "detectron2": []}
     with EventStorage(0) as storage:
         steps = {"cellseg": _step_timer(ours, storage), "detectron2": _step_timer(stock, storage)}
@@ -166,7 +170,7 @@ def _inference_figures(cfg: CfgNode, data_root: Path, max_images: int) -> dict[s
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         results = predict_folder(predictor, image_dir, entries, progress=False)
-        write_submission(results, os.path.join(tmp, "results.json"))
+        write_submission(results, os.path.join(tmp, "results.json"), zip_output=False)
     end_to_end_s = (time.perf_counter() - start) / len(entries)
     return {
         "images": len(entries),
