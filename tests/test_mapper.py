@@ -109,3 +109,61 @@ def test_rot90_transform_is_consistent() -> None:
         assert rotated[int(ny), int(nx)] == image[y, x]
         assert np.array_equal(tfm.inverse().apply_image(rotated), image)
         assert isinstance(tfm.inverse(), T.Transform)
+
+
+def _full(crop, height: int, width: int) -> np.ndarray:
+    full = np.zeros((height, width), bool)
+    if crop is not None:
+        h, w = crop.mask.shape
+        full[crop.top : crop.top + h, crop.left : crop.left + w] = crop.mask
+    return full
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_crop_transforms_equal_full_mask_transforms(seed: int) -> None:
+    from cellseg_d2.data.mapper import InstanceCrop, _nearest_index, _transform_crops
+
+    rng = np.random.default_rng(seed)
+    height, width = 60, 80
+    crops = []
+    for _ in range(12):
+        h, w = rng.integers(1, 15, size=2)
+        top, left = rng.integers(0, height - h), rng.integers(0, width - w)
+        mask = rng.random((h, w)) > 0.3
+        mask[0, :] = mask[-1, :] = mask[:, 0] = mask[:, -1] = True
+        crops.append(InstanceCrop(int(top), int(left), mask))
+    new_h, new_w = int(rng.integers(30, 120)), int(rng.integers(30, 120))
+    transforms = T.TransformList(
+        [
+            T.CropTransform(5, 7, 60, 45),
+            T.ResizeTransform(45, 60, new_h, new_w),
+            T.HFlipTransform(new_w),
+            T.VFlipTransform(new_h),
+            Rot90Transform(new_h, new_w, int(rng.integers(0, 4))),
+        ]
+    )
+    moved = _transform_crops(transforms, crops, height, width)
+    rows, cols = _nearest_index(new_h, 45), _nearest_index(new_w, 60)
+    for crop, result in zip(crops, moved):
+        full = _full(crop, height, width).astype(np.uint8)
+        for tfm in transforms.transforms:
+            if isinstance(tfm, T.ResizeTransform):
+                full = full[rows][:, cols]
+            else:
+                full = tfm.apply_segmentation(full)
+        assert np.array_equal(_full(result, *full.shape), full.astype(bool))
+        if result is not None:  # tight: every border row and column holds a pixel
+            assert (
+                result.mask[[0, -1]].any(axis=1).all() and result.mask[:, [0, -1]].any(axis=0).all()
+            )
+
+
+def test_elastic_label_layers_round_trip_overlapping_cells() -> None:
+    from cellseg_d2.data.mapper import InstanceCrop, _crops_from_layers, _paint_layers
+
+    a = InstanceCrop(2, 2, np.ones((5, 5), bool))
+    b = InstanceCrop(4, 4, np.ones((5, 5), bool))  # overlaps a: needs a second layer
+    layers = _paint_layers([a, b], 12, 12)
+    assert len(layers) == 2
+    back = _crops_from_layers(layers, 2)
+    assert all(np.array_equal(_full(x, 12, 12), _full(y, 12, 12)) for x, y in zip([a, b], back))

@@ -16,12 +16,10 @@ masks are remapped with nearest-neighbour sampling.
 
 from __future__ import annotations
 
-import copy
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import albumentations as A
-import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 import torch
@@ -30,15 +28,13 @@ from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, Instances
+from scipy import ndimage
 
 from .io import read_image
 
-__all__ = ["CellDatasetMapper", "RandomRotation90", "Rot90Transform"]
+__all__ = ["CellDatasetMapper", "InstanceCrop", "RandomRotation90", "Rot90Transform"]
 
 logger = logging.getLogger(__name__)
-
-# cv2 functions take at most this many channels at once (OpenCV 5 lowered the limit to 128).
-_CV2_MAX_CHANNELS = 128
 
 
 class Rot90Transform(T.Transform):
@@ -94,26 +90,153 @@ class RandomRotation90(T.Augmentation):
         return Rot90Transform(h, w, int(np.random.randint(1, 4)))
 
 
-def _transform_mask_stack(transforms: T.TransformList, masks: np.ndarray) -> np.ndarray:
-    """Apply geometric ``transforms`` to an HxWxN uint8 mask stack.
+class InstanceCrop(NamedTuple):
+    """One instance mask stored as its tight crop: ``mask`` placed at ``(top, left)``."""
 
-    Flips, crops and rotations handle any channel count; resizes go through cv2 in chunks of
-    at most 128 channels with nearest-neighbour sampling, which keeps masks binary.
+    top: int
+    left: int
+    mask: np.ndarray  # bool, h x w, no empty border rows or columns
+
+
+def _tight_crop(top: int, left: int, mask: np.ndarray) -> InstanceCrop | None:
+    """Trim empty border rows and columns; None when nothing is left (the instance vanished)."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    mask = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    return InstanceCrop(top + int(rows[0]), left + int(cols[0]), mask.copy())
+
+
+def _decode_crops(annotations: list[dict], height: int, width: int) -> list[InstanceCrop | None]:
+    """Decode every RLE (one pycocotools call) and keep each instance's tight crop.
+
+    The annotation's ``bbox`` (XYWH) narrows the search for the tight box; without one the
+    whole image is searched.
+    """
+    stack = mask_util.decode([a["segmentation"] for a in annotations])  # H x W x N, Fortran
+    crops = []
+    for index, annotation in enumerate(annotations):
+        x, y, w, h = annotation.get("bbox", (0, 0, width, height))
+        top, left = max(0, int(y) - 1), max(0, int(x) - 1)
+        bottom, right = min(height, int(np.ceil(y + h)) + 1), min(width, int(np.ceil(x + w)) + 1)
+        crops.append(_tight_crop(top, left, stack[top:bottom, left:right, index] != 0))
+    return crops
+
+
+def _nearest_index(new_size: int, size: int) -> np.ndarray:
+    """Source index of each output pixel of a nearest-neighbour resize (pixel centres aligned,
+    as the image's own resize is)."""
+    return np.minimum(((np.arange(new_size) + 0.5) * (size / new_size)).astype(np.int64), size - 1)
+
+
+def _transform_crops(
+    transforms: T.TransformList, crops: list[InstanceCrop | None], height: int, width: int
+) -> list[InstanceCrop | None]:
+    """Apply detectron2 geometric transforms to instance crops, exactly as to full masks.
+
+    Crops, resizes, flips and quarter turns move and resample each crop on its own, so the
+    cost is the cells' area, not (number of cells x image area). Any other transform falls back
+    to the full-size mask and ``apply_segmentation``.
     """
     for tfm in transforms.transforms:
+        if isinstance(tfm, T.NoOpTransform):
+            continue
+        out: list[InstanceCrop | None] = []
         if isinstance(tfm, T.ResizeTransform):
-            chunks = [
-                cv2.resize(
-                    np.ascontiguousarray(masks[:, :, i : i + _CV2_MAX_CHANNELS]),
-                    (tfm.new_w, tfm.new_h),
-                    interpolation=cv2.INTER_NEAREST,
-                ).reshape(tfm.new_h, tfm.new_w, -1)
-                for i in range(0, masks.shape[2], _CV2_MAX_CHANNELS)
-            ]
-            masks = np.concatenate(chunks, axis=2)
+            rows, cols = _nearest_index(tfm.new_h, tfm.h), _nearest_index(tfm.new_w, tfm.w)
+            for crop in crops:
+                if crop is None:
+                    out.append(None)
+                    continue
+                h, w = crop.mask.shape
+                r0, r1 = np.searchsorted(rows, [crop.top, crop.top + h])
+                c0, c1 = np.searchsorted(cols, [crop.left, crop.left + w])
+                sampled = crop.mask[rows[r0:r1] - crop.top][:, cols[c0:c1] - crop.left]
+                out.append(_tight_crop(int(r0), int(c0), sampled))
+            height, width = tfm.new_h, tfm.new_w
+        elif isinstance(tfm, T.CropTransform):
+            for crop in crops:
+                if crop is None:
+                    out.append(None)
+                    continue
+                top, left = crop.top - tfm.y0, crop.left - tfm.x0
+                r0, c0 = max(0, -top), max(0, -left)
+                r1 = min(crop.mask.shape[0], tfm.h - top)
+                c1 = min(crop.mask.shape[1], tfm.w - left)
+                if r1 <= r0 or c1 <= c0:
+                    out.append(None)
+                    continue
+                out.append(_tight_crop(top + r0, left + c0, crop.mask[r0:r1, c0:c1]))
+            height, width = tfm.h, tfm.w
+        elif isinstance(tfm, (T.HFlipTransform, T.VFlipTransform, Rot90Transform)):
+            for crop in crops:
+                out.append(None if crop is None else _flip_or_rotate(tfm, crop, height, width))
+            if isinstance(tfm, Rot90Transform) and tfm.k % 2:
+                height, width = width, height
         else:
-            masks = tfm.apply_segmentation(masks)
-    return masks
+            for crop in crops:
+                if crop is None:
+                    out.append(None)
+                    continue
+                full = np.zeros((height, width), np.uint8)
+                h, w = crop.mask.shape
+                full[crop.top : crop.top + h, crop.left : crop.left + w] = crop.mask
+                moved = tfm.apply_segmentation(full)
+                out.append(_tight_crop(0, 0, moved != 0))
+                new_shape = moved.shape[:2]
+            if any(c is not None for c in crops):
+                height, width = new_shape
+        crops = out
+    return crops
+
+
+def _flip_or_rotate(tfm: T.Transform, crop: InstanceCrop, height: int, width: int) -> InstanceCrop:
+    """Move a crop through a flip or a quarter turn of the whole image."""
+    top, left, mask = crop
+    h, w = mask.shape
+    if isinstance(tfm, T.HFlipTransform):
+        return InstanceCrop(top, width - left - w, mask[:, ::-1].copy())
+    if isinstance(tfm, T.VFlipTransform):
+        return InstanceCrop(height - top - h, left, mask[::-1].copy())
+    for _ in range(tfm.k % 4):  # one counter-clockwise quarter turn at a time
+        top, left = width - left - w, top
+        height, width, h, w = width, height, w, h
+        mask = np.rot90(mask)
+    return InstanceCrop(top, left, mask.copy())  # copy: positive strides for torch
+
+
+def _paint_layers(crops: list[InstanceCrop], height: int, width: int) -> list[np.ndarray]:
+    """Paint crops into as few uint16 label images as keep them from overlapping.
+
+    Instance ``i`` gets label ``i + 1`` in the first layer where it overlaps nothing; cells
+    rarely overlap, so this is usually one layer. Label layers warp exactly under
+    nearest-neighbour sampling, however many cells there are.
+    """
+    layers: list[np.ndarray] = []
+    for index, (top, left, mask) in enumerate(crops):
+        h, w = mask.shape
+        for layer in layers:
+            region = layer[top : top + h, left : left + w]
+            if not region[mask].any():
+                region[mask] = index + 1
+                break
+        else:
+            layer = np.zeros((height, width), np.uint16)
+            layer[top : top + h, left : left + w][mask] = index + 1
+            layers.append(layer)
+    return layers
+
+
+def _crops_from_layers(layers: list[np.ndarray], count: int) -> list[InstanceCrop | None]:
+    """Read instance crops back from label layers (labels 1..count); missing ones vanished."""
+    crops: list[InstanceCrop | None] = [None] * count
+    for layer in layers:
+        for label, box in enumerate(ndimage.find_objects(layer), start=1):
+            if box is not None:
+                rows, cols = box
+                crops[label - 1] = InstanceCrop(rows.start, cols.start, layer[box] == label)
+    return crops
 
 
 class CellDatasetMapper(DatasetMapper):
@@ -172,25 +295,66 @@ class CellDatasetMapper(DatasetMapper):
         ret["elastic_sigma"] = elastic.SIGMA
         return ret
 
-    def _elastic(self, image: np.ndarray, masks: np.ndarray | None) -> tuple[np.ndarray, Any]:
-        """Warp the image and an HxWxN mask stack with one displacement field.
+    def _elastic(
+        self, image: np.ndarray, crops: list[InstanceCrop | None] | None
+    ) -> tuple[np.ndarray, list[InstanceCrop | None] | None]:
+        """Warp the image and the instance masks with one displacement field.
 
-        The albumentations seed is drawn from numpy's global RNG so that detectron2's per-worker
-        seeding makes the warp reproducible.
+        The masks travel as a few label layers (see :func:`_paint_layers`). The albumentations
+        seed is drawn from numpy's global RNG, which detectron2 seeds per worker, so the warp is
+        reproducible.
         """
         self.elastic.set_random_seed(int(np.random.randint(0, 2**31 - 1)))
-        if masks is None or masks.shape[2] == 0:
-            return self.elastic(image=image)["image"], masks
-        num = masks.shape[2]
-        packed = np.packbits(masks.astype(bool), axis=2)  # HxWx(ceil(N/8))
-        out = self.elastic(image=image, masks=np.moveaxis(packed, 2, 0))
-        warped = np.moveaxis(np.asarray(out["masks"]), 0, 2)
-        return out["image"], np.unpackbits(warped, axis=2, count=num)
+        present = [c for c in crops or [] if c is not None]
+        if not present:
+            return self.elastic(image=image)["image"], crops
+        if len(present) >= 2**16:
+            raise ValueError("more than 65535 instances in one image")
+        height, width = image.shape[:2]
+        layers = _paint_layers(present, height, width)
+        out = self.elastic(image=image, masks=layers)
+        return out["image"], _crops_from_layers(list(out["masks"]), len(present))
+
+    def _instances(
+        self,
+        annotations: list[dict],
+        crops: list[InstanceCrop | None] | None,
+        transforms: T.TransformList,
+        image_size: tuple[int, int],
+    ) -> Instances:
+        """Ground truth for the model: classes, boxes tight around the transformed masks and
+        the masks themselves; instances whose mask vanished are dropped."""
+        height, width = image_size
+        instances = Instances(image_size)
+        classes = [a["category_id"] for a in annotations]
+        if not self.use_instance_mask:
+            boxes = [
+                utils.transform_instance_annotations(a, transforms, image_size)["bbox"]
+                for a in annotations
+            ]
+            instances.gt_classes = torch.tensor(classes, dtype=torch.int64)
+            instances.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+            return utils.filter_empty_instances(instances)
+        kept = [i for i, crop in enumerate(crops or []) if crop is not None]
+        masks = torch.zeros((len(kept), height, width), dtype=torch.bool)
+        boxes = torch.zeros((len(kept), 4), dtype=torch.float32)
+        for row, index in enumerate(kept):
+            top, left, mask = crops[index]
+            h, w = mask.shape
+            masks[row, top : top + h, left : left + w] = torch.from_numpy(mask)
+            boxes[row] = torch.tensor([left, top, left + w, top + h], dtype=torch.float32)
+        instances.gt_classes = torch.tensor([classes[i] for i in kept], dtype=torch.int64)
+        instances.gt_boxes = Boxes(boxes)
+        instances.gt_masks = BitMasks(masks)
+        return instances
 
     def __call__(self, dataset_dict: dict[str, Any]) -> dict[str, Any]:
         """Turn one dataset dict into the model's input: ``image`` tensor and ``instances``."""
-        dataset_dict = copy.deepcopy(dataset_dict)
+        # Shallow copy: nothing below mutates the nested annotations, and deep-copying hundreds
+        # of RLE dicts per image costs more than the rest of the bookkeeping.
+        dataset_dict = dict(dataset_dict)
         image = read_image(dataset_dict["file_name"])
+        original_size = image.shape[:2]
         if self.image_format == "RGB":
             image = np.ascontiguousarray(image[:, :, ::-1])
         utils.check_image_size(dataset_dict, image)
@@ -205,33 +369,13 @@ class CellDatasetMapper(DatasetMapper):
             return dataset_dict
 
         annotations = [a for a in dataset_dict.pop("annotations", []) if not a.get("iscrowd", 0)]
-        masks = None
-        if self.use_instance_mask:
-            if annotations:  # one C call decodes every RLE into an HxWxN stack
-                masks = mask_util.decode([a["segmentation"] for a in annotations])
-                masks = _transform_mask_stack(transforms, masks)
-            else:
-                masks = np.zeros((*image.shape[:2], 0), np.uint8)
-        if self.elastic_prob > 0 and np.random.rand() < self.elastic_prob:
-            image, masks = self._elastic(image, masks)
-
         height, width = image.shape[:2]
-        instances = Instances((height, width))
-        instances.gt_classes = torch.tensor(
-            [a["category_id"] for a in annotations], dtype=torch.int64
-        )
-        if masks is not None:
-            gt_masks = BitMasks(
-                torch.from_numpy(np.ascontiguousarray(np.moveaxis(masks, 2, 0))).bool()
-            )
-            instances.gt_masks = gt_masks
-            instances.gt_boxes = gt_masks.get_bounding_boxes()
-        else:
-            boxes = [
-                utils.transform_instance_annotations(a, transforms, (height, width))["bbox"]
-                for a in annotations
-            ]
-            instances.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
-        dataset_dict["instances"] = utils.filter_empty_instances(instances)
+        crops = None
+        if self.use_instance_mask and annotations:
+            crops = _decode_crops(annotations, *original_size)
+            crops = _transform_crops(transforms, crops, *original_size)
+        if self.elastic_prob > 0 and np.random.rand() < self.elastic_prob:
+            image, crops = self._elastic(image, crops)
+        dataset_dict["instances"] = self._instances(annotations, crops, transforms, (height, width))
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         return dataset_dict
