@@ -1,9 +1,10 @@
 """Inference on whole cell images: batching, test-time augmentation and tiling.
 
 Speed is won around the model, so predictions never become full-size masks: each detection's
-28x28 mask is pasted only into its own box (detectron2's CPU paste path), thresholded there,
-trimmed to its tight extent and kept as a small crop. Submission RLEs are encoded from those crops
-(:func:`cellseg_d2.data.rle.encode_crop`), which costs the cell's area instead of the image's.
+28x28 mask is pasted only into its own box (the values detectron2's paste computes, for many
+boxes per call), thresholded there, trimmed to its tight extent and kept as a small crop.
+Submission RLEs are encoded from those crops (:func:`cellseg_d2.data.rle.encode_crop`), which
+costs the cell's area instead of the image's.
 
 Images larger than ``TEST.TILING.MAX_SIZE`` run as overlapping tiles: a detection touching a tile
 edge inside the image is a cell cut by the tile and is dropped (the neighbouring tile, overlapping
@@ -21,7 +22,6 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
-from detectron2.layers.mask_ops import _do_paste_mask
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 from torchvision.ops import nms
@@ -77,15 +77,71 @@ def _tight(category: int, score: float, top: int, left: int, mask: np.ndarray) -
     return Detection(category, score, top + int(rows[0]), left + int(cols[0]), crop)
 
 
+#: Masks pasted together in one ``grid_sample`` call (sorted by size, so padding stays small).
+PASTE_CHUNK = 32
+
+
+def paste_masks_in_boxes(
+    masks: torch.Tensor, boxes: torch.Tensor, height: int, width: int, threshold: float
+) -> list[tuple[int, int, np.ndarray]]:
+    """Paste N mask probability maps into their boxes and binarise, without full-size masks.
+
+    Computes exactly what detectron2's ``paste_masks_in_image`` computes on CPU (the same grid,
+    ``grid_sample`` and region: the box rounded out by one pixel, clipped to the image), but for
+    a chunk of similar-sized boxes in one call instead of one call per box, and returns each
+    mask as a crop.
+
+    Args:
+        masks: N x M x M probabilities.
+        boxes: N x 4 XYXY boxes in output pixels, already clipped to the image.
+        height, width: output image size.
+        threshold: foreground where probability >= threshold.
+
+    Returns:
+        ``(top, left, bool crop)`` per box, in the input order.
+    """
+    x0i = (boxes[:, 0].floor() - 1).clamp(min=0).to(torch.int64)
+    y0i = (boxes[:, 1].floor() - 1).clamp(min=0).to(torch.int64)
+    x1i = (boxes[:, 2].ceil() + 1).clamp(max=width).to(torch.int64)
+    y1i = (boxes[:, 3].ceil() + 1).clamp(max=height).to(torch.int64)
+    region_w, region_h = x1i - x0i, y1i - y0i
+    order = torch.argsort(region_w * region_h)
+    pasted: list[tuple[int, int, np.ndarray] | None] = [None] * len(boxes)
+    for start in range(0, len(order), PASTE_CHUNK):
+        idx = order[start : start + PASTE_CHUNK]
+        rw, rh = region_w[idx], region_h[idx]
+        cols = torch.arange(int(rw.max()), dtype=torch.float32)
+        rows = torch.arange(int(rh.max()), dtype=torch.float32)
+        x0, y0, x1, y1 = boxes[idx].unbind(dim=1)
+        box_w, box_h = (x1 - x0)[:, None], (y1 - y0)[:, None]
+        img_x = (x0i[idx, None].to(torch.float32) + cols + 0.5 - x0[:, None]) / box_w * 2 - 1
+        img_y = (y0i[idx, None].to(torch.float32) + rows + 0.5 - y0[:, None]) / box_h * 2 - 1
+        grid = torch.stack(
+            [
+                img_x[:, None, :].expand(-1, len(rows), -1),
+                img_y[:, :, None].expand(-1, -1, len(cols)),
+            ],
+            dim=3,
+        )
+        probabilities = torch.nn.functional.grid_sample(
+            masks[idx, None].to(torch.float32), grid, align_corners=False
+        )[:, 0]
+        binary = (probabilities >= threshold).numpy()
+        for row, index in enumerate(idx.tolist()):
+            h, w = int(rh[row]), int(rw[row])
+            pasted[index] = (int(y0i[index]), int(x0i[index]), binary[row, :h, :w])
+    return pasted  # type: ignore[return-value]
+
+
 def raw_instances_to_detections(
     instances: Instances, height: int, width: int, mask_threshold: float
 ) -> list[Detection]:
     """Turn the model's unprocessed output (network input scale, 28x28 mask probabilities) into
     detections at ``height`` x ``width``.
 
-    Boxes are scaled and clipped as ``detector_postprocess`` does; each mask is pasted with
-    detectron2's own bilinear paste, restricted to its box, and cut at ``mask_threshold``
-    (foreground where probability >= threshold, as detectron2 does).
+    Boxes are scaled and clipped as ``detector_postprocess`` does; masks are pasted as
+    detectron2 pastes them (:func:`paste_masks_in_boxes`) and cut at ``mask_threshold``.
+    Degenerate boxes and masks with no pixel left are dropped.
     """
     in_h, in_w = instances.image_size
     boxes = instances.pred_boxes.tensor.detach().to("cpu", torch.float32).clone()
@@ -93,17 +149,16 @@ def raw_instances_to_detections(
     boxes[:, 1::2] *= height / in_h
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-    scores = instances.scores.detach().cpu().tolist()
-    classes = instances.pred_classes.detach().cpu().tolist()
-    masks = instances.pred_masks.detach().to("cpu", torch.float32)  # N x 1 x 28 x 28
+    valid = ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).nonzero()[:, 0]
+    if len(valid) == 0:
+        return []
+    scores = instances.scores.detach().cpu()[valid].tolist()
+    classes = instances.pred_classes.detach().cpu()[valid].tolist()
+    masks = instances.pred_masks.detach().cpu()[valid, 0]
+    pasted = paste_masks_in_boxes(masks, boxes[valid], height, width, mask_threshold)
     detections = []
-    for i in range(len(instances)):
-        box = boxes[i : i + 1]
-        if not (box[0, 2] > box[0, 0] and box[0, 3] > box[0, 1]):
-            continue
-        probabilities, (rows, cols) = _do_paste_mask(masks[i : i + 1], box, height, width, True)
-        binary = (probabilities[0] >= mask_threshold).numpy()
-        detection = _tight(classes[i], scores[i], rows.start, cols.start, binary)
+    for category, score, (top, left, binary) in zip(classes, scores, pasted):
+        detection = _tight(category, score, top, left, binary)
         if detection is not None:
             detections.append(detection)
     return detections
