@@ -54,11 +54,11 @@ def _reset_peak_rss() -> None:
         logger.warning("cannot reset the peak RSS (not Linux?): memory figures are cumulative")
 
 
-def _peak_rss_mib() -> float:
-    """This process's resident-set high-water mark in MiB (``VmHWM``)."""
+def _rss_mib(field: str = "VmHWM") -> float:
+    """This process's resident set in MiB: ``VmHWM`` (high-water mark) or ``VmRSS`` (now)."""
     with open("/proc/self/status") as handle:
         for line in handle:
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024.0
     return float("nan")
 
@@ -142,7 +142,7 @@ def _time_training(cfg: CfgNode, iters: int) -> dict[str, float]:
         "cellseg_s_per_iter": medians["cellseg"],
         "detectron2_s_per_iter": medians["detectron2"],
         "ratio": medians["cellseg"] / medians["detectron2"],
-        "peak_rss_mib": _peak_rss_mib(),
+        "peak_rss_mib": _rss_mib(),
     }
 
 
@@ -172,6 +172,12 @@ def _inference_figures(cfg: CfgNode, data_root: Path, max_images: int) -> dict[s
         results = predict_folder(predictor, image_dir, entries, progress=False)
         write_submission(results, os.path.join(tmp, "results.json"), zip_output=False)
     end_to_end_s = (time.perf_counter() - start) / len(entries)
+    # Memory must not grow with the folder: predict it twice more and compare current RSS.
+    predict_folder(predictor, image_dir, entries, progress=False)
+    rss_once = _rss_mib("VmRSS")
+    for _ in range(2):
+        predict_folder(predictor, image_dir, entries, progress=False)
+    rss_growth = _rss_mib("VmRSS") - rss_once
     return {
         "images": len(entries),
         "model_s_per_image": model_s,
@@ -179,7 +185,8 @@ def _inference_figures(cfg: CfgNode, data_root: Path, max_images: int) -> dict[s
         "ratio": end_to_end_s / model_s,
         "gflops_per_image": flops_first / 1e9,
         "achieved_gflops_per_s": flops_first / 1e9 / first_s,
-        "peak_rss_mib": _peak_rss_mib(),
+        "peak_rss_mib": _rss_mib(),
+        "rss_growth_over_2_more_passes_mib": rss_growth,
     }
 
 
@@ -201,7 +208,8 @@ def run_benchmark(
     """Measure every figure of the benchmark for ``cfg`` on the dataset at ``data_root``.
 
     Args:
-        cfg: a cellseg-d2 config (weights are not needed: speed does not depend on them).
+        cfg: a cellseg-d2 config. ``MODEL.WEIGHTS`` is used for the inference figures when it is
+            a local file (trained weights give realistic detection counts), else ignored.
         data_root: a dataset in the cell layout with ``train/`` and ``test_release/``.
         iters: timed training iterations per trainer (after one warm-up each).
         loader_batches: timed batches per data-loader setting.
@@ -212,7 +220,8 @@ def run_benchmark(
     data_root = Path(data_root)
     cfg = adapt_config_to_machine(cfg)
     cfg.defrost()
-    cfg.MODEL.WEIGHTS = ""
+    if not os.path.isfile(cfg.MODEL.WEIGHTS):  # speed needs no weights; never download them
+        cfg.MODEL.WEIGHTS = ""
     report: dict[str, Any] = {
         "machine": {
             "device": cfg.MODEL.DEVICE,

@@ -53,4 +53,5 @@ def test_benchmark_writes_every_figure(synthetic_root: Path, tmp_path: Path) -> 
         assert keys <= set(report[section]), section
         for key in keys:
             assert report[section][key] > 0, (section, key)
+    assert isinstance(report["inference"]["rss_growth_over_2_more_passes_mib"], float)
     assert "[training]" in proc.stdout
