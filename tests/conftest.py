@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from detectron2.config import CfgNode
@@ -57,3 +59,11 @@ def instant_cfg(prefix: str, output_dir: Path, *opts: object) -> CfgNode:
         ]
     )
     return cfg
+
+
+def load_tool(path: Path) -> ModuleType:
+    """Import a script of ``tools/`` as a module, to call its ``main`` in-process (fast)."""
+    spec = importlib.util.spec_from_file_location(path.stem + "_tool", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -25,17 +23,11 @@ from cellseg_d2.inference.scoring import (
 )
 from cellseg_d2.inference.submission import write_submission
 
+from .conftest import load_tool
+
 REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "evaluate_submission.py"
 METRICS = ["AP", "AP50", "AP75", "AP-class1", "AP-class2", "AP-class3", "AP-class4"]
-
-
-def _load_tool(path: Path) -> ModuleType:
-    """Import a script of ``tools/`` as a module, to call its ``main`` in-process (fast)."""
-    spec = importlib.util.spec_from_file_location(path.stem + "_tool", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +144,7 @@ def test_cli(
     dataset: tuple[Path, list[dict], dict], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     root, entries, gt = dataset
-    tool = _load_tool(TOOL)
+    tool = load_tool(TOOL)
     single = load_ground_truth_coco(root / "test_gt", entries[1:2])
     id_map = tmp_path / "ids.json"
     id_map.write_text(json.dumps(entries[1:2]))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
 import os
@@ -11,7 +10,6 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -30,16 +28,10 @@ from cellseg_d2.inference.submission import (
     write_submission,
 )
 
+from .conftest import load_tool
+
 REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "validate_submission.py"
-
-
-def _load_tool(path: Path) -> ModuleType:
-    """Import a script of ``tools/`` as a module, to call its ``main`` in-process (fast)."""
-    spec = importlib.util.spec_from_file_location(path.stem + "_tool", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +204,7 @@ def test_cli_exit_codes(
     capsys: pytest.CaptureFixture,
 ) -> None:
     root, _, results = dataset
-    tool = _load_tool(TOOL)
+    tool = load_tool(TOOL)
     id_map = str(root / "test_image_name_to_ids.json")
     good = tmp_path / "good.zip"
     write_submission(results, good, zip_output=True)

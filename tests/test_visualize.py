@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import cv2
 import numpy as np
@@ -21,6 +19,8 @@ from cellseg_d2.inference.visualize import (
     render_comparison,
     visualize_predictions,
 )
+
+from .conftest import load_tool
 
 REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "visualize.py"
@@ -118,17 +118,9 @@ def test_compose_pads_narrow_rows_with_white() -> None:
     assert (figure[10 + GAP :, 20:] == 255).all() and (figure[10 + GAP :, :20] == 0).all()
 
 
-def _load_tool(path: Path) -> ModuleType:
-    """Import a script of ``tools/`` as a module, to call its ``main`` in-process (fast)."""
-    spec = importlib.util.spec_from_file_location(path.stem + "_tool", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_cli(dataset: tuple[Path, list[dict], list[dict]], tmp_path: Path) -> None:
     root, entries, results = dataset
-    tool = _load_tool(TOOL)
+    tool = load_tool(TOOL)
     pred = tmp_path / "submission.zip"
     write_submission(results, pred, zip_output=True)
     output = tmp_path / "figure.png"
@@ -149,7 +141,7 @@ def test_cli_predicts_with_a_config(
     dataset: tuple[Path, list[dict], list[dict]], tmp_path: Path
 ) -> None:
     root, entries, _ = dataset
-    tool = _load_tool(TOOL)
+    tool = load_tool(TOOL)
     output = tmp_path / "model.png"
     config = REPO / "configs" / "quick_schedules" / "instant_test.yaml"
     code = tool.main(
@@ -164,3 +156,21 @@ def test_cli_predicts_with_a_config(
     )
     assert code == 0
     assert cv2.imread(str(output)).shape[:2] == _expected_size(entries[:1], 2)
+
+
+def test_cli_draws_validation_images_with_ground_truth(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    from cellseg_d2.inference.visualize import validation_id_map
+
+    entries = validation_id_map(synthetic_root, val_fraction=0.25)
+    assert entries and all(e["file_name"].endswith("/image.tif") for e in entries)
+    output = tmp_path / "val.png"
+    config = REPO / "configs" / "quick_schedules" / "instant_test.yaml"
+    code = load_tool(TOOL).main(
+        ["--val-root", str(synthetic_root), "--val-fraction", "0.25", "--output", str(output)]
+        + ["--num-images", "1", "--config-file", str(config), "MODEL.DEVICE", "cpu"]
+    )
+    assert code == 0
+    first = sorted(entries, key=lambda e: e["id"])[:1]
+    assert cv2.imread(str(output)).shape[:2] == _expected_size(first, 3)

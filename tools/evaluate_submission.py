@@ -27,7 +27,7 @@ from cellseg_d2.inference.scoring import (
     load_ground_truth_coco,
     write_scores_json,
 )
-from cellseg_d2.inference.submission import format_report, read_submission, validate_submission
+from cellseg_d2.inference.submission import read_submission, require_valid_submission
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,10 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         entries = load_id_map(args.id_map)
         results = read_submission(args.pred)
-        report = validate_submission(results, entries)
-        if not report.ok:
-            print(format_report(report), file=sys.stderr)
-            raise CellDataError(f"{args.pred}: {len(report.violations)} violation(s)")
+        require_valid_submission(results, entries, args.pred)
         scores = evaluate_submission(load_ground_truth_coco(args.gt, entries), results)
     except CellDataError as exc:
         print(f"error: {exc}", file=sys.stderr)

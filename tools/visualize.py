@@ -9,17 +9,19 @@ Example::
 
 Predictions come from a submission (``--pred``) or from a model run on the drawn images
 (``--config-file`` with ``MODEL.WEIGHTS`` among the trailing ``KEY VALUE`` overrides).
+``--val-root DIR`` draws the validation images of a dataset root (the split training uses)
+beside their ground truth.
 One row per image (the first ``--num-images`` of the id map by id): original | ground truth
 (with ``--gt``) | predictions at or above ``--score-thresh``, masks in class colours with boxes,
-class names and scores. For validation images pass the dataset's ``train/`` folder as ``--input``
-and ``--gt`` with an id map whose names are ``<folder>/image.tif``. The submission is validated
-first; exit status 2 means violations or unreadable input, with the file named.
+class names and scores. The submission is validated first; exit status 2 means violations or
+unreadable input, with the file named.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
@@ -29,19 +31,25 @@ from cellseg_d2.engine import WeightsUnavailableError
 from cellseg_d2.inference.predict import build_predict_config, predict_folder
 from cellseg_d2.inference.predictor import CellPredictor
 from cellseg_d2.inference.submission import (
-    format_report,
     group_by_image,
     read_submission,
-    validate_submission,
+    require_valid_submission,
 )
-from cellseg_d2.inference.visualize import visualize_predictions
+from cellseg_d2.inference.visualize import validation_id_map, visualize_predictions
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and check the command line; argparse exits with status 2 on bad values."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", required=True, help="folder of the images (test_release/)")
-    parser.add_argument("--id-map", required=True, help="test_image_name_to_ids.json")
+    parser.add_argument("--input", help="folder of the images (test_release/)")
+    parser.add_argument("--id-map", help="test_image_name_to_ids.json")
+    parser.add_argument(
+        "--val-root",
+        help="instead of --input/--id-map/--gt: draw the validation images of this dataset root "
+        "beside their ground truth (split from --val-fraction and --split-seed)",
+    )
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="DATASETS.VAL_FRACTION")
+    parser.add_argument("--split-seed", type=int, default=0, help="DATASETS.SPLIT_SEED")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--pred", help="submission: results JSON or zip")
     source.add_argument("--config-file", help="predict with this config (and MODEL.WEIGHTS)")
@@ -53,6 +61,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
+    if args.val_root:
+        if args.input or args.id_map or args.gt:
+            parser.error("--val-root replaces --input, --id-map and --gt")
+        args.input = args.gt = os.path.join(args.val_root, "train")
+    elif not (args.input and args.id_map):
+        parser.error("give --input and --id-map, or --val-root")
     if args.opts and not args.config_file:
         parser.error("KEY VALUE overrides need --config-file")
     if args.num_images < 1:
@@ -72,16 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        entries = load_id_map(args.id_map)
+        if args.val_root:
+            entries = validation_id_map(args.val_root, args.val_fraction, args.split_seed)
+        else:
+            entries = load_id_map(args.id_map)
         if args.config_file:
             results = predict_entries(args, entries)
         else:
             results = read_submission(args.pred)
-        report = validate_submission(results, entries)
-        if not report.ok:
-            print(format_report(report), file=sys.stderr)
-            source = args.pred or "the model's predictions"
-            raise CellDataError(f"{source}: {len(report.violations)} violation(s)")
+        require_valid_submission(results, entries, args.pred or "the model's predictions")
         visualize_predictions(
             args.input,
             entries,

@@ -352,3 +352,21 @@ def format_report(report: SubmissionReport, max_violations: int = 20) -> str:
         if len(report.violations) > len(shown):
             lines.append(f"  ... and {len(report.violations) - len(shown)} more")
     return "\n".join(lines)
+
+
+def require_valid_submission(results: list, id_map_entries: list[dict], source: str) -> None:
+    """Stop with a :class:`CellDataError` listing the violations when a submission is invalid.
+
+    Scoring or drawing an invalid submission would give numbers or pictures that mean nothing,
+    so the tools that consume one check it first.
+
+    Args:
+        results: the submission entries.
+        id_map_entries: the id map the submission answers.
+        source: what to name in the message (usually the submission's path).
+    """
+    report = validate_submission(results, id_map_entries)
+    if not report.ok:
+        raise CellDataError(
+            f"{source}: {len(report.violations)} violation(s)\n{format_report(report)}"
+        )

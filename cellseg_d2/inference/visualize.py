@@ -24,7 +24,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_util
 
-from cellseg_d2.data.datasets import THING_CLASSES, THING_COLORS
+from cellseg_d2.data.convert import load_cell_train_dicts
+from cellseg_d2.data.datasets import THING_CLASSES, THING_COLORS, split_of
 from cellseg_d2.data.io import CellDataError, atomic_write, read_image
 from cellseg_d2.data.rle import decode_rle
 from cellseg_d2.inference.scoring import ground_truth_folder, read_ground_truth_instances
@@ -274,3 +275,24 @@ def visualize_predictions(
     figure = compose_figure(rows)
     write_png(figure, output)
     return figure
+
+
+def validation_id_map(
+    root: str | os.PathLike, val_fraction: float = 0.1, seed: int = 0
+) -> list[dict]:
+    """Id-map entries for the validation images of a dataset root, for drawing them with their
+    ground truth (``train/`` is then both the image folder and the ground-truth folder).
+
+    The split is the one training uses (:func:`~cellseg_d2.data.datasets.split_of`), so the
+    figure shows exactly the images the model was validated on; ids are the COCO image ids.
+    """
+    return [
+        {
+            "file_name": f"{record['folder']}/image.tif",
+            "id": int(record["image_id"]),
+            "height": int(record["height"]),
+            "width": int(record["width"]),
+        }
+        for record in load_cell_train_dicts(root)
+        if split_of(record["folder"], val_fraction, seed) == "val"
+    ]
