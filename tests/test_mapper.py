@@ -121,7 +121,8 @@ def _full(crop, height: int, width: int) -> np.ndarray:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_crop_transforms_equal_full_mask_transforms(seed: int) -> None:
-    from cellseg_d2.data.mapper import InstanceCrop, _nearest_index, _transform_crops
+    from cellseg_d2.data.mapper import _transform_crops
+    from cellseg_d2.data.rle import InstanceCrop
 
     rng = np.random.default_rng(seed)
     height, width = 60, 80
@@ -143,14 +144,10 @@ def test_crop_transforms_equal_full_mask_transforms(seed: int) -> None:
         ]
     )
     moved = _transform_crops(transforms, crops, height, width)
-    rows, cols = _nearest_index(new_h, 45), _nearest_index(new_w, 60)
     for crop, result in zip(crops, moved):
         full = _full(crop, height, width).astype(np.uint8)
-        for tfm in transforms.transforms:
-            if isinstance(tfm, T.ResizeTransform):
-                full = full[rows][:, cols]
-            else:
-                full = tfm.apply_segmentation(full)
+        for tfm in transforms.transforms:  # detectron2's own full-mask transforms (PIL resize)
+            full = tfm.apply_segmentation(full)
         assert np.array_equal(_full(result, *full.shape), full.astype(bool))
         if result is not None:  # tight: every border row and column holds a pixel
             assert (
@@ -159,7 +156,8 @@ def test_crop_transforms_equal_full_mask_transforms(seed: int) -> None:
 
 
 def test_elastic_label_layers_round_trip_overlapping_cells() -> None:
-    from cellseg_d2.data.mapper import InstanceCrop, _crops_from_layers, _paint_layers
+    from cellseg_d2.data.mapper import _crops_from_layers, _paint_layers
+    from cellseg_d2.data.rle import InstanceCrop
 
     a = InstanceCrop(2, 2, np.ones((5, 5), bool))
     b = InstanceCrop(4, 4, np.ones((5, 5), bool))  # overlaps a: needs a second layer
@@ -167,3 +165,39 @@ def test_elastic_label_layers_round_trip_overlapping_cells() -> None:
     assert len(layers) == 2
     back = _crops_from_layers(layers, 2)
     assert all(np.array_equal(_full(x, 12, 12), _full(y, 12, 12)) for x, y in zip([a, b], back))
+
+
+def test_classes_follow_their_masks_when_crop_and_elastic_drop_cells(tmp_path) -> None:
+    """Every output instance keeps the class of the source cell it overlaps most."""
+    from cellseg_d2.data.rle import encode_mask
+
+    height, width = 64, 64
+    annotations, classes = [], []
+    for i in range(8):  # a row of 6x6 cells, alternating classes; a crop will cut the first ones
+        mask = np.zeros((height, width), bool)
+        mask[28:34, 2 + 8 * i : 8 + 8 * i] = True
+        annotations.append(
+            {"segmentation": encode_mask(mask), "bbox": [2 + 8 * i, 28, 6, 6], "category_id": i % 4}
+        )
+        classes.append(i % 4)
+    from cellseg_d2.data.io import write_tiff
+
+    path = tmp_path / "image.tif"
+    write_tiff(path, np.full((height, width, 3), 128, np.uint8))
+    record = {"file_name": str(path), "height": height, "width": width, "annotations": annotations}
+    cfg = instant_cfg("unused", tmp_path)
+    mapper = CellDatasetMapper(
+        cfg,
+        is_train=True,
+        augmentations=[T.CropTransform(20, 0, 44, 64)],
+        elastic_prob=1.0,
+        elastic_alpha=1.0,
+        elastic_sigma=12.0,
+    )
+    np.random.seed(0)
+    out = mapper(record)["instances"]
+    assert 0 < len(out) < 8  # the crop removed the first cells
+    for mask, cls in zip(out.gt_masks.tensor.numpy(), out.gt_classes.tolist()):
+        ys, xs = np.nonzero(mask)
+        source = int(round((xs.mean() + 20 - 5) / 8))  # centre x back in the uncropped image
+        assert cls == classes[source]

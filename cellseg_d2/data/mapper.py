@@ -9,15 +9,16 @@ What it adds to the stock mapper, and why:
   displacement field (the seed study's alpha 30, sigma 12, p 0.3);
 - boxes are recomputed from the transformed masks and instances that vanished are dropped.
 
-All instance masks of an image are decoded once, in one pycocotools call, and transformed as one
-stack; the elastic warp moves them bit-packed (8 masks per byte plane), which is exact because
-masks are remapped with nearest-neighbour sampling.
+Each instance mask is decoded once and kept as its tight crop; crops move through crop, resize,
+flips and rotations on their own (cost ~ cell area, not cells x image area), and through the
+elastic warp as a few uint16 label layers, which is exact because masks are remapped with
+nearest-neighbour sampling.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, NamedTuple
+from typing import Any
 
 import albumentations as A
 import numpy as np
@@ -31,8 +32,9 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from scipy import ndimage
 
 from .io import read_image
+from .rle import InstanceCrop, tight_crop
 
-__all__ = ["CellDatasetMapper", "InstanceCrop", "RandomRotation90", "Rot90Transform"]
+__all__ = ["CellDatasetMapper", "RandomRotation90", "Rot90Transform"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,44 +92,35 @@ class RandomRotation90(T.Augmentation):
         return Rot90Transform(h, w, int(np.random.randint(1, 4)))
 
 
-class InstanceCrop(NamedTuple):
-    """One instance mask stored as its tight crop: ``mask`` placed at ``(top, left)``."""
-
-    top: int
-    left: int
-    mask: np.ndarray  # bool, h x w, no empty border rows or columns
-
-
-def _tight_crop(top: int, left: int, mask: np.ndarray) -> InstanceCrop | None:
-    """Trim empty border rows and columns; None when nothing is left (the instance vanished)."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    mask = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    return InstanceCrop(top + int(rows[0]), left + int(cols[0]), mask.copy())
-
-
 def _decode_crops(annotations: list[dict], height: int, width: int) -> list[InstanceCrop | None]:
-    """Decode every RLE (one pycocotools call) and keep each instance's tight crop.
+    """Decode each RLE and keep only the instance's tight crop.
 
-    The annotation's ``bbox`` (XYWH) narrows the search for the tight box; without one the
-    whole image is searched.
+    One annotation at a time, so memory stays at one image-sized mask however many cells the
+    image holds. The annotation's ``bbox`` (XYWH) narrows the search for the tight box; without
+    one the whole image is searched.
     """
-    stack = mask_util.decode([a["segmentation"] for a in annotations])  # H x W x N, Fortran
     crops = []
-    for index, annotation in enumerate(annotations):
+    for annotation in annotations:
+        full = mask_util.decode(annotation["segmentation"])
         x, y, w, h = annotation.get("bbox", (0, 0, width, height))
         top, left = max(0, int(y) - 1), max(0, int(x) - 1)
         bottom, right = min(height, int(np.ceil(y + h)) + 1), min(width, int(np.ceil(x + w)) + 1)
-        crops.append(_tight_crop(top, left, stack[top:bottom, left:right, index] != 0))
+        crops.append(tight_crop(top, left, full[top:bottom, left:right] != 0))
     return crops
 
 
 def _nearest_index(new_size: int, size: int) -> np.ndarray:
-    """Source index of each output pixel of a nearest-neighbour resize (pixel centres aligned,
-    as the image's own resize is)."""
-    return np.minimum(((np.arange(new_size) + 0.5) * (size / new_size)).astype(np.int64), size - 1)
+    """Source index of each output pixel of a nearest-neighbour resize from ``size`` to
+    ``new_size`` pixels, exactly as PIL computes it for detectron2's ``ResizeTransform``.
+
+    NOTE: PIL walks the pixel centres by repeated addition of the scale in double precision;
+    ``np.cumsum`` repeats those additions, so even centres that land on an integer boundary
+    round the same way and the crops match detectron2's full-mask resize bit for bit.
+    """
+    scale = size / new_size
+    steps = np.full(new_size, scale)
+    steps[0] = scale * 0.5
+    return np.minimum(np.cumsum(steps).astype(np.int64), size - 1)
 
 
 def _transform_crops(
@@ -153,7 +146,7 @@ def _transform_crops(
                 r0, r1 = np.searchsorted(rows, [crop.top, crop.top + h])
                 c0, c1 = np.searchsorted(cols, [crop.left, crop.left + w])
                 sampled = crop.mask[rows[r0:r1] - crop.top][:, cols[c0:c1] - crop.left]
-                out.append(_tight_crop(int(r0), int(c0), sampled))
+                out.append(tight_crop(int(r0), int(c0), sampled))
             height, width = tfm.new_h, tfm.new_w
         elif isinstance(tfm, T.CropTransform):
             for crop in crops:
@@ -167,7 +160,7 @@ def _transform_crops(
                 if r1 <= r0 or c1 <= c0:
                     out.append(None)
                     continue
-                out.append(_tight_crop(top + r0, left + c0, crop.mask[r0:r1, c0:c1]))
+                out.append(tight_crop(top + r0, left + c0, crop.mask[r0:r1, c0:c1]))
             height, width = tfm.h, tfm.w
         elif isinstance(tfm, (T.HFlipTransform, T.VFlipTransform, Rot90Transform)):
             for crop in crops:
@@ -183,7 +176,7 @@ def _transform_crops(
                 h, w = crop.mask.shape
                 full[crop.top : crop.top + h, crop.left : crop.left + w] = crop.mask
                 moved = tfm.apply_segmentation(full)
-                out.append(_tight_crop(0, 0, moved != 0))
+                out.append(tight_crop(0, 0, moved != 0))
                 new_shape = moved.shape[:2]
             if any(c is not None for c in crops):
                 height, width = new_shape
@@ -288,7 +281,6 @@ class CellDatasetMapper(DatasetMapper):
             if geo.ROT90_PROB > 0:
                 augs.append(RandomRotation90(prob=geo.ROT90_PROB))
             ret["augmentations"] = augs
-            ret["recompute_boxes"] = cfg.MODEL.MASK_ON
         elastic = cfg.INPUT.ELASTIC
         ret["elastic_prob"] = elastic.PROB if (is_train and elastic.ENABLED) else 0.0
         ret["elastic_alpha"] = elastic.ALPHA
@@ -305,15 +297,20 @@ class CellDatasetMapper(DatasetMapper):
         reproducible.
         """
         self.elastic.set_random_seed(int(np.random.randint(0, 2**31 - 1)))
-        present = [c for c in crops or [] if c is not None]
+        present = [i for i, crop in enumerate(crops or []) if crop is not None]
         if not present:
             return self.elastic(image=image)["image"], crops
         if len(present) >= 2**16:
             raise ValueError("more than 65535 instances in one image")
         height, width = image.shape[:2]
-        layers = _paint_layers(present, height, width)
+        layers = _paint_layers([crops[i] for i in present], height, width)
         out = self.elastic(image=image, masks=layers)
-        return out["image"], _crops_from_layers(list(out["masks"]), len(present))
+        warped = _crops_from_layers(list(out["masks"]), len(present))
+        # Back to one entry per annotation: instances lost earlier stay None, in place.
+        moved: list[InstanceCrop | None] = [None] * len(crops)
+        for index, crop in zip(present, warped):
+            moved[index] = crop
+        return out["image"], moved
 
     def _instances(
         self,

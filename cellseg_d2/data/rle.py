@@ -19,7 +19,15 @@ import numpy as np
 from pycocotools import mask as mask_util
 from scipy import ndimage
 
-__all__ = ["LabelInstance", "decode_rle", "encode_crop", "encode_mask", "label_image_to_instances"]
+__all__ = [
+    "InstanceCrop",
+    "LabelInstance",
+    "decode_rle",
+    "encode_crop",
+    "encode_mask",
+    "label_image_to_instances",
+    "tight_crop",
+]
 
 
 class LabelInstance(NamedTuple):
@@ -36,6 +44,27 @@ class LabelInstance(NamedTuple):
     rle: dict
     bbox: list[int]
     area: int
+
+
+class InstanceCrop(NamedTuple):
+    """One instance mask stored as its tight crop: ``mask`` placed at ``(top, left)``."""
+
+    top: int
+    left: int
+    mask: np.ndarray  # bool, h x w, no empty border rows or columns
+
+
+def tight_crop(top: int, left: int, mask: np.ndarray) -> InstanceCrop | None:
+    """Trim a mask placed at ``(top, left)`` to its tight box; None when it has no pixel.
+
+    Crops are how masks travel through augmentation and prediction without image-sized arrays.
+    """
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    mask = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    return InstanceCrop(top + int(rows[0]), left + int(cols[0]), mask.copy())
 
 
 def encode_mask(mask: np.ndarray) -> dict:

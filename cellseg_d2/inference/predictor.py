@@ -26,7 +26,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Instances
 from torchvision.ops import nms
 
-from ..data.rle import encode_crop
+from ..data.rle import encode_crop, tight_crop
 from ..engine.checkpoint import fetch_weights
 from ..modeling import CellRCNNWithTTA
 
@@ -67,14 +67,12 @@ class Detection:
         return self.left, self.top, self.left + self.mask.shape[1], self.top + self.mask.shape[0]
 
 
-def _tight(category: int, score: float, top: int, left: int, mask: np.ndarray) -> Detection | None:
-    """A :class:`Detection` trimmed to the mask's tight box; None for an empty mask."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    crop = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    return Detection(category, score, top + int(rows[0]), left + int(cols[0]), crop)
+def _detection(
+    category: int, score: float, top: int, left: int, mask: np.ndarray
+) -> Detection | None:
+    """A :class:`Detection` trimmed to its mask's tight box; None for an empty mask."""
+    crop = tight_crop(top, left, mask)
+    return None if crop is None else Detection(category, score, *crop)
 
 
 #: Masks pasted together in one ``grid_sample`` call (sorted by size, so padding stays small).
@@ -158,7 +156,7 @@ def raw_instances_to_detections(
     pasted = paste_masks_in_boxes(masks, boxes[valid], height, width, mask_threshold)
     detections = []
     for category, score, (top, left, binary) in zip(classes, scores, pasted):
-        detection = _tight(category, score, top, left, binary)
+        detection = _detection(category, score, top, left, binary)
         if detection is not None:
             detections.append(detection)
     return detections
@@ -169,7 +167,7 @@ def postprocessed_instances_to_detections(instances: Instances) -> list[Detectio
     masks = instances.pred_masks.cpu().numpy()
     scores = instances.scores.cpu().tolist()
     classes = instances.pred_classes.cpu().tolist()
-    detections = [_tight(c, s, 0, 0, m) for c, s, m in zip(classes, scores, masks)]
+    detections = [_detection(c, s, 0, 0, m) for c, s, m in zip(classes, scores, masks)]
     return [d for d in detections if d is not None]
 
 
