@@ -29,19 +29,25 @@ from cellseg_d2.engine import (
     WeightsUnavailableError,
     adapt_config_to_machine,
     evaluate_weights,
+    prepare_for_launch,
 )
 
 EXIT_BAD_INPUT = 2
 
 
-def setup(args: argparse.Namespace) -> CfgNode:
-    """Build the frozen config from the file and overrides, register the datasets, set up
-    logging and the output folder."""
+def build_config(args: argparse.Namespace) -> CfgNode:
+    """The frozen config from the file and the overrides, adapted to this machine."""
     cfg = get_cellseg_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg = adapt_config_to_machine(cfg)
     cfg.freeze()
+    return cfg
+
+
+def setup(args: argparse.Namespace) -> CfgNode:
+    """Config, logging and output folder of one process; registers the cell datasets."""
+    cfg = build_config(args)
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cellseg_d2")
     register_cell_datasets_from_config(cfg)
@@ -61,6 +67,8 @@ def main(args: argparse.Namespace) -> dict | None:
 def run(args: argparse.Namespace) -> int:
     """Launch ``main`` on the requested processes; map user errors to exit codes."""
     try:
+        if args.num_gpus * args.num_machines > 1:
+            prepare_for_launch(build_config(args), resume=args.resume, eval_only=args.eval_only)
         launch(
             main,
             args.num_gpus,

@@ -127,7 +127,17 @@ def _split_loader(
         coco = load_train_coco(root, min_area)
         dicts = coco_to_train_dicts(coco, root)
         if split != "trainval":
-            dicts = [d for d in dicts if split_of(d["folder"], **split_args) == split]
+            splits = [split_of(d["folder"], **split_args) for d in dicts]
+            if dicts and "train" not in splits:
+                # A tiny dataset can hash entirely into val; training needs at least one image.
+                logger.warning(
+                    "every image of %s fell into the validation split: training on all %d "
+                    "images, with no validation set",
+                    root,
+                    len(dicts),
+                )
+                splits = ["train"] * len(dicts)
+            dicts = [d for d, name in zip(dicts, splits) if name == split]
             write_coco_subset(coco, [d["image_id"] for d in dicts], json_file)
         logger.info("%s: %d images from %s", split, len(dicts), root)
         return dicts

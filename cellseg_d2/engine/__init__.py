@@ -8,6 +8,7 @@ from .trainer import (
     apply_epoch_schedule,
     build_cell_optimizer,
     evaluate_weights,
+    prepare_for_launch,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "build_cell_optimizer",
     "evaluate_weights",
     "fetch_weights",
+    "prepare_for_launch",
 ]

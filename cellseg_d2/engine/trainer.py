@@ -31,6 +31,7 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..data.datasets import register_cell_datasets_from_config
 from ..data.mapper import CellDatasetMapper
 from ..modeling import CellRCNNWithTTA
 from .checkpoint import AtomicDetectionCheckpointer, fetch_weights
@@ -42,6 +43,7 @@ __all__ = [
     "apply_epoch_schedule",
     "build_cell_optimizer",
     "evaluate_weights",
+    "prepare_for_launch",
 ]
 
 logger = logging.getLogger(__name__)
@@ -311,7 +313,30 @@ class CellTrainer(DefaultTrainer):
         )
 
     @classmethod
-    def test_with_TTA(cls, cfg: CfgNode, model: torch.nn.Module) -> dict[str, Any]:  # noqa: N802
+    def test(
+        cls,
+        cfg: CfgNode,
+        model: torch.nn.Module,
+        evaluators: list[DatasetEvaluator] | None = None,
+    ) -> dict[str, Any]:
+        """Evaluate on ``DATASETS.TEST`` as detectron2 does, skipping empty datasets with a
+        warning (a small dataset can have an empty validation split; detectron2 would stop
+        training with an assertion at the first evaluation)."""
+        keep = [i for i, name in enumerate(cfg.DATASETS.TEST) if len(DatasetCatalog.get(name))]
+        if len(keep) < len(cfg.DATASETS.TEST):
+            empty = [n for i, n in enumerate(cfg.DATASETS.TEST) if i not in keep]
+            logger.warning("Skipping evaluation on empty dataset(s): %s", ", ".join(empty))
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.DATASETS.TEST = tuple(cfg.DATASETS.TEST[i] for i in keep)
+            if evaluators is not None:
+                evaluators = [evaluators[i] for i in keep]
+        if not keep:
+            return {}
+        return super().test(cfg, model, evaluators)
+
+    @classmethod
+    def test_with_TTA(cls, cfg: CfgNode, model: torch.nn.Module) -> dict[str, Any]:
         """Evaluate with flip-and-scale test-time augmentation (``TEST.AUG``), keeping the
         model's mask threshold; results are suffixed ``_TTA``."""
         tta_model = CellRCNNWithTTA(cfg, model)
@@ -323,6 +348,25 @@ class CellTrainer(DefaultTrainer):
         ]
         results = cls.test(cfg, tta_model, evaluators)
         return {f"{key}_TTA": value for key, value in results.items()}
+
+
+def prepare_for_launch(cfg: CfgNode, resume: bool, eval_only: bool) -> None:
+    """Do, once in the launching process, what every worker process would otherwise race for.
+
+    Converting the datasets writes the COCO-JSON cache and the split files, and fetching
+    ``MODEL.WEIGHTS`` downloads them; several ranks doing that at once would race on the same
+    files. Done here first, the workers only read, and bad input stops with a
+    :class:`~cellseg_d2.data.io.CellDataError` or :class:`WeightsUnavailableError` in this
+    process (exit status 2) instead of a traceback from a child process.
+    """
+    setup_logger(name="cellseg_d2")
+    registered = set(register_cell_datasets_from_config(cfg))
+    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
+        if name in registered:
+            DatasetCatalog.get(name)
+    has_checkpoint = os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+    if cfg.MODEL.WEIGHTS and (eval_only or not (resume and has_checkpoint)):
+        fetch_weights(cfg.MODEL.WEIGHTS)
 
 
 def evaluate_weights(cfg: CfgNode) -> dict[str, Any]:
