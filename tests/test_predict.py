@@ -106,14 +106,34 @@ def test_tiled_result_matches_untiled_on_three_tiles() -> None:
     assert keyed(tiled) == keyed(whole)
 
 
+def test_tile_merge_keeps_overlaps_within_a_tile() -> None:
+    mask = np.ones((10, 10), bool)
+    # a and b overlap (IoU 0.68) inside tile 0, both in the overlap with tile 1 (x 50..64)
+    a, b = Detection(0, 0.9, 20, 52, mask), Detection(1, 0.8, 21, 51, mask)
+    copy = Detection(0, 0.95, 20, 2, mask)  # `a` again, seen whole by tile 1, scoring higher
+    windows = [(0, 0, 60, 64), (0, 50, 60, 114)]
+    merged = merge_tile_detections([(windows[0], [a, b]), (windows[1], [copy])], 60, 114)
+    assert sorted(d.score for d in merged) == [0.8, 0.95]  # b kept, a merged into its copy
+    assert {(d.top, d.left) for d in merged} == {(20, 52), (21, 51)}
+
+
 def test_predictor_tiles_large_images_and_batches(cells_prefix: str, tmp_path: Path) -> None:
     cfg = instant_cfg(cells_prefix, tmp_path, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0)
     cfg.merge_from_list(["TEST.TILING.MAX_SIZE", 200, "TEST.TILING.TILE_SIZE", 128])
     cfg.merge_from_list(["TEST.TILING.OVERLAP", 32, "TEST.IMS_PER_BATCH", 2])
     predictor = CellPredictor(cfg)
+    tiled_shapes = []
+    untiled = predictor.predict_tiled
+
+    def spy(image, predict):
+        tiled_shapes.append(image.shape[:2])
+        return untiled(image, predict)
+
+    predictor.predict_tiled = spy
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in [(96, 120), (150, 330)]]
     outputs = predictor(images)
+    assert tiled_shapes == [(150, 330)]  # only the image above TEST.TILING.MAX_SIZE
     assert len(outputs) == 2
     for image, detections in zip(images, outputs):
         assert detections, "a random model at score 0 still detects something"

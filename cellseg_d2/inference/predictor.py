@@ -24,7 +24,7 @@ from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
-from torchvision.ops import nms
+from torchvision.ops import box_iou
 
 from ..data.rle import encode_crop, tight_crop
 from ..engine.checkpoint import fetch_weights
@@ -207,10 +207,12 @@ def merge_tile_detections(
 
     A detection within ``edge_margin`` pixels of a tile edge that lies inside the image is a cell
     cut by the tile and is dropped: with an overlap wider than any cell, another tile holds it
-    whole. Cells whole in several tiles are merged by class-agnostic NMS on their boxes.
+    whole. A cell whole in several tiles is kept once: the highest-scoring copy removes its
+    best-matching copy (box IoU above ``TILE_MERGE_IOU``, any class) from each other tile.
     """
     kept: list[Detection] = []
-    for (top, left, bottom, right), detections in tiles:
+    tile_of: list[int] = []
+    for tile, ((top, left, bottom, right), detections) in enumerate(tiles):
         for det in detections:
             x0, y0, x1, y1 = det.box
             cut = (
@@ -223,12 +225,28 @@ def merge_tile_detections(
                 kept.append(
                     Detection(det.category, det.score, det.top + top, det.left + left, det.mask)
                 )
+                tile_of.append(tile)
     if len(kept) < 2:
         return kept
+    # Greedy, by score: a kept detection removes its best-matching copy (IoU above the
+    # threshold) from each *other* tile. Within a tile the model's own NMS already decided
+    # which overlapping cells to keep, and a copy stands for one cell, not for its neighbours.
     boxes = torch.tensor([d.box for d in kept], dtype=torch.float32)
-    scores = torch.tensor([d.score for d in kept], dtype=torch.float32)
-    keep = nms(boxes, scores, TILE_MERGE_IOU).tolist()
-    return [kept[i] for i in keep]
+    iou = box_iou(boxes, boxes)
+    tile_ids = torch.tensor(tile_of)
+    iou[tile_ids[:, None] == tile_ids[None, :]] = 0.0
+    removed = torch.zeros(len(kept), dtype=torch.bool)
+    result = []
+    for i in sorted(range(len(kept)), key=lambda k: -kept[k].score):
+        if removed[i]:
+            continue
+        result.append(kept[i])
+        removed[i] = True
+        candidates = iou[i].masked_fill(removed, 0.0)
+        for tile in torch.unique(tile_ids[candidates > TILE_MERGE_IOU]).tolist():
+            in_tile = candidates.masked_fill(tile_ids != tile, 0.0)
+            removed[int(torch.argmax(in_tile))] = True
+    return result
 
 
 def detections_to_results(
