@@ -2,7 +2,7 @@
 PYTHON ?= python3
 DEMO_DIR ?= output/demo
 
-.PHONY: install lint format test demo benchmark
+.PHONY: install lint format test demo
 
 install:  ## torch pair, detectron2 (built against it), then this package editable with [dev]
 	PYTHON=$(PYTHON) bash tools/install.sh

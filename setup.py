@@ -5,13 +5,15 @@ from upstream against the installed torch before installing this package, so pip
 requirement already satisfied.
 """
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="cellseg-d2",
     version="0.1.0",
     description="Detectron2-based multi-class cell instance segmentation for microscopy images",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["cellseg_d2", "cellseg_d2.*"]),
     python_requires=">=3.10",
@@ -29,7 +31,6 @@ setup(
         "numpy",
         "scipy",
         "tqdm",
-        "matplotlib",
     ],
     extras_require={"dev": ["pytest>=7", "ruff>=0.6", "packaging"]},
 )

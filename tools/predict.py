@@ -55,7 +55,11 @@ def main(args: argparse.Namespace) -> int:
         input_dir = Path(args.input)
         if not input_dir.is_dir():
             raise CellDataError(f"{input_dir}: input folder not found")
-        images = sorted(p for p in input_dir.iterdir() if p.suffix.lower() in (".tif", ".tiff"))
+        images = sorted(
+            p
+            for p in input_dir.iterdir()
+            if p.suffix.lower() in (".tif", ".tiff") and not p.name.startswith(".")
+        )
         entries = check_test_images(args.id_map, images)
         predictor = CellPredictor(cfg, tta=args.tta)
         start = time.perf_counter()

@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def predict_entries(args: argparse.Namespace, entries: list[dict]) -> list[dict]:
     """Run the configured model on the images that will be drawn, as submission entries."""
-    cfg = build_predict_config(args.config_file, args.opts, score_thresh=args.score_thresh)
+    cfg = build_predict_config(args.config_file, args.opts)  # the model's own thresholds
     drawn = sorted(entries, key=lambda entry: entry["id"])[: args.num_images]
     return predict_folder(CellPredictor(cfg), args.input, drawn, progress=False)
 

@@ -41,6 +41,8 @@ __all__ = [
     "TrainFolder",
     "TrainSample",
     "check_image_size",
+    "check_test_images",
+    "load_id_map",
     "raise_if_strict",
     "read_test_images",
     "read_train_sample",

@@ -106,6 +106,10 @@ def apply_epoch_schedule(cfg: CfgNode) -> CfgNode:
         )
     if cfg.TEST.EVAL_PERIOD_EPOCHS > 0:
         cfg.TEST.EVAL_PERIOD = max(1, round(cfg.TEST.EVAL_PERIOD_EPOCHS * iters_per_epoch))
+    if cfg.SOLVER.WARMUP_ITERS >= cfg.SOLVER.MAX_ITER:
+        # A small dataset gives few iterations; a warm-up as long as training never trains.
+        cfg.SOLVER.WARMUP_ITERS = cfg.SOLVER.MAX_ITER // 10
+        logger.warning("SOLVER.WARMUP_ITERS shortened to %d", cfg.SOLVER.WARMUP_ITERS)
     logger.info(
         "Epoch schedule: %d images, %d iterations per epoch -> MAX_ITER %d, checkpoint every %d, "
         "evaluate every %d iterations",

@@ -1,6 +1,6 @@
 """Inference side: prediction, submission files (write, read, validate), scoring and figures."""
 
-from cellseg_d2.inference.predict import iter_batches, predict_folder
+from cellseg_d2.inference.predict import build_predict_config, iter_batches, predict_folder
 from cellseg_d2.inference.predictor import (
     CellPredictor,
     Detection,
@@ -33,6 +33,7 @@ from cellseg_d2.inference.visualize import (
 )
 
 __all__ = [
+    "build_predict_config",
     "CellPredictor",
     "Detection",
     "SubmissionReport",

@@ -35,6 +35,9 @@ __all__ = [
     "Detection",
     "detections_to_results",
     "merge_tile_detections",
+    "paste_masks_in_boxes",
+    "postprocessed_instances_to_detections",
+    "raw_instances_to_detections",
     "tile_windows",
 ]
 

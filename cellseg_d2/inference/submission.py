@@ -41,6 +41,7 @@ __all__ = [
     "format_report",
     "group_by_image",
     "read_submission",
+    "require_valid_submission",
     "validate_submission",
     "write_submission",
 ]

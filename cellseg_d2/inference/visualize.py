@@ -34,6 +34,7 @@ __all__ = [
     "GAP",
     "compose_figure",
     "render_comparison",
+    "validation_id_map",
     "visualize_predictions",
     "write_png",
 ]
