@@ -178,9 +178,18 @@ def test_predict_tool_writes_valid_zip(synthetic_root: Path, tmp_path: Path) -> 
 
 def test_predict_tool_tta(synthetic_root: Path, tmp_path: Path) -> None:
     output = tmp_path / "tta.json"
-    proc = _run_predict(synthetic_root, output, "--tta", "TEST.AUG.MIN_SIZES", "(96, 128)")
+    from cellseg_d2.data.validate import load_id_map
+    from cellseg_d2.inference import validate_submission
+
+    opts = ["--score-thresh", "0.0", "TEST.AUG.MIN_SIZES", "(96, 128)"]
+    proc = _run_predict(synthetic_root, output, "--tta", *opts)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert isinstance(json.loads(output.read_text()), list)
+    results = json.loads(output.read_text())
+    assert results, "score threshold 0 keeps the random model's detections"
+    report = validate_submission(
+        results, load_id_map(synthetic_root / "test_image_name_to_ids.json")
+    )
+    assert report.violations == []
 
 
 @pytest.mark.parametrize("problem", ["unlisted", "missing", "size"])

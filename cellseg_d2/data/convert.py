@@ -149,9 +149,19 @@ def _read_cache(path: Path, key: dict) -> dict | None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    """Write compact JSON atomically (readers see the old file or the whole new one)."""
-    with atomic_write(path, "w") as handle:
-        json.dump(data, handle, separators=(",", ":"))
+    """Write compact JSON atomically (readers see the old file or the whole new one).
+
+    Raises:
+        CellDataError: the annotations folder cannot be written (e.g. a read-only dataset).
+    """
+    try:
+        with atomic_write(path, "w") as handle:
+            json.dump(data, handle, separators=(",", ":"))
+    except PermissionError as exc:
+        raise CellDataError(
+            f"{path.parent}: cannot write the annotation cache ({exc.strerror}); the dataset "
+            "root must be writable, or copy the dataset to a writable place"
+        ) from exc
 
 
 def _convert_folder(job: tuple[TrainFolder, int, int]) -> tuple[dict, list[dict], int]:
