@@ -37,8 +37,10 @@ def test_benchmark_writes_every_figure(synthetic_root: Path, tmp_path: Path) -> 
         "inference": {
             "images",
             "model_s_per_image",
+            "model_forward_s_per_image",
             "predict_s_per_image",
             "ratio",
+            "ratio_to_model_forward",
             "gflops_per_image",
             "achieved_gflops_per_s",
             "peak_rss_mib",

@@ -13,6 +13,7 @@ over the image plus the area of the boxes, not one full-image pass per cell.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -24,6 +25,7 @@ __all__ = [
     "LabelInstance",
     "decode_rle",
     "encode_crop",
+    "encode_crops",
     "encode_mask",
     "label_image_to_instances",
     "tight_crop",
@@ -107,55 +109,67 @@ def decode_rle(rle: dict) -> np.ndarray:
     return mask_util.decode(compressed).astype(bool)
 
 
-def _compress_counts(counts: list[int], height: int, width: int) -> dict:
-    """Turn uncompressed COCO run lengths into compressed RLE with ``str`` counts."""
-    rle = mask_util.frPyObjects({"size": [height, width], "counts": counts}, height, width)
-    return {"size": [height, width], "counts": rle["counts"].decode()}
+def encode_crops(crops: Sequence[InstanceCrop], height: int, width: int) -> list[dict]:
+    """Encode binary crops placed in an HxW image as compressed COCO RLEs, all at once.
 
+    Costs the crops' area, not the image's, and runs as a handful of numpy passes over all
+    crops together plus one pycocotools call: how hundreds of predicted cells per image become
+    submission masks without full-size arrays or per-cell Python work.
 
-def _crop_runs(crop: np.ndarray, top: int, left: int, height: int, width: int) -> list[int]:
-    """Full-image COCO run lengths of a binary crop placed at ``(top, left)``.
-
-    The crop is padded with a background row above and below, so every foreground run starts and
-    ends inside one padded column; the flat positions of the value changes then map straight to
-    full-image Fortran-order positions.
-    """
-    crop_h, crop_w = crop.shape
-    padded = np.zeros((crop_w, crop_h + 2), dtype=bool)
-    padded[:, 1:-1] = crop.T
-    flat = padded.ravel()
-    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    column, row = np.divmod(changes, crop_h + 2)
-    edges = (left + column) * height + (top + row - 1)
-    # A run that ends at the bottom of one column and restarts at the top of the next is one run
-    # in Fortran order: drop such end/start pairs (only possible when the crop spans all rows).
-    ends, starts = edges[1:-1:2], edges[2::2]
-    joined = np.flatnonzero(ends == starts)
-    if joined.size:
-        edges = np.delete(edges, np.concatenate([2 * joined + 1, 2 * joined + 2]))
-    if edges[-1] != height * width:  # no zero-length trailing run: pycocotools omits it
-        edges = np.append(edges, height * width)
-    return np.diff(edges, prepend=0).tolist()
-
-
-def encode_crop(crop: np.ndarray, top: int, left: int, height: int, width: int) -> dict:
-    """Encode a binary crop placed at ``(top, left)`` in an HxW image as compressed COCO RLE.
-
-    Costs the crop's area, not the image's: how predictions become submission masks without
-    pasting every cell into a full-size array.
+    How: each crop is transposed (COCO runs go down columns) and padded with a background row
+    above and below every column, and all crops are laid end to end. Every foreground run then
+    starts and ends inside one padded column of one crop, so the positions where the values
+    change map straight to full-image Fortran-order positions. A run that ends at the bottom of
+    one column and restarts at the top of the next is one run in Fortran order (possible only
+    when a crop spans all rows); such end/start pairs are dropped.
 
     Args:
-        crop: h x w array, non-zero = foreground; must lie inside the image.
-        top, left: position of the crop's first pixel in the image.
+        crops: ``(top, left, mask)`` with an h x w mask (non-zero = foreground) inside the image.
         height, width: the image size.
 
     Returns:
-        ``{"size": [height, width], "counts": str}``.
+        ``{"size": [height, width], "counts": str}`` per crop, in order.
     """
-    crop = crop != 0
-    if not crop.any():
-        return _compress_counts([height * width], height, width)
-    return _compress_counts(_crop_runs(crop, top, left, height, width), height, width)
+    if not crops:
+        return []
+    masks = [np.asarray(crop.mask) != 0 for crop in crops]
+    padded_h = np.array([m.shape[0] + 2 for m in masks])
+    sizes = padded_h * np.array([m.shape[1] for m in masks])
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    flat = np.zeros(int(offsets[-1]) + 1, dtype=bool)  # +1: a final background sentinel
+    for mask, start, rows in zip(masks, offsets[:-1], padded_h):
+        flat[start : start + mask.size + 2 * mask.shape[1]].reshape(-1, rows)[:, 1:-1] = mask.T
+    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    owner = np.searchsorted(offsets, changes, side="right") - 1
+    column, row = np.divmod(changes - offsets[owner], padded_h[owner])
+    tops = np.array([crop.top for crop in crops])
+    lefts = np.array([crop.left for crop in crops])
+    edges = (lefts[owner] + column) * height + (tops[owner] + row - 1)
+    first = np.searchsorted(owner, np.arange(len(crops)))
+    position = np.arange(len(edges)) - first[owner]
+    joined = (owner[1:] == owner[:-1]) & (edges[1:] == edges[:-1]) & (position[:-1] % 2 == 1)
+    if joined.any():
+        drop = np.flatnonzero(joined)
+        keep = np.ones(len(edges), dtype=bool)
+        keep[drop] = keep[drop + 1] = False
+        edges, owner = edges[keep], owner[keep]
+    total = height * width
+    bounds = np.searchsorted(owner, np.arange(len(crops) + 1))
+    uncompressed = []
+    for index in range(len(crops)):
+        own = edges[bounds[index] : bounds[index + 1]]
+        if own.size == 0 or own[-1] != total:  # no zero-length trailing run: pycocotools omits it
+            own = np.append(own, total)
+        counts = np.diff(own, prepend=0).tolist()
+        uncompressed.append({"size": [height, width], "counts": counts})
+    compressed = mask_util.frPyObjects(uncompressed, height, width)
+    return [{"size": [height, width], "counts": rle["counts"].decode()} for rle in compressed]
+
+
+def encode_crop(crop: np.ndarray, top: int, left: int, height: int, width: int) -> dict:
+    """Encode one binary crop placed at ``(top, left)`` in an HxW image (see
+    :func:`encode_crops`, which is faster for many crops of one image)."""
+    return encode_crops([InstanceCrop(top, left, crop)], height, width)[0]
 
 
 def label_image_to_instances(labels: np.ndarray) -> list[LabelInstance]:
@@ -188,18 +202,19 @@ def label_image_to_instances(labels: np.ndarray) -> list[LabelInstance]:
         if ids[0] != 0:  # no background pixel: shift so the first id is not label 0
             ids = np.concatenate([[0], ids])
             work = work + 1
-    instances = []
-    for index, box in enumerate(ndimage.find_objects(work), start=1):
-        if box is None:
-            continue
-        crop = work[box] == index
-        rows, cols = box
-        instances.append(
-            LabelInstance(
-                instance_id=int(index if ids is None else ids[index]),
-                rle=encode_crop(crop, rows.start, cols.start, height, width),
-                bbox=[cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start],
-                area=int(np.count_nonzero(crop)),
-            )
+    found = [
+        (index, box)
+        for index, box in enumerate(ndimage.find_objects(work), start=1)
+        if box is not None
+    ]
+    crops = [InstanceCrop(box[0].start, box[1].start, work[box] == index) for index, box in found]
+    rles = encode_crops(crops, height, width)
+    return [
+        LabelInstance(
+            instance_id=int(index if ids is None else ids[index]),
+            rle=rle,
+            bbox=[cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start],
+            area=int(np.count_nonzero(crop.mask)),
         )
-    return instances
+        for (index, (rows, cols)), crop, rle in zip(found, crops, rles)
+    ]

@@ -3,7 +3,7 @@
 Speed is won around the model, so predictions never become full-size masks: each detection's
 28x28 mask is pasted only into its own box (the values detectron2's paste computes, for many
 boxes per call), thresholded there, trimmed to its tight extent and kept as a small crop.
-Submission RLEs are encoded from those crops (:func:`cellseg_d2.data.rle.encode_crop`), which
+Submission RLEs are encoded from those crops (:func:`cellseg_d2.data.rle.encode_crops`), which
 costs the cell's area instead of the image's.
 
 Images larger than ``TEST.TILING.MAX_SIZE`` run as overlapping tiles: a detection touching a tile
@@ -26,7 +26,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Instances
 from torchvision.ops import box_iou
 
-from ..data.rle import encode_crop, tight_crop
+from ..data.rle import InstanceCrop, encode_crops, tight_crop
 from ..engine.checkpoint import fetch_weights
 from ..modeling import CellRCNNWithTTA
 
@@ -257,19 +257,22 @@ def detections_to_results(
 ) -> list[dict]:
     """COCO results entries for one image: ``category_id`` 1..4, tight ``[x, y, w, h]`` box of
     the mask, ``score`` and RLE ``segmentation`` with ``str`` counts."""
-    results = []
-    for det in detections:
-        h, w = det.mask.shape
-        results.append(
-            {
-                "image_id": int(image_id),
-                "category_id": int(det.category) + 1,
-                "bbox": [float(det.left), float(det.top), float(w), float(h)],
-                "score": float(det.score),
-                "segmentation": encode_crop(det.mask, det.top, det.left, height, width),
-            }
-        )
-    return results
+    rles = encode_crops([InstanceCrop(d.top, d.left, d.mask) for d in detections], height, width)
+    return [
+        {
+            "image_id": int(image_id),
+            "category_id": int(det.category) + 1,
+            "bbox": [
+                float(det.left),
+                float(det.top),
+                float(det.mask.shape[1]),
+                float(det.mask.shape[0]),
+            ],
+            "score": float(det.score),
+            "segmentation": rle,
+        }
+        for det, rle in zip(detections, rles)
+    ]
 
 
 class CellPredictor:
