@@ -30,6 +30,20 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict], list[dict]]:
+    """Three synthetic test images (the first dense), the id map, and the ground truth written
+    as a submission (a perfect one)."""
+    from cellseg_d2.data.validate import load_id_map
+    from cellseg_d2.inference.scoring import ground_truth_as_results, load_ground_truth_coco
+
+    root = tmp_path_factory.mktemp("synthetic_test")
+    generate_synthetic_dataset(root, 0, 3, seed=2, min_size=128, max_size=192)
+    entries = load_id_map(root / "test_image_name_to_ids.json")
+    results = ground_truth_as_results(load_ground_truth_coco(root / "test_gt", entries))
+    return root, entries, results
+
+
 @pytest.fixture()
 def cells_prefix(synthetic_root: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     """Register the synthetic dataset under a test-unique prefix and remove it afterwards."""

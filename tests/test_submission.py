@@ -16,9 +16,6 @@ import pytest
 
 from cellseg_d2.data.io import CellDataError
 from cellseg_d2.data.rle import encode_mask
-from cellseg_d2.data.synthetic import generate_synthetic_dataset
-from cellseg_d2.data.validate import load_id_map
-from cellseg_d2.inference.scoring import ground_truth_as_results, load_ground_truth_coco
 from cellseg_d2.inference.submission import (
     RESULTS_FILE_NAME,
     format_report,
@@ -32,16 +29,6 @@ from .conftest import load_tool
 
 REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "validate_submission.py"
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict], list[dict]]:
-    """Three synthetic test images (the first dense), the id map and the oracle submission."""
-    root = tmp_path_factory.mktemp("synthetic")
-    generate_synthetic_dataset(root, 0, 3, seed=2, min_size=128, max_size=192)
-    entries = load_id_map(root / "test_image_name_to_ids.json")
-    results = ground_truth_as_results(load_ground_truth_coco(root / "test_gt", entries))
-    return root, entries, results
 
 
 def _index_of_wide_box(results: list[dict]) -> int:

@@ -9,9 +9,6 @@ import numpy as np
 import pytest
 
 from cellseg_d2.data.io import CellDataError, read_image
-from cellseg_d2.data.synthetic import generate_synthetic_dataset
-from cellseg_d2.data.validate import load_id_map
-from cellseg_d2.inference.scoring import ground_truth_as_results, load_ground_truth_coco
 from cellseg_d2.inference.submission import group_by_image, write_submission
 from cellseg_d2.inference.visualize import (
     GAP,
@@ -24,16 +21,6 @@ from .conftest import load_tool
 
 REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "visualize.py"
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict], list[dict]]:
-    """Three synthetic test images of different sizes, the id map and the oracle submission."""
-    root = tmp_path_factory.mktemp("synthetic")
-    generate_synthetic_dataset(root, 0, 3, seed=1, min_size=128, max_size=192)
-    entries = load_id_map(root / "test_image_name_to_ids.json")
-    results = ground_truth_as_results(load_ground_truth_coco(root / "test_gt", entries))
-    return root, entries, results
 
 
 def _expected_size(entries: list[dict], panels: int) -> tuple[int, int]:
