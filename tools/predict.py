@@ -21,7 +21,7 @@ from detectron2.utils.logger import setup_logger
 
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
 from cellseg_d2.data import CellDataError
-from cellseg_d2.data.validate import check_test_images
+from cellseg_d2.data.validate import check_test_images, list_tiff_images
 from cellseg_d2.engine import WeightsUnavailableError
 from cellseg_d2.inference import CellPredictor, predict_folder, write_submission
 from cellseg_d2.inference.predict import build_predict_config
@@ -55,12 +55,7 @@ def main(args: argparse.Namespace) -> int:
         input_dir = Path(args.input)
         if not input_dir.is_dir():
             raise CellDataError(f"{input_dir}: input folder not found")
-        images = sorted(
-            p
-            for p in input_dir.iterdir()
-            if p.suffix.lower() in (".tif", ".tiff") and not p.name.startswith(".")
-        )
-        entries = check_test_images(args.id_map, images)
+        entries = check_test_images(args.id_map, list_tiff_images(input_dir))
         predictor = CellPredictor(cfg, tta=args.tta)
         start = time.perf_counter()
         results = predict_folder(predictor, input_dir, entries, progress=not args.no_progress)

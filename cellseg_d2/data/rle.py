@@ -24,7 +24,6 @@ __all__ = [
     "InstanceCrop",
     "LabelInstance",
     "decode_rle",
-    "encode_crop",
     "encode_crops",
     "encode_mask",
     "label_image_to_instances",
@@ -164,12 +163,6 @@ def encode_crops(crops: Sequence[InstanceCrop], height: int, width: int) -> list
         uncompressed.append({"size": [height, width], "counts": counts})
     compressed = mask_util.frPyObjects(uncompressed, height, width)
     return [{"size": [height, width], "counts": rle["counts"].decode()} for rle in compressed]
-
-
-def encode_crop(crop: np.ndarray, top: int, left: int, height: int, width: int) -> dict:
-    """Encode one binary crop placed at ``(top, left)`` in an HxW image (see
-    :func:`encode_crops`, which is faster for many crops of one image)."""
-    return encode_crops([InstanceCrop(top, left, crop)], height, width)[0]
 
 
 def label_image_to_instances(labels: np.ndarray) -> list[LabelInstance]:

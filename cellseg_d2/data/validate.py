@@ -42,6 +42,7 @@ __all__ = [
     "TrainSample",
     "check_image_size",
     "check_test_images",
+    "list_tiff_images",
     "load_id_map",
     "raise_if_strict",
     "read_test_images",
@@ -116,6 +117,26 @@ def _visible_entries(folder: Path) -> list[os.DirEntry]:
         return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
 
 
+def list_tiff_images(folder: str | os.PathLike, warnings: list[str] | None = None) -> list[Path]:
+    """The TIFF files of a folder of test images, sorted by name, hidden files left out.
+
+    The one rule for what counts as a test image, shared by dataset scanning and prediction.
+
+    Args:
+        folder: the image folder (``test_release/`` or any ``--input``).
+        warnings: if given, gets one message per other entry that was ignored.
+    """
+    folder = Path(folder)
+    images = []
+    for entry in _visible_entries(folder):
+        path = folder / entry.name
+        if entry.is_file() and entry.name.lower().endswith(_TIFF_SUFFIXES):
+            images.append(path)
+        elif warnings is not None:
+            warnings.append(f"{path}: not a TIFF file; ignored")
+    return images
+
+
 def _scan_train_folder(entry: os.DirEntry, warnings: list[str]) -> TrainFolder:
     """List one ``train/<id>/`` folder; raise on an unknown TIFF name or a missing image."""
     folder = Path(entry.path)
@@ -182,13 +203,7 @@ def scan_dataset(root: str | os.PathLike) -> DatasetFiles:
     if test_dir.is_dir():
         if not id_map.is_file():
             raise CellDataError(f"{id_map}: file not found (needed for the images in {test_dir})")
-        test_images = []
-        for entry in _visible_entries(test_dir):
-            path = test_dir / entry.name
-            if entry.is_file() and entry.name.lower().endswith(_TIFF_SUFFIXES):
-                test_images.append(path)
-            else:
-                warnings.append(f"{path}: not a TIFF file; ignored")
+        test_images = list_tiff_images(test_dir, warnings)
     elif id_map.is_file():
         warnings.append(f"{test_dir}: folder not found; the id map {id_map} is not used")
     for message in warnings:
