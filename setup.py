@@ -30,6 +30,7 @@ setup(
         "imagecodecs",
         "numpy",
         "scipy",
+        "scikit-image",
         "tqdm",
     ],
     extras_require={"dev": ["pytest>=7", "ruff>=0.6", "packaging"]},

@@ -42,6 +42,9 @@ def add_cellseg_config(cfg: CN) -> None:
     _c.DATASETS.FOLD = 0
     # Instances with fewer pixels than this are dropped at conversion (counted in the log).
     _c.DATASETS.MIN_INSTANCE_AREA = 4
+    # Class names in order: name K is the class of classK.tif (K = 1..N); N must equal
+    # MODEL.ROI_HEADS.NUM_CLASSES. Default: the four MoNuSAC 2020 classes.
+    _c.DATASETS.CLASS_NAMES = ["epithelial", "lymphocyte", "neutrophil", "macrophage"]
 
     # ---- Augmentation (CellDatasetMapper) ----
     _c.INPUT.ELASTIC = CN()
