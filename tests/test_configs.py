@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
@@ -81,11 +84,40 @@ def test_real_configs_start_from_imagenet_and_demo_from_scratch() -> None:
     for name in ALL_CONFIGS:
         cfg = get_cellseg_cfg()
         cfg.merge_from_file(str(CONFIGS / name))
-        if "R_50" in name:
+        if "scratch" in name:
+            assert cfg.MODEL.WEIGHTS == "", name
+        elif "R_50" in name:
             assert cfg.MODEL.WEIGHTS.endswith("ImageNetPretrained/MSRA/R-50.pkl"), name
             assert cfg.MODEL.PIXEL_STD == [1.0, 1.0, 1.0]  # MSRA caffe2 weights
         elif name != "Base-CellSeg-RCNN-FPN.yaml":
             assert cfg.MODEL.WEIGHTS == "", name
+
+
+def test_scratch_config_normalises_and_trains_every_layer() -> None:
+    cfg = _cfg("mask_rcnn_R_50_FPN_scratch_cells.yaml")
+    model = build_model(cfg)
+    frozen_bn = [n for n, m in model.named_modules() if isinstance(m, FrozenBatchNorm2d)]
+    assert frozen_bn == []
+    assert sum(isinstance(m, torch.nn.GroupNorm) for m in model.backbone.bottom_up.modules()) > 50
+    assert all(p.requires_grad for p in model.backbone.parameters())  # FREEZE_AT 0
+    assert cfg.MODEL.WEIGHTS == "" and cfg.MODEL.FPN.NORM == "GN"
+    assert cfg.MODEL.ROI_BOX_HEAD.NORM == "GN" and cfg.MODEL.ROI_MASK_HEAD.NORM == "GN"
+
+
+def test_import_cellseg_d2_registers_the_meta_architecture() -> None:
+    # A fresh interpreter: this test session has long imported cellseg_d2.modeling.
+    code = (
+        "import cellseg_d2\n"
+        "from detectron2.modeling import build_model\n"
+        "from cellseg_d2.config import get_cellseg_cfg\n"
+        "cfg = get_cellseg_cfg()\n"
+        f"cfg.merge_from_file({str(CONFIGS / 'quick_schedules' / 'instant_test.yaml')!r})\n"
+        "cfg.MODEL.DEVICE = 'cpu'\n"
+        "print(type(build_model(cfg)).__name__)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("CellRCNN")
 
 
 def test_seed_configs_follow_the_report() -> None:

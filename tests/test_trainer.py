@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from cellseg_d2.engine import (
     build_cell_optimizer,
     evaluate_weights,
     fetch_weights,
+    warn_if_untrained_frozen_bn,
 )
 from cellseg_d2.engine.checkpoint import AtomicDetectionCheckpointer
 from cellseg_d2.modeling import CellRCNN
@@ -196,6 +198,39 @@ def test_epochs_become_iterations(cells_prefix: str, tmp_path: Path) -> None:
     assert cfg.SOLVER.MAX_ITER == 20  # the input is left alone
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`")
+def test_warmup_longer_than_training_is_shortened_without_epochs(
+    cells_prefix: str, tmp_path: Path
+) -> None:
+    cfg = instant_cfg(
+        cells_prefix, tmp_path, "SOLVER.EPOCHS", 0, "SOLVER.MAX_ITER", 80,
+        "SOLVER.WARMUP_ITERS", 200, "SOLVER.LR_SCHEDULER_NAME", "WarmupCosineLR",
+    )  # fmt: skip
+    trainer = CellTrainer(cfg)
+    assert trainer.cfg.SOLVER.WARMUP_ITERS == 8
+    for _ in range(10):  # past the shortened warm-up, the lr is near BASE_LR, not ~1e-8
+        trainer.scheduler.step()
+    lr = trainer.optimizer.param_groups[0]["lr"]
+    assert lr > 0.5 * cfg.SOLVER.BASE_LR
+
+
+def test_untrained_frozen_bn_backbone_warns_and_names_the_scratch_config(
+    cells_prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = instant_cfg(cells_prefix, tmp_path, "MODEL.RESNETS.NORM", "FrozenBN")
+    trainer = CellTrainer(cfg)
+    with caplog.at_level(logging.WARNING, logger="cellseg_d2.engine.trainer"):
+        trainer.resume_or_load(resume=False)
+    warnings = [r.getMessage() for r in caplog.records if "FrozenBN" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "mask_rcnn_R_50_FPN_scratch_cells.yaml" in warnings[0]
+    # GroupNorm (the instant config's own norm) or a weights file: nothing to warn about.
+    assert not warn_if_untrained_frozen_bn(instant_cfg(cells_prefix, tmp_path))
+    with_weights = instant_cfg(cells_prefix, tmp_path, "MODEL.RESNETS.NORM", "FrozenBN")
+    with_weights.MODEL.WEIGHTS = "model.pth"
+    assert not warn_if_untrained_frozen_bn(with_weights)
+
+
 def test_two_process_gloo_training(synthetic_root: Path, tmp_path: Path) -> None:
     env = {**os.environ, "CELLSEG_DATASETS": str(synthetic_root), "OMP_NUM_THREADS": "1"}
     cmd = [
@@ -220,7 +255,7 @@ def test_unreachable_weights_explain_what_to_do(weights: str) -> None:
     with pytest.raises(WeightsUnavailableError) as info:
         fetch_weights(weights)
     message = str(info.value)
-    assert weights in message and 'MODEL.WEIGHTS ""' in message
+    assert weights in message and "mask_rcnn_R_50_FPN_scratch_cells.yaml" in message
 
 
 def test_train_tool_exits_2_on_unreachable_weights(synthetic_root: Path, tmp_path: Path) -> None:

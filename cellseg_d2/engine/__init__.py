@@ -8,7 +8,9 @@ from .trainer import (
     apply_epoch_schedule,
     build_cell_optimizer,
     evaluate_weights,
+    fit_warmup_to_schedule,
     prepare_for_launch,
+    warn_if_untrained_frozen_bn,
 )
 
 __all__ = [
@@ -21,5 +23,7 @@ __all__ = [
     "build_cell_optimizer",
     "evaluate_weights",
     "fetch_weights",
+    "fit_warmup_to_schedule",
     "prepare_for_launch",
+    "warn_if_untrained_frozen_bn",
 ]

@@ -39,7 +39,8 @@ def _weights_hint(weights: str, exc: BaseException) -> str:
         f"cannot read MODEL.WEIGHTS '{weights}': {type(exc).__name__}: {exc}\n"
         "  - offline? download the file elsewhere, copy it here and pass "
         "MODEL.WEIGHTS /path/to/file\n"
-        '  - or train from random initialisation with MODEL.WEIGHTS ""'
+        "  - or train from random initialisation with "
+        "configs/mask_rcnn_R_50_FPN_scratch_cells.yaml (GroupNorm, no weights needed)"
     )
 
 

@@ -43,7 +43,9 @@ __all__ = [
     "apply_epoch_schedule",
     "build_cell_optimizer",
     "evaluate_weights",
+    "fit_warmup_to_schedule",
     "prepare_for_launch",
+    "warn_if_untrained_frozen_bn",
 ]
 
 logger = logging.getLogger(__name__)
@@ -106,10 +108,6 @@ def apply_epoch_schedule(cfg: CfgNode) -> CfgNode:
         )
     if cfg.TEST.EVAL_PERIOD_EPOCHS > 0:
         cfg.TEST.EVAL_PERIOD = max(1, round(cfg.TEST.EVAL_PERIOD_EPOCHS * iters_per_epoch))
-    if cfg.SOLVER.WARMUP_ITERS >= cfg.SOLVER.MAX_ITER:
-        # A small dataset gives few iterations; a warm-up as long as training never trains.
-        cfg.SOLVER.WARMUP_ITERS = cfg.SOLVER.MAX_ITER // 10
-        logger.warning("SOLVER.WARMUP_ITERS shortened to %d", cfg.SOLVER.WARMUP_ITERS)
     logger.info(
         "Epoch schedule: %d images, %d iterations per epoch -> MAX_ITER %d, checkpoint every %d, "
         "evaluate every %d iterations",
@@ -122,6 +120,52 @@ def apply_epoch_schedule(cfg: CfgNode) -> CfgNode:
     if was_frozen:
         cfg.freeze()
     return cfg
+
+
+def fit_warmup_to_schedule(cfg: CfgNode) -> CfgNode:
+    """Shorten a warm-up that is as long as training (or longer) to a tenth of ``MAX_ITER``.
+
+    A warm-up that never ends trains at a fraction of ``BASE_LR`` throughout (an 80-iteration run
+    with the base configs' 200 warm-up iterations trained at lr ~1e-8). This applies whatever
+    set ``MAX_ITER``: ``SOLVER.EPOCHS``, a config file or an override. Returns a (possibly)
+    modified clone.
+    """
+    if cfg.SOLVER.WARMUP_ITERS < cfg.SOLVER.MAX_ITER:
+        return cfg
+    cfg = cfg.clone()
+    was_frozen = cfg.is_frozen()
+    cfg.defrost()
+    shortened = cfg.SOLVER.MAX_ITER // 10
+    logger.warning(
+        "SOLVER.WARMUP_ITERS %d >= SOLVER.MAX_ITER %d: warm-up shortened to %d iterations",
+        cfg.SOLVER.WARMUP_ITERS,
+        cfg.SOLVER.MAX_ITER,
+        shortened,
+    )
+    cfg.SOLVER.WARMUP_ITERS = shortened
+    if was_frozen:
+        cfg.freeze()
+    return cfg
+
+
+def warn_if_untrained_frozen_bn(cfg: CfgNode) -> bool:
+    """Warn when a run starts from no weights with a FrozenBN backbone; return whether it did.
+
+    FrozenBN keeps the statistics it was loaded with; without weights those are the identity
+    (mean 0, variance 1), so the backbone trains with no normalisation at all, which trains
+    poorly. detectron2's own from-scratch configs use GroupNorm everywhere and ``FREEZE_AT 0``;
+    so does ``configs/mask_rcnn_R_50_FPN_scratch_cells.yaml``.
+    """
+    if cfg.MODEL.WEIGHTS or cfg.MODEL.RESNETS.NORM != "FrozenBN":
+        return False
+    logger.warning(
+        'Training from no weights (MODEL.WEIGHTS "") with a FrozenBN backbone '
+        "(MODEL.RESNETS.NORM FrozenBN): its statistics stay at the identity, i.e. the backbone "
+        "has no normalisation and trains poorly. To train from scratch use "
+        "configs/mask_rcnn_R_50_FPN_scratch_cells.yaml (GroupNorm in backbone, FPN and heads, "
+        "FREEZE_AT 0), or start from pretrained weights."
+    )
+    return True
 
 
 def _with_full_model_clipping(
@@ -213,7 +257,7 @@ class CellTrainer(DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
-        cfg = apply_epoch_schedule(adapt_config_to_machine(cfg))
+        cfg = fit_warmup_to_schedule(apply_epoch_schedule(adapt_config_to_machine(cfg)))
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
 
         model = self.build_model(cfg)
@@ -238,8 +282,11 @@ class CellTrainer(DefaultTrainer):
 
         Unreachable weights stop with :class:`WeightsUnavailableError` naming the file.
         """
-        if self.cfg.MODEL.WEIGHTS and not (resume and self.checkpointer.has_checkpoint()):
+        resuming = resume and self.checkpointer.has_checkpoint()
+        if self.cfg.MODEL.WEIGHTS and not resuming:
             fetch_weights(self.cfg.MODEL.WEIGHTS)
+        if not resuming and comm.is_main_process():
+            warn_if_untrained_frozen_bn(self.cfg)
         super().resume_or_load(resume=resume)
 
     def train(self) -> dict[str, Any] | None:
