@@ -23,7 +23,7 @@ from cellseg_d2.data.convert import (
     prepare_cell_dataset,
     write_coco_subset,
 )
-from cellseg_d2.data.io import CellDataError, read_instance_mask, write_tiff
+from cellseg_d2.data.io import DEFAULT_CLASS_NAMES, CellDataError, read_instance_mask, write_tiff
 from cellseg_d2.data.rle import decode_rle, encode_mask, label_image_to_instances
 from cellseg_d2.data.validate import scan_dataset
 
@@ -165,8 +165,11 @@ def test_round_trip_reproduces_the_masks(dataset: Path, caplog: pytest.LogCaptur
 
 def test_cache_content(dataset: Path) -> None:
     summary = prepare_cell_dataset(dataset)
-    coco = json.loads((dataset / "annotations" / "instances_train.json").read_text())
-    assert coco["categories"] == [{"id": k, "name": f"class{k}"} for k in (1, 2, 3, 4)]
+    coco = json.loads((dataset / convert.CACHE_DIR / "instances_train.json").read_text())
+    assert coco["categories"] == [
+        {"id": k + 1, "name": name} for k, name in enumerate(DEFAULT_CLASS_NAMES)
+    ]
+    assert coco["info"]["cellseg"]["class_names"] == list(DEFAULT_CLASS_NAMES)
     assert [(i["id"], i["folder"], i["file_name"]) for i in coco["images"]] == [
         (1, "a", "train/a/image.tif"),
         (2, "b", "train/b/image.tif"),
@@ -176,9 +179,14 @@ def test_cache_content(dataset: Path) -> None:
     assert coco["info"]["cellseg"]["min_area"] == 4
     assert coco["info"]["cellseg"]["conversion_version"] == convert.CONVERSION_VERSION
     assert summary.dropped_small == 1 and summary.train_images == 2
-    assert summary.instances_per_class == {"class1": 2, "class2": 1, "class3": 1, "class4": 0}
+    assert summary.instances_per_class == {
+        "epithelial": 2,
+        "lymphocyte": 1,
+        "neutrophil": 1,
+        "macrophage": 0,
+    }
     assert summary.test_images == 2 and summary.empty_images == [] and summary.warnings == []
-    test = json.loads((dataset / "annotations" / "test_images.json").read_text())
+    test = json.loads((dataset / convert.CACHE_DIR / "test_images.json").read_text())
     assert "annotations" not in test  # COCOEvaluator then only saves predictions
     assert [(i["id"], i["file_name"]) for i in test["images"]] == [
         (3, "test_release/y.tif"),
@@ -197,7 +205,7 @@ def test_test_dicts_carry_the_id_map_ids(dataset: Path) -> None:
 
 def test_cache_is_reused(dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = load_cell_train_dicts(dataset)
-    cache = dataset / "annotations" / "instances_train.json"
+    cache = dataset / convert.CACHE_DIR / "instances_train.json"
     stamp = cache.stat().st_mtime_ns
 
     def fail(*args: object) -> None:
@@ -233,10 +241,16 @@ def test_cache_is_rebuilt_for_min_area_and_version(
     assert calls == [1]
 
 
-def test_unreadable_cache_is_rebuilt(dataset: Path) -> None:
+def test_unreadable_cache_is_refused_not_overwritten(dataset: Path) -> None:
+    """A file the project cannot prove it wrote is never replaced; removing it rebuilds it."""
     load_cell_train_dicts(dataset)
-    cache = dataset / "annotations" / "instances_train.json"
+    cache = dataset / convert.CACHE_DIR / "instances_train.json"
     cache.write_text('{"images": [')
+    with pytest.raises(CellDataError, match="not written by cellseg-d2; refusing") as info:
+        load_cell_train_dicts(dataset)
+    assert str(cache) in str(info.value)
+    assert cache.read_text() == '{"images": ['
+    cache.unlink()
     assert len(load_cell_train_dicts(dataset)) == 2
     json.loads(cache.read_text())
 
@@ -247,7 +261,7 @@ def test_pool_conversion_equals_serial(tmp_path: Path, monkeypatch: pytest.Monke
     root = tmp_path / "syn"
     generate_synthetic_dataset(root, num_train=10, num_test=0, seed=3, min_size=48, max_size=64)
     pooled = load_train_coco(root)
-    shutil.rmtree(root / "annotations")
+    shutil.rmtree(root / convert.CACHE_DIR)
     monkeypatch.setattr(convert, "_POOL_MIN_IMAGES", 10**6)
     serial = load_train_coco(root)
     assert pooled["images"] == serial["images"] and pooled["annotations"] == serial["annotations"]
@@ -256,7 +270,7 @@ def test_pool_conversion_equals_serial(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_write_coco_subset(dataset: Path) -> None:
     coco = load_train_coco(dataset)
-    path = write_coco_subset(coco, [2], dataset / "annotations" / "sub.json")
+    path = write_coco_subset(coco, [2], dataset / convert.CACHE_DIR / "sub.json")
     subset = json.loads(path.read_text())
     assert [i["id"] for i in subset["images"]] == [2]
     assert {a["image_id"] for a in subset["annotations"]} == {2}
@@ -318,7 +332,7 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], None], str, str]] = {
     "class5": (
         lambda r: write_tiff(r / "train" / "a" / "class5.tif", np.zeros((20, 24))),
         "a/class5.tif",
-        "unexpected TIFF name",
+        "DATASETS.CLASS_NAMES",
     ),
     "mask.tif": (
         lambda r: write_tiff(r / "train" / "b" / "mask.tif", np.zeros((18, 16))),
@@ -388,7 +402,7 @@ def test_bad_input_raises_naming_the_file(dataset: Path, case: str) -> None:
 
 
 def test_error_leaves_no_half_written_cache(dataset: Path) -> None:
-    annotations = dataset / "annotations"
+    annotations = dataset / convert.CACHE_DIR
     _set_mask_value(np.nan)(dataset)
     with pytest.raises(CellDataError):
         load_cell_train_dicts(dataset)
@@ -471,7 +485,7 @@ def test_real_hw3_sample(tmp_path: Path) -> None:
     root = _real("hw3_sample", tmp_path)
     summary = prepare_cell_dataset(root)
     assert summary.train_images == 1 and summary.test_images is None
-    assert summary.instances_per_class == {"class1": 2, "class2": 159, "class3": 0, "class4": 0}
+    assert list(summary.instances_per_class.values()) == [2, 159, 0, 0]
     (sample,) = load_cell_train_dicts(root)
     assert (sample["height"], sample["width"]) == (397, 482)
     folder = root / "train" / "sample-image"
@@ -492,10 +506,10 @@ def test_real_hw3_sample(tmp_path: Path) -> None:
 
 def test_real_dsb2018_subset(tmp_path: Path) -> None:
     root = _real("dsb2018_subset", tmp_path)
-    summary = prepare_cell_dataset(root)
+    summary = prepare_cell_dataset(root, class_names=["nucleus"])
     assert summary.train_images == 20 and summary.test_images == 65
-    assert summary.instances_per_class["class1"] == 953
-    test_ids = [d["image_id"] for d in load_cell_test_dicts(root)]
+    assert summary.instances_per_class == {"nucleus": 953}
+    test_ids = [d["image_id"] for d in load_cell_test_dicts(root, class_names=["nucleus"])]
     id_map = json.loads((root / "test_image_name_to_ids.json").read_text())
     assert sorted(test_ids) == sorted(e["id"] for e in id_map)
 

@@ -15,6 +15,7 @@ from detectron2.structures import Boxes, BoxMode, Instances
 
 from cellseg_d2.config import get_cellseg_cfg
 from cellseg_d2.data import register_cell_datasets, register_cell_datasets_from_config, split_of
+from cellseg_d2.data.io import DEFAULT_CLASS_NAMES
 from cellseg_d2.data.rle import decode_rle
 from cellseg_d2.data.synthetic import generate_synthetic_dataset
 
@@ -96,7 +97,7 @@ def test_register_twice_and_split_contents(root: Path, registered: list[str]) ->
 def test_metadata_and_split_json_file(root: Path, registered: list[str]) -> None:
     registered += register_cell_datasets(root, prefix="m", val_fraction=0.4, seed=1)
     meta = MetadataCatalog.get("m_val")
-    assert meta.thing_classes == ["class1", "class2", "class3", "class4"]
+    assert meta.thing_classes == list(DEFAULT_CLASS_NAMES)
     assert len(set(meta.thing_colors)) == 4 and all(len(c) == 3 for c in meta.thing_colors)
     assert meta.evaluator_type == "coco" and meta.root == str(root.resolve())
     assert meta.thing_dataset_id_to_contiguous_id == {1: 0, 2: 1, 3: 2, 4: 3}
@@ -132,6 +133,7 @@ def test_register_from_config(root: Path, registered: list[str]) -> None:
     cfg.DATASETS.CELLS_ROOT = str(root)
     cfg.DATASETS.VAL_FRACTION = 0.25
     cfg.DATASETS.SPLIT_SEED = 2
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 4
     registered += register_cell_datasets_from_config(cfg)
     assert set(registered) == {f"cells_{s}" for s in SPLITS}
     assert _folders("cells_val") == [

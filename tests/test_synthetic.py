@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from cellseg_d2.data.io import CLASS_FILE_NAMES, read_image, read_instance_mask
+from cellseg_d2.data.io import class_file_name, read_image, read_instance_mask
 from cellseg_d2.data.synthetic import (
     DENSE_MIN_CELLS,
     generate_synthetic_dataset,
@@ -22,6 +22,7 @@ from cellseg_d2.data.synthetic import (
 REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "make_synthetic_dataset.py"
 SMALL = {"min_size": 64, "max_size": 128}
+CLASS_FILES = {class_file_name(k) for k in range(4)}
 
 
 def _check_image(path: Path) -> tuple[int, int]:
@@ -41,7 +42,7 @@ def _check_masks(folder: Path, shape: tuple[int, int]) -> dict[int, np.ndarray]:
     """Assert the mask files' format and id rules; return {class: ids}."""
     names = sorted(p.name for p in folder.iterdir() if p.name != "image.tif")
     assert names, f"{folder} has no mask"
-    assert set(names) <= set(CLASS_FILE_NAMES), names
+    assert set(names) <= CLASS_FILES, names
     ids: dict[int, np.ndarray] = {}
     owner = np.zeros(shape, np.int64)
     for name in names:
@@ -116,7 +117,7 @@ def test_every_class_appears_in_twenty_images(tmp_path: Path) -> None:
     present = set()
     for folder in (tmp_path / "train").iterdir():
         present |= {p.name for p in folder.glob("class*.tif")}
-    assert present == set(CLASS_FILE_NAMES)
+    assert present == CLASS_FILES
     assert all(n > 0 for n in summary["instances_per_class"].values())
     # The common classes dominate, the rare ones stay rare.
     counts = summary["instances_per_class"]
