@@ -18,7 +18,8 @@ from cellseg_d2.data.io import read_image
 from cellseg_d2.data.synthetic import generate_synthetic_dataset
 from cellseg_d2.engine import CellTrainer
 from cellseg_d2.inference.predictor import CellPredictor
-from tests.conftest import SHARED_DATA, instant_cfg
+
+from .conftest import SHARED_DATA, instant_cfg
 
 
 @pytest.fixture()

@@ -329,12 +329,13 @@ def _load_train_coco(
     coco = _read_cache(path, key)
     if coco is None:
         coco = _build_train_coco(files, key, min_size)
+        check_has_instances(coco, files.root)
         _write_json(path, coco)
     return coco, path
 
 
 def check_has_instances(coco: dict, root: str | os.PathLike) -> None:
-    """Refuse training data in which no image holds a single kept instance.
+    """Refuse training data in which no image holds a single kept instance (before caching it).
 
     Why: images without cells are kept as negatives (``DATALOADER.FILTER_EMPTY_ANNOTATIONS`` is
     off in the base config), but a dataset of nothing but negatives cannot train a detector;
@@ -372,7 +373,7 @@ def load_train_coco(
         The COCO dict of ``<root>/.cellseg_cache/instances_train.json``.
 
     Raises:
-        CellDataError: any problem with the data, naming the file.
+        CellDataError: any problem with the data, naming the file; no image holds a cell.
     """
     class_names = check_class_names(class_names)
     return _load_train_coco(scan_dataset(root, class_names), min_area, min_size, class_names)[0]
@@ -588,7 +589,6 @@ def prepare_cell_dataset(
     summary = DatasetSummary(warnings=list(files.warnings))
     if files.train:
         coco, path = _load_train_coco(files, min_area, min_size, class_names)
-        check_has_instances(coco, files.root)
         summary.cache_files.append(path)
         summary.train_images = len(coco["images"])
         counts = dict.fromkeys((c["id"] for c in coco["categories"]), 0)

@@ -33,7 +33,6 @@ from cellseg_d2.data.convert import (
     CACHE_DIR,
     TEST_JSON_NAME,
     TRAIN_JSON_NAME,
-    check_has_instances,
     coco_to_train_dicts,
     load_cell_test_dicts,
     load_train_coco,
@@ -170,12 +169,11 @@ def _split_loader(
     It also (re)writes the split's ``json_file`` when the data changed, before returning, so
     COCOEvaluator, which detectron2 builds after the data loader, reads matching ground truth.
     Data without a single instance raise :class:`CellDataError` (see
-    :func:`~cellseg_d2.data.convert.check_has_instances`).
+    :func:`~cellseg_d2.data.convert.check_has_instances`), before detectron2 sees them.
     """
 
     def load() -> list[dict]:
         coco = load_train_coco(root, min_area, class_names=class_names)
-        check_has_instances(coco, root)
         dicts = coco_to_train_dicts(coco, root)
         if split != "trainval":
             splits = [split_of(d["folder"], **split_args) for d in dicts]
