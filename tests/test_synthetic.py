@@ -212,9 +212,29 @@ def test_cli_writes_dataset(tmp_path: Path) -> None:
     assert str(out) in result.stderr  # the log says where the data are
 
 
+def test_any_number_of_classes(tmp_path: Path) -> None:
+    """Six classes: class1..class6 written, each present somewhere; one class: class1.tif only."""
+    summary = generate_synthetic_dataset(
+        tmp_path / "six", num_train=8, num_test=0, seed=1, num_classes=6, **SMALL
+    )
+    present = {p.name for p in (tmp_path / "six" / "train").glob("*/class*.tif")}
+    assert present == {class_file_name(k) for k in range(6)}
+    assert sorted(summary["instances_per_class"]) == [1, 2, 3, 4, 5, 6]
+    one = generate_synthetic_dataset(tmp_path / "one", 3, 1, seed=1, num_classes=1, **SMALL)
+    assert {p.name for p in (tmp_path / "one").glob("*/*/class*.tif")} == {"class1.tif"}
+    assert one["instances_per_class"][1] > 0
+    with pytest.raises(ValueError, match="num_classes"):
+        generate_synthetic_dataset(tmp_path / "bad", 1, 0, num_classes=17, **SMALL)
+
+
 @pytest.mark.parametrize(
     "args",
-    [("--min-size", "300", "--max-size", "100"), ("--min-size", "8"), ("--num-train", "-2")],
+    [
+        ("--min-size", "300", "--max-size", "100"),
+        ("--min-size", "8"),
+        ("--num-train", "-2"),
+        ("--num-classes", "0"),
+    ],
 )
 def test_cli_rejects_bad_arguments(tmp_path: Path, args: tuple[str, ...]) -> None:
     result = _run_tool("--output", str(tmp_path / "data"), *args)
