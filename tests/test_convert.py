@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import os
 import runpy
 import shutil
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from detectron2.structures import BoxMode
 from pycocotools import mask as mask_util
 
@@ -23,9 +26,9 @@ from cellseg_d2.data.convert import (
     prepare_cell_dataset,
     write_coco_subset,
 )
-from cellseg_d2.data.io import CellDataError, read_instance_mask, write_tiff
+from cellseg_d2.data.io import DEFAULT_CLASS_NAMES, CellDataError, read_instance_mask, write_tiff
 from cellseg_d2.data.rle import decode_rle, encode_mask, label_image_to_instances
-from cellseg_d2.data.validate import scan_dataset
+from cellseg_d2.data.validate import TrainFolder, scan_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -165,8 +168,11 @@ def test_round_trip_reproduces_the_masks(dataset: Path, caplog: pytest.LogCaptur
 
 def test_cache_content(dataset: Path) -> None:
     summary = prepare_cell_dataset(dataset)
-    coco = json.loads((dataset / "annotations" / "instances_train.json").read_text())
-    assert coco["categories"] == [{"id": k, "name": f"class{k}"} for k in (1, 2, 3, 4)]
+    coco = json.loads((dataset / convert.CACHE_DIR / "instances_train.json").read_text())
+    assert coco["categories"] == [
+        {"id": k + 1, "name": name} for k, name in enumerate(DEFAULT_CLASS_NAMES)
+    ]
+    assert coco["info"]["cellseg"]["class_names"] == list(DEFAULT_CLASS_NAMES)
     assert [(i["id"], i["folder"], i["file_name"]) for i in coco["images"]] == [
         (1, "a", "train/a/image.tif"),
         (2, "b", "train/b/image.tif"),
@@ -176,9 +182,14 @@ def test_cache_content(dataset: Path) -> None:
     assert coco["info"]["cellseg"]["min_area"] == 4
     assert coco["info"]["cellseg"]["conversion_version"] == convert.CONVERSION_VERSION
     assert summary.dropped_small == 1 and summary.train_images == 2
-    assert summary.instances_per_class == {"class1": 2, "class2": 1, "class3": 1, "class4": 0}
+    assert summary.instances_per_class == {
+        "epithelial": 2,
+        "lymphocyte": 1,
+        "neutrophil": 1,
+        "macrophage": 0,
+    }
     assert summary.test_images == 2 and summary.empty_images == [] and summary.warnings == []
-    test = json.loads((dataset / "annotations" / "test_images.json").read_text())
+    test = json.loads((dataset / convert.CACHE_DIR / "test_images.json").read_text())
     assert "annotations" not in test  # COCOEvaluator then only saves predictions
     assert [(i["id"], i["file_name"]) for i in test["images"]] == [
         (3, "test_release/y.tif"),
@@ -197,7 +208,7 @@ def test_test_dicts_carry_the_id_map_ids(dataset: Path) -> None:
 
 def test_cache_is_reused(dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = load_cell_train_dicts(dataset)
-    cache = dataset / "annotations" / "instances_train.json"
+    cache = dataset / convert.CACHE_DIR / "instances_train.json"
     stamp = cache.stat().st_mtime_ns
 
     def fail(*args: object) -> None:
@@ -233,10 +244,16 @@ def test_cache_is_rebuilt_for_min_area_and_version(
     assert calls == [1]
 
 
-def test_unreadable_cache_is_rebuilt(dataset: Path) -> None:
+def test_unreadable_cache_is_refused_not_overwritten(dataset: Path) -> None:
+    """A file the project cannot prove it wrote is never replaced; removing it rebuilds it."""
     load_cell_train_dicts(dataset)
-    cache = dataset / "annotations" / "instances_train.json"
+    cache = dataset / convert.CACHE_DIR / "instances_train.json"
     cache.write_text('{"images": [')
+    with pytest.raises(CellDataError, match="not written by cellseg-d2; refusing") as info:
+        load_cell_train_dicts(dataset)
+    assert str(cache) in str(info.value)
+    assert cache.read_text() == '{"images": ['
+    cache.unlink()
     assert len(load_cell_train_dicts(dataset)) == 2
     json.loads(cache.read_text())
 
@@ -247,7 +264,7 @@ def test_pool_conversion_equals_serial(tmp_path: Path, monkeypatch: pytest.Monke
     root = tmp_path / "syn"
     generate_synthetic_dataset(root, num_train=10, num_test=0, seed=3, min_size=48, max_size=64)
     pooled = load_train_coco(root)
-    shutil.rmtree(root / "annotations")
+    shutil.rmtree(root / convert.CACHE_DIR)
     monkeypatch.setattr(convert, "_POOL_MIN_IMAGES", 10**6)
     serial = load_train_coco(root)
     assert pooled["images"] == serial["images"] and pooled["annotations"] == serial["annotations"]
@@ -256,7 +273,7 @@ def test_pool_conversion_equals_serial(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_write_coco_subset(dataset: Path) -> None:
     coco = load_train_coco(dataset)
-    path = write_coco_subset(coco, [2], dataset / "annotations" / "sub.json")
+    path = write_coco_subset(coco, [2], dataset / convert.CACHE_DIR / "sub.json")
     subset = json.loads(path.read_text())
     assert [i["id"] for i in subset["images"]] == [2]
     assert {a["image_id"] for a in subset["annotations"]} == {2}
@@ -318,7 +335,7 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], None], str, str]] = {
     "class5": (
         lambda r: write_tiff(r / "train" / "a" / "class5.tif", np.zeros((20, 24))),
         "a/class5.tif",
-        "unexpected TIFF name",
+        "DATASETS.CLASS_NAMES",
     ),
     "mask.tif": (
         lambda r: write_tiff(r / "train" / "b" / "mask.tif", np.zeros((18, 16))),
@@ -388,7 +405,7 @@ def test_bad_input_raises_naming_the_file(dataset: Path, case: str) -> None:
 
 
 def test_error_leaves_no_half_written_cache(dataset: Path) -> None:
-    annotations = dataset / "annotations"
+    annotations = dataset / convert.CACHE_DIR
     _set_mask_value(np.nan)(dataset)
     with pytest.raises(CellDataError):
         load_cell_train_dicts(dataset)
@@ -471,7 +488,7 @@ def test_real_hw3_sample(tmp_path: Path) -> None:
     root = _real("hw3_sample", tmp_path)
     summary = prepare_cell_dataset(root)
     assert summary.train_images == 1 and summary.test_images is None
-    assert summary.instances_per_class == {"class1": 2, "class2": 159, "class3": 0, "class4": 0}
+    assert list(summary.instances_per_class.values()) == [2, 159, 0, 0]
     (sample,) = load_cell_train_dicts(root)
     assert (sample["height"], sample["width"]) == (397, 482)
     folder = root / "train" / "sample-image"
@@ -492,10 +509,10 @@ def test_real_hw3_sample(tmp_path: Path) -> None:
 
 def test_real_dsb2018_subset(tmp_path: Path) -> None:
     root = _real("dsb2018_subset", tmp_path)
-    summary = prepare_cell_dataset(root)
+    summary = prepare_cell_dataset(root, class_names=["nucleus"])
     assert summary.train_images == 20 and summary.test_images == 65
-    assert summary.instances_per_class["class1"] == 953
-    test_ids = [d["image_id"] for d in load_cell_test_dicts(root)]
+    assert summary.instances_per_class == {"nucleus": 953}
+    test_ids = [d["image_id"] for d in load_cell_test_dicts(root, class_names=["nucleus"])]
     id_map = json.loads((root / "test_image_name_to_ids.json").read_text())
     assert sorted(test_ids) == sorted(e["id"] for e in id_map)
 
@@ -518,3 +535,123 @@ def test_encode_crops_matches_pycocotools_on_random_crops() -> None:
             h, w = crop.mask.shape
             full[crop.top : crop.top + h, crop.left : crop.left + w] = crop.mask
             assert rle == encode_mask(full)
+
+
+# ---- hostile or careless data (issue 12): exit 2, the file named, the earlier cache kept ---------
+
+
+def _fails_keeping_cache(dataset: Path, capsys: pytest.CaptureFixture, *needles: str) -> str:
+    """Run prepare_dataset on a dataset whose cache was built before: exit 2, the message holds
+    every needle, no traceback, and the earlier cache is byte-identical."""
+    cache = dataset / convert.CACHE_DIR / "instances_train.json"
+    before = cache.read_bytes()
+    assert _prepare_main()(["--root", str(dataset)]) == 2
+    err = capsys.readouterr().err
+    assert all(needle in err for needle in needles), err
+    assert "Traceback" not in err
+    assert cache.read_bytes() == before
+    return err
+
+
+@pytest.fixture
+def prepared(dataset: Path, capsys: pytest.CaptureFixture) -> Path:
+    """The tiny dataset with its cache built by the tool."""
+    assert _prepare_main()(["--root", str(dataset)]) == 0
+    capsys.readouterr()
+    return dataset
+
+
+def test_multi_page_image_exits_2_naming_file_and_pages(
+    prepared: Path, capsys: pytest.CaptureFixture
+) -> None:
+    path = prepared / "train" / "a" / "image.tif"
+    with tifffile.TiffWriter(path) as tif:
+        for _ in range(5):
+            tif.write(np.zeros((20, 24), np.uint8), metadata=None)
+    _fails_keeping_cache(prepared, capsys, "a/image.tif", "multi-page TIFF with 5 pages")
+
+
+def test_uint64_mask_and_non_utf8_folder(prepared: Path, capsys: pytest.CaptureFixture) -> None:
+    labels = np.zeros((18, 16), np.uint64)
+    labels[:, 0:2] = 2**64 - 1
+    labels[5:9, 6:10] = 2**63
+    write_tiff(prepared / "train" / "b" / "class2.tif", labels)
+    _bump_mtime(prepared / "train" / "b" / "class2.tif")
+    assert _prepare_main()(["--root", str(prepared)]) == 0
+    assert "lymphocyte:" in capsys.readouterr().out
+    (b_annotations,) = [d for d in load_cell_train_dicts(prepared) if d["folder"] == "b"]
+    assert sorted(a["area"] for a in b_annotations["annotations"]) == [16, 36]
+    os.mkdir(os.fsencode(prepared / "train") + b"/bad\xff")
+    _fails_keeping_cache(prepared, capsys, "bad\\udcff", "not valid UTF-8")
+
+
+def test_pixel_cap_exits_2_naming_file_limit_and_override(
+    prepared: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _bump_mtime(prepared / "train" / "a" / "image.tif")  # forces a rebuild that reads pixels
+    monkeypatch.setenv("CELLSEG_MAX_IMAGE_PIXELS", "100")
+    _fails_keeping_cache(
+        prepared, capsys, "a/image.tif", "limit of 100 pixels", "CELLSEG_MAX_IMAGE_PIXELS"
+    )
+
+
+def test_cache_never_overwrites_a_user_file(prepared: Path, capsys: pytest.CaptureFixture) -> None:
+    user = prepared / "annotations" / "instances_train.json"
+    user.parent.mkdir()
+    user.write_text('{"mine": true}')
+    _bump_mtime(prepared / "train" / "a" / "class1.tif")
+    assert _prepare_main()(["--root", str(prepared)]) == 0
+    assert user.read_text() == '{"mine": true}'
+    capsys.readouterr()
+    foreign = prepared / convert.CACHE_DIR / "test_images.json"
+    foreign.write_text('{"also": "mine"}')
+    (prepared / "test_release" / "x.tif").touch()  # the test list must be rebuilt
+    _bump_mtime(prepared / "test_release" / "x.tif")
+    _fails_keeping_cache(prepared, capsys, str(foreign), "refusing to overwrite")
+    assert foreign.read_text() == '{"also": "mine"}'
+
+
+def test_all_empty_training_data_exits_2_naming_the_root(
+    prepared: Path, capsys: pytest.CaptureFixture
+) -> None:
+    for mask in (prepared / "train").glob("*/class*.tif"):
+        write_tiff(mask, np.zeros(read_instance_mask(mask).shape))
+        _bump_mtime(mask)
+    err = _fails_keeping_cache(prepared, capsys, "none of the 2 training images holds a cell")
+    assert str(prepared) in err
+
+
+def test_killed_conversion_worker_fails_instead_of_hanging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cellseg_d2.data.synthetic import generate_synthetic_dataset
+
+    root = tmp_path / "syn"
+    generate_synthetic_dataset(root, num_train=10, num_test=0, seed=3, min_size=48, max_size=64)
+    cache = root / convert.CACHE_DIR / "instances_train.json"
+    before = json.dumps(load_train_coco(root, min_area=4))
+    victim = sorted(p.name for p in (root / "train").iterdir())[4]
+    parent = os.getpid()
+    original = convert.read_train_sample
+
+    def killed_for_memory(folder: TrainFolder, min_size: int) -> object:
+        # Runs in the forked worker (the parent is never killed): what the OOM killer does.
+        if folder.name == victim and os.getpid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(folder, min_size)
+
+    monkeypatch.setattr(convert, "read_train_sample", killed_for_memory)
+    # A hang would end the whole run after 120 s with a traceback dump, failing this test.
+    faulthandler.dump_traceback_later(120, exit=True)
+    try:
+        with pytest.raises(CellDataError) as info:
+            load_train_coco(root, min_area=1)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    message = str(info.value)
+    assert str(root) in message and "worker process died" in message
+    assert "CELLSEG_CONVERT_WORKERS=1" in message
+    assert json.dumps(json.loads(cache.read_text())) == before  # the earlier cache is intact
+    monkeypatch.setenv("CELLSEG_CONVERT_WORKERS", "1")  # the advice works: no pool, no kill
+    monkeypatch.setattr(convert, "read_train_sample", original)
+    assert len(load_train_coco(root, min_area=1)["images"]) == 10

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
 from detectron2.evaluation import COCOEvaluator
 from detectron2.structures import Boxes, BoxMode, Instances
 
 from cellseg_d2.config import get_cellseg_cfg
 from cellseg_d2.data import register_cell_datasets, register_cell_datasets_from_config, split_of
+from cellseg_d2.data.io import DEFAULT_CLASS_NAMES, CellDataError
 from cellseg_d2.data.rle import decode_rle
 from cellseg_d2.data.synthetic import generate_synthetic_dataset
+from cellseg_d2.engine import CellTrainer
+
+from .conftest import instant_cfg
 
 SPLITS = ("train", "val", "trainval", "test")
 
@@ -96,7 +101,7 @@ def test_register_twice_and_split_contents(root: Path, registered: list[str]) ->
 def test_metadata_and_split_json_file(root: Path, registered: list[str]) -> None:
     registered += register_cell_datasets(root, prefix="m", val_fraction=0.4, seed=1)
     meta = MetadataCatalog.get("m_val")
-    assert meta.thing_classes == ["class1", "class2", "class3", "class4"]
+    assert meta.thing_classes == list(DEFAULT_CLASS_NAMES)
     assert len(set(meta.thing_colors)) == 4 and all(len(c) == 3 for c in meta.thing_colors)
     assert meta.evaluator_type == "coco" and meta.root == str(root.resolve())
     assert meta.thing_dataset_id_to_contiguous_id == {1: 0, 2: 1, 3: 2, 4: 3}
@@ -132,6 +137,7 @@ def test_register_from_config(root: Path, registered: list[str]) -> None:
     cfg.DATASETS.CELLS_ROOT = str(root)
     cfg.DATASETS.VAL_FRACTION = 0.25
     cfg.DATASETS.SPLIT_SEED = 2
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 4
     registered += register_cell_datasets_from_config(cfg)
     assert set(registered) == {f"cells_{s}" for s in SPLITS}
     assert _folders("cells_val") == [
@@ -181,3 +187,29 @@ def test_adding_an_image_moves_no_other(tmp_path: Path, registered: list[str]) -
     after = {f: "val" for f in _folders("grow_val")} | {f: "train" for f in _folders("grow_train")}
     assert set(after) == set(before) | {"zz-added"}
     assert all(after[f] == split for f, split in before.items())
+
+
+def test_images_without_cells_are_kept_and_all_empty_data_is_an_error(
+    tmp_path: Path, registered: list[str]
+) -> None:
+    """Empty images train as negatives (the base config turns detectron2's filter off); data
+    with no cell at all stop with a CellDataError naming the root, not an AssertionError."""
+    root = tmp_path / "data"
+    generate_synthetic_dataset(root, num_train=3, num_test=0, min_size=32, max_size=40)
+    source = sorted((root / "train").iterdir())[0]
+    (root / "train" / "zz-empty").mkdir()
+    shutil.copy(source / "image.tif", root / "train" / "zz-empty" / "image.tif")
+    registered += register_cell_datasets(root, prefix="neg", val_fraction=0.0)
+    cfg = instant_cfg("neg", tmp_path / "out")
+    assert cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS is False
+    dicts = get_detection_dataset_dicts(
+        ["neg_train"], filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+    )
+    assert [d["folder"] for d in dicts][-1] == "zz-empty" and len(dicts) == 4
+    for mask in (root / "train").glob("*/class*.tif"):
+        mask.unlink()
+    with pytest.raises(CellDataError) as info:
+        CellTrainer(cfg)
+    assert str(root.resolve()) in str(info.value) and "none of the 4 training images" in str(
+        info.value
+    )

@@ -9,9 +9,11 @@ import pytest
 import tifffile
 
 from cellseg_d2.data.io import (
+    MAX_PIXELS_ENV,
     CellDataError,
     atomic_write,
     read_image,
+    read_image_size,
     read_instance_mask,
     write_tiff,
 )
@@ -149,3 +151,65 @@ def test_write_tiff_round_trip(tmp_path: Path) -> None:
     labels = np.array([[0, 5], [9, 9]], np.float64)
     write_tiff(tmp_path / "class1.tif", labels)
     assert read_instance_mask(tmp_path / "class1.tif").tolist() == [[0, 5], [9, 9]]
+
+
+# ---- hostile or careless files (issue 12) ---------------------------------------------------
+
+
+def _pages(path: Path, stack: np.ndarray) -> Path:
+    """Write each 2-D plane of ``stack`` as its own TIFF page (an ImageJ-style stack)."""
+    with tifffile.TiffWriter(path) as tif:
+        for plane in stack:
+            tif.write(plane, metadata=None)
+    with tifffile.TiffFile(path) as tif:
+        assert len(tif.pages) == len(stack)
+    return path
+
+
+def test_multi_page_tiffs_follow_one_rule(tmp_path: Path) -> None:
+    """3 or 4 same-size pages are the channels of an image; any other stack is refused."""
+    planes = np.moveaxis(_rgb_planes(), -1, 0)  # 3 pages: R, G, B
+    _pages(tmp_path / "rgb_pages.tif", planes)
+    image = read_image(tmp_path / "rgb_pages.tif")
+    assert (image[..., 0] == 30).all() and (image[..., 2] == 10).all()
+    stack = _pages(tmp_path / "zstack.tif", np.zeros((5, 6, 7), np.uint8))
+    with pytest.raises(CellDataError, match=r"zstack\.tif: multi-page TIFF with 5 pages"):
+        read_image(stack)
+    with pytest.raises(CellDataError, match=r"zstack\.tif: multi-page TIFF with 5 pages"):
+        read_image_size(stack)
+    with pytest.raises(CellDataError, match=r"rgb_pages\.tif: multi-page TIFF with 3 pages"):
+        read_instance_mask(tmp_path / "rgb_pages.tif")
+
+
+def test_uint64_ids_above_int64_are_renumbered_not_wrapped(tmp_path: Path) -> None:
+    labels = np.zeros((6, 8), np.uint64)
+    labels[0:2] = 2**63 + 5
+    labels[2:4] = 2**64 - 1
+    labels[4, :4] = 7
+    ids = read_instance_mask(_tif(tmp_path / "u64.tif", labels))
+    assert ids.dtype == np.int64 and ids.min() == 0
+    # Three instances, each still one distinct id, order kept, background still 0.
+    assert [int(ids[0, 0]), int(ids[2, 0]), int(ids[4, 0])] == [2, 3, 1]
+    assert (ids[labels == 0] == 0).all() and np.unique(ids).size == 4
+
+
+def test_pixel_cap_is_checked_from_the_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "big.tif"
+    write_tiff(path, np.zeros((40, 50, 3), np.uint8))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # pixels truncated: decoding would fail differently
+    monkeypatch.setenv(MAX_PIXELS_ENV, "1000")
+    for reader in (read_image, read_image_size):
+        with pytest.raises(CellDataError) as info:
+            reader(path)
+        message = str(info.value)
+        assert "big.tif" in message and "limit of 1000 pixels" in message
+        assert MAX_PIXELS_ENV in message
+    monkeypatch.setenv(MAX_PIXELS_ENV, "0")  # no limit: now the truncation shows
+    with pytest.raises(CellDataError, match="unreadable TIFF"):
+        read_image(path)
+    monkeypatch.setenv(MAX_PIXELS_ENV, "lots")
+    with pytest.raises(CellDataError, match=MAX_PIXELS_ENV):
+        read_image_size(path)

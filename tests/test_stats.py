@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellseg_d2.data.io import write_tiff
+from cellseg_d2.data.io import CellDataError, write_tiff
 from cellseg_d2.data.stats import (
     compute_dataset_stats,
     format_stats,
@@ -19,6 +19,7 @@ from cellseg_d2.data.stats import (
 )
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "dataset_stats.py"
+NAMES = ("tumour", "immune", "stroma", "giant")
 
 
 @pytest.fixture
@@ -40,16 +41,16 @@ def root(tmp_path: Path) -> Path:
 
 
 def test_counts_distributions_and_sizes(root: Path) -> None:
-    stats = compute_dataset_stats(root)
+    stats = compute_dataset_stats(root, class_names=NAMES)
     assert stats["images"] == 3 and stats["empty_images"] == 1 and stats["instances"] == 32
-    assert stats["instances_per_class"] == {"class1": 0, "class2": 30, "class3": 0, "class4": 2}
+    assert stats["instances_per_class"] == {"tumour": 0, "immune": 30, "stroma": 0, "giant": 2}
     per_image = stats["instances_per_image"]
     assert (per_image["max"], per_image["min"], per_image["p50"]) == (30, 0, 2)
     assert per_image["mean"] == pytest.approx(32 / 3)
-    assert stats["instance_area"]["class2"]["p50"] == 16
-    assert stats["instance_area"]["class4"]["max"] == 900
-    assert stats["instance_area"]["class1"] is None
-    assert stats["equivalent_diameter"]["class2"]["p50"] == pytest.approx(
+    assert stats["instance_area"]["immune"]["p50"] == 16
+    assert stats["instance_area"]["giant"]["max"] == 900
+    assert stats["instance_area"]["tumour"] is None
+    assert stats["equivalent_diameter"]["immune"]["p50"] == pytest.approx(
         2 * math.sqrt(16 / math.pi)
     )
     assert (stats["image_height"]["min"], stats["image_height"]["max"]) == (40, 64)
@@ -69,6 +70,24 @@ def test_advice_covers_sizes_and_densest_image(root: Path) -> None:
     assert advice["MODEL.RPN.PRE_NMS_TOPK_TEST"] >= advice["MODEL.RPN.POST_NMS_TOPK_TEST"]
 
 
+def test_rare_class_gets_a_note() -> None:
+    coco = {
+        "images": [{"id": 1, "height": 60, "width": 60}],
+        "annotations": [
+            {"image_id": 1, "category_id": 1 + (i == 0), "area": 30} for i in range(200)
+        ],
+        "categories": [{"id": 1, "name": "common"}, {"id": 2, "name": "rare"}],
+    }
+    notes = stats_from_coco(coco)["advice"]["notes"]
+    assert any("'rare' is rare (1 of 200" in note for note in notes), notes
+    assert not any("'common'" in note for note in notes)
+
+
+def test_stats_reject_unknown_class_file(root: Path) -> None:
+    with pytest.raises(CellDataError, match="class4.tif.*DATASETS.CLASS_NAMES"):
+        compute_dataset_stats(root, class_names=NAMES[:3])
+
+
 def test_dense_images_raise_the_detection_budget() -> None:
     coco = {
         "images": [{"id": 1, "height": 600, "width": 600}],
@@ -81,10 +100,15 @@ def test_dense_images_raise_the_detection_budget() -> None:
 
 
 def test_report_and_json(root: Path, tmp_path: Path) -> None:
-    stats = compute_dataset_stats(root)
+    stats = compute_dataset_stats(root, class_names=NAMES)
     text = format_stats(stats)
-    for expected in ("images: 3", "class2 30", "equivalent diameter", "TEST.DETECTIONS_PER_IMAGE"):
+    for expected in ("images: 3", "immune 30", "equivalent diameter", "TEST.DETECTIONS_PER_IMAGE"):
         assert expected in text
+    # Advice per class by name: the two classes without instances, the rare one (2 of 32 is
+    # above 1%, so not called rare).
+    assert "note: class 'tumour' has no instance" in text
+    assert "note: class 'stroma' has no instance" in text
+    assert "'giant'" not in text
     write_stats_json(stats, tmp_path / "out" / "stats.json")
     assert json.loads((tmp_path / "out" / "stats.json").read_text()) == json.loads(
         json.dumps(stats)
@@ -94,9 +118,16 @@ def test_report_and_json(root: Path, tmp_path: Path) -> None:
 def test_tool(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     main = runpy.run_path(str(TOOL))["main"]
     out = tmp_path / "s.json"
-    assert main(["--root", str(root), "--json", str(out)]) == 0
+    assert main(["--root", str(root), "--json", str(out), "--class-names", ",".join(NAMES)]) == 0
     assert "suggested config" in capsys.readouterr().out
-    assert json.loads(out.read_text())["instances"] == 32
+    assert json.loads(out.read_text())["instances_per_class"]["immune"] == 30
+    # Two class names, but b/class4.tif exists: exit 2 naming the file and the flag.
+    assert main(["--root", str(root), "--class-names", "x,y"]) == 2
+    err = capsys.readouterr().err
+    assert "b/class4.tif" in err and "--class-names" in err
+    with pytest.raises(SystemExit) as info:
+        main(["--root", str(root), "--class-names", "x,x"])
+    assert info.value.code == 2 and "distinct" in capsys.readouterr().err
     write_tiff(root / "train" / "a" / "class1.tif", np.full((64, 80), 0.5))
     assert main(["--root", str(root)]) == 2
     assert "a/class1.tif" in capsys.readouterr().err

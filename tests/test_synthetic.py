@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from cellseg_d2.data.io import CLASS_FILE_NAMES, read_image, read_instance_mask
+from cellseg_d2.data.io import class_file_name, read_image, read_instance_mask
 from cellseg_d2.data.synthetic import (
     DENSE_MIN_CELLS,
     generate_synthetic_dataset,
@@ -22,6 +22,7 @@ from cellseg_d2.data.synthetic import (
 REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "make_synthetic_dataset.py"
 SMALL = {"min_size": 64, "max_size": 128}
+CLASS_FILES = {class_file_name(k) for k in range(4)}
 
 
 def _check_image(path: Path) -> tuple[int, int]:
@@ -41,7 +42,7 @@ def _check_masks(folder: Path, shape: tuple[int, int]) -> dict[int, np.ndarray]:
     """Assert the mask files' format and id rules; return {class: ids}."""
     names = sorted(p.name for p in folder.iterdir() if p.name != "image.tif")
     assert names, f"{folder} has no mask"
-    assert set(names) <= set(CLASS_FILE_NAMES), names
+    assert set(names) <= CLASS_FILES, names
     ids: dict[int, np.ndarray] = {}
     owner = np.zeros(shape, np.int64)
     for name in names:
@@ -116,7 +117,7 @@ def test_every_class_appears_in_twenty_images(tmp_path: Path) -> None:
     present = set()
     for folder in (tmp_path / "train").iterdir():
         present |= {p.name for p in folder.glob("class*.tif")}
-    assert present == set(CLASS_FILE_NAMES)
+    assert present == CLASS_FILES
     assert all(n > 0 for n in summary["instances_per_class"].values())
     # The common classes dominate, the rare ones stay rare.
     counts = summary["instances_per_class"]
@@ -211,9 +212,29 @@ def test_cli_writes_dataset(tmp_path: Path) -> None:
     assert str(out) in result.stderr  # the log says where the data are
 
 
+def test_any_number_of_classes(tmp_path: Path) -> None:
+    """Six classes: class1..class6 written, each present somewhere; one class: class1.tif only."""
+    summary = generate_synthetic_dataset(
+        tmp_path / "six", num_train=8, num_test=0, seed=1, num_classes=6, **SMALL
+    )
+    present = {p.name for p in (tmp_path / "six" / "train").glob("*/class*.tif")}
+    assert present == {class_file_name(k) for k in range(6)}
+    assert sorted(summary["instances_per_class"]) == [1, 2, 3, 4, 5, 6]
+    one = generate_synthetic_dataset(tmp_path / "one", 3, 1, seed=1, num_classes=1, **SMALL)
+    assert {p.name for p in (tmp_path / "one").glob("*/*/class*.tif")} == {"class1.tif"}
+    assert one["instances_per_class"][1] > 0
+    with pytest.raises(ValueError, match="num_classes"):
+        generate_synthetic_dataset(tmp_path / "bad", 1, 0, num_classes=17, **SMALL)
+
+
 @pytest.mark.parametrize(
     "args",
-    [("--min-size", "300", "--max-size", "100"), ("--min-size", "8"), ("--num-train", "-2")],
+    [
+        ("--min-size", "300", "--max-size", "100"),
+        ("--min-size", "8"),
+        ("--num-train", "-2"),
+        ("--num-classes", "0"),
+    ],
 )
 def test_cli_rejects_bad_arguments(tmp_path: Path, args: tuple[str, ...]) -> None:
     result = _run_tool("--output", str(tmp_path / "data"), *args)

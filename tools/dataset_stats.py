@@ -8,7 +8,8 @@ Example::
 Reports images, instances per class and per image, instance areas and equivalent diameters per
 class, image sizes, and advice for ``MODEL.ANCHOR_GENERATOR.SIZES``,
 ``TEST.DETECTIONS_PER_IMAGE`` and the RPN's test-time top-k. Reads the conversion cache (built on
-first use). Exit status 2 means bad data; the message names the file.
+first use). Classes are reported by name: pass ``--class-names`` as in the training config's
+``DATASETS.CLASS_NAMES``. Exit status 2 means bad data; the message names the file.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import logging
 import sys
 
 from cellseg_d2.config import default_cells_root
-from cellseg_d2.data.io import CellDataError
+from cellseg_d2.data.io import DEFAULT_CLASS_NAMES, CellDataError, parse_class_names
 from cellseg_d2.data.stats import compute_dataset_stats, format_stats, write_stats_json
 
 
@@ -30,11 +31,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--json", help="also write the statistics to this JSON file")
     parser.add_argument(
+        "--class-names",
+        default=",".join(DEFAULT_CLASS_NAMES),
+        help="comma-separated class names, name K for classK.tif (default: "
+        f"{','.join(DEFAULT_CLASS_NAMES)}; use the names of DATASETS.CLASS_NAMES)",
+    )
+    parser.add_argument(
         "--min-area", type=int, default=4, help="ignore instances with fewer pixels (default 4)"
     )
     args = parser.parse_args(argv)
     if args.min_area < 0:
         parser.error("--min-area must be >= 0")
+    try:
+        args.class_names = parse_class_names(args.class_names)
+    except CellDataError as exc:
+        parser.error(str(exc))
     return args
 
 
@@ -43,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        stats = compute_dataset_stats(args.root, args.min_area)
+        stats = compute_dataset_stats(args.root, args.min_area, args.class_names)
     except CellDataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -11,8 +11,10 @@ Example::
 
 Writes ``train/<uuid>/{image,classK}.tif``, ``test_release/<uuid>.tif``,
 ``test_image_name_to_ids.json`` and ``test_gt/<uuid>/classK.tif`` under ``--output`` (see
-:mod:`cellseg_d2.data.synthetic`). Exit status 2 means bad arguments or an existing dataset
-in the output folder (pass ``--overwrite`` to replace it).
+:mod:`cellseg_d2.data.synthetic`); ``--num-classes N`` writes ``class1.tif``..``classN.tif``
+(train with N names in ``DATASETS.CLASS_NAMES`` and ``MODEL.ROI_HEADS.NUM_CLASSES N``). Exit
+status 2 means bad arguments or an existing dataset in the output folder (pass ``--overwrite``
+to replace it).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import argparse
 import logging
 import sys
 
-from cellseg_d2.data.synthetic import MIN_IMAGE_SIZE, generate_synthetic_dataset
+from cellseg_d2.data.synthetic import MAX_CLASSES, MIN_IMAGE_SIZE, generate_synthetic_dataset
 
 logger = logging.getLogger("make_synthetic_dataset")
 
@@ -40,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min-size", type=int, default=256, help="smallest image side (256)")
     parser.add_argument("--max-size", type=int, default=512, help="largest image side (512)")
     parser.add_argument(
+        "--num-classes", type=int, default=4, help=f"classes, 1..{MAX_CLASSES} (default 4)"
+    )
+    parser.add_argument(
         "--overwrite", action="store_true", help="replace a dataset already in --output"
     )
     args = parser.parse_args(argv)
@@ -47,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--num-train and --num-test must be >= 0")
     if args.seed < 0:
         parser.error("--seed must be >= 0")
+    if not 1 <= args.num_classes <= MAX_CLASSES:
+        parser.error(f"--num-classes must be in 1..{MAX_CLASSES}")
     if args.min_size < MIN_IMAGE_SIZE or args.max_size < MIN_IMAGE_SIZE:
         parser.error(f"--min-size and --max-size must be at least {MIN_IMAGE_SIZE} pixels")
     if args.min_size > args.max_size:
@@ -73,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             min_size=args.min_size,
             max_size=args.max_size,
             overwrite=args.overwrite,
+            num_classes=args.num_classes,
         )
     except FileExistsError as exc:
         print(f"make_synthetic_dataset: error: {exc} (--overwrite)", file=sys.stderr)

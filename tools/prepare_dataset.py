@@ -5,10 +5,11 @@ Example::
 
     python tools/prepare_dataset.py --root datasets/cells
 
-Checks the layout, decodes every image and mask once, writes ``annotations/instances_train.json``
-and ``annotations/test_images.json`` under the root and prints a summary. A fresh cache is reused.
-Exit status 2 means bad data; the message names the file. ``--strict`` also fails on warnings
-(e.g. a training image without masks).
+Checks the layout, decodes every image and mask once, writes ``.cellseg_cache/instances_train.json``
+and ``.cellseg_cache/test_images.json`` under the root and prints a summary. A fresh cache is
+reused. Exit status 2 means bad data; the message names the file. ``--strict`` also fails on
+warnings (e.g. a training image without masks). ``--class-names`` must match the training
+config's ``DATASETS.CLASS_NAMES`` (masks ``class1.tif``..``classN.tif``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 
 from cellseg_d2.config import default_cells_root
 from cellseg_d2.data.convert import format_summary, prepare_cell_dataset
-from cellseg_d2.data.io import CellDataError
+from cellseg_d2.data.io import DEFAULT_CLASS_NAMES, CellDataError, parse_class_names
 from cellseg_d2.data.validate import DEFAULT_MIN_IMAGE_SIZE
 
 
@@ -30,6 +31,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--root", default=default_cells_root(), help="dataset root (default: $CELLSEG_DATASETS)"
     )
     parser.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    parser.add_argument(
+        "--class-names",
+        default=",".join(DEFAULT_CLASS_NAMES),
+        help="comma-separated class names, name K for classK.tif (default: "
+        f"{','.join(DEFAULT_CLASS_NAMES)}; use the names of DATASETS.CLASS_NAMES)",
+    )
     parser.add_argument(
         "--min-area", type=int, default=4, help="drop instances with fewer pixels (default 4)"
     )
@@ -42,6 +49,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.min_area < 0 or args.min_size < 1:
         parser.error("--min-area must be >= 0 and --min-size >= 1")
+    try:
+        args.class_names = parse_class_names(args.class_names)
+    except CellDataError as exc:
+        parser.error(str(exc))
     return args
 
 
@@ -50,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        summary = prepare_cell_dataset(args.root, args.min_area, args.min_size, args.strict)
+        summary = prepare_cell_dataset(
+            args.root, args.min_area, args.min_size, args.strict, args.class_names
+        )
     except CellDataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

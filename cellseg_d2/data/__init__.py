@@ -18,7 +18,7 @@ from cellseg_d2.data.datasets import (
     split_of,
 )
 from cellseg_d2.data.io import (
-    CLASS_FILE_NAMES,
+    DEFAULT_CLASS_NAMES,
     CellDataError,
     read_image,
     read_instance_mask,
@@ -28,7 +28,7 @@ from cellseg_d2.data.rle import decode_rle, encode_mask, label_image_to_instance
 from cellseg_d2.data.validate import scan_dataset
 
 __all__ = [
-    "CLASS_FILE_NAMES",
+    "DEFAULT_CLASS_NAMES",
     "CellDataError",
     "decode_rle",
     "encode_mask",

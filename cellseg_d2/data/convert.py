@@ -1,18 +1,26 @@
 """Dataset folder -> detectron2 dataset dicts, through a COCO-JSON cache.
 
 Decoding hundreds of TIFFs and encoding tens of thousands of masks takes seconds to minutes, so
-the result is cached under ``<root>/annotations/``:
+the result is cached under ``<root>/.cellseg_cache/`` (:data:`CACHE_DIR`, a hidden folder the
+project owns; a user's own ``<root>/annotations/`` is never read or written):
 
-- ``instances_train.json``: COCO instances (categories 1..4 named ``class1``..``class4``; image
-  ids 1..N in folder-name order; the folder name kept in each image entry as ``folder``).
+- ``instances_train.json``: COCO instances (category K named by the K-th class name, for
+  ``classK.tif``; image ids 1..N in folder-name order; the folder name kept in each image entry
+  as ``folder``).
 - ``test_images.json``: the test images with the ids of the id map; it has no ``annotations``
   key, which tells detectron2's COCOEvaluator to only save predictions.
 
 Each file carries its cache key in ``info["cellseg"]``: :data:`CONVERSION_VERSION`, a
-fingerprint over (relative path, size, mtime_ns) of every source file, and ``min_area``. A load
-whose key differs rebuilds the file; a load whose key matches never touches a TIFF. Files are
-written atomically, so an error mid-conversion leaves the previous cache (or none), never half
-of one. File names inside the cache are relative to the root, so a moved dataset keeps its cache.
+fingerprint over (relative path, size, mtime_ns) of every source file, ``min_area`` and the
+class names. A load whose key differs rebuilds the file; a load whose key matches never touches
+a TIFF. Files are written atomically, so an error mid-conversion leaves the previous cache (or
+none), never half of one; a file in the cache folder that the project did not write is never
+replaced (an error says so). File names inside the cache are relative to the root, so a moved
+dataset keeps its cache.
+
+The conversion runs on :data:`CONVERT_WORKERS_ENV` worker processes (default 2). A worker that
+dies (the kernel's out-of-memory killer, most often) stops the conversion with an error instead
+of a hang.
 """
 
 from __future__ import annotations
@@ -23,13 +31,15 @@ import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from detectron2.structures import BoxMode
 
-from cellseg_d2.data.io import CLASS_FILE_NAMES, CellDataError, atomic_write
+from cellseg_d2.data.io import DEFAULT_CLASS_NAMES, CellDataError, atomic_write, check_class_names
 from cellseg_d2.data.rle import label_image_to_instances
 from cellseg_d2.data.validate import (
     DEFAULT_MIN_IMAGE_SIZE,
@@ -45,10 +55,12 @@ from cellseg_d2.data.validate import (
 )
 
 __all__ = [
-    "ANNOTATIONS_DIR",
-    "CATEGORIES",
+    "CACHE_DIR",
     "CONVERSION_VERSION",
+    "CONVERT_WORKERS_ENV",
     "DatasetSummary",
+    "check_has_instances",
+    "coco_categories",
     "coco_to_test_dicts",
     "coco_to_train_dicts",
     "format_summary",
@@ -63,16 +75,15 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Bump whenever the cache content changes for the same inputs; old caches are then rebuilt.
-CONVERSION_VERSION = 1
-ANNOTATIONS_DIR = "annotations"
+CONVERSION_VERSION = 2
+#: The project's cache folder under a dataset root (hidden, so scanning ignores it).
+CACHE_DIR = ".cellseg_cache"
 TRAIN_JSON_NAME = "instances_train.json"
 TEST_JSON_NAME = "test_images.json"
-#: COCO categories: ``classK.tif`` is COCO id K and detectron2 contiguous id K - 1.
-CATEGORIES: list[dict] = [
-    {"id": index + 1, "name": Path(name).stem} for index, name in enumerate(CLASS_FILE_NAMES)
-]
+#: Environment variable: number of conversion worker processes (default 2; 1 = no pool).
+CONVERT_WORKERS_ENV = "CELLSEG_CONVERT_WORKERS"
+_DEFAULT_WORKERS = 2
 _POOL_MIN_IMAGES = 8  # below this, starting worker processes costs more than it saves
-_POOL_PROCESSES = 2
 
 
 @dataclass
@@ -82,7 +93,7 @@ class DatasetSummary:
     Attributes:
         train_images: number of training images.
         empty_images: folder names of training images without any kept instance.
-        instances_per_class: ``{"class1": n, ...}`` over all training images.
+        instances_per_class: ``{class name: n}`` over all training images, in class order.
         dropped_small: instances dropped for having fewer than ``min_area`` pixels.
         test_images: number of test images, or None without a test set.
         warnings: the layout warnings of :func:`~cellseg_d2.data.validate.scan_dataset`.
@@ -113,22 +124,43 @@ def _fingerprint(root: Path, paths: Iterable[Path]) -> str:
     return digest.hexdigest()
 
 
-def _train_key(files: DatasetFiles, min_area: int) -> dict:
-    """Cache key of the training annotations: version, source fingerprint and ``min_area``."""
+def coco_categories(class_names: Sequence[str]) -> list[dict]:
+    """COCO categories of the class names: ``classK.tif`` is COCO id K (detectron2 id K - 1)."""
+    return [{"id": index + 1, "name": name} for index, name in enumerate(class_names)]
+
+
+def _train_key(files: DatasetFiles, min_area: int, class_names: Sequence[str]) -> dict:
+    """Cache key of the training annotations: version, sources, ``min_area`` and class names."""
     paths = [p for folder in files.train for p in (folder.image, *(m for _, m in folder.masks))]
     return {
         "conversion_version": CONVERSION_VERSION,
         "fingerprint": _fingerprint(files.root, paths),
         "min_area": min_area,
+        "class_names": list(class_names),
     }
 
 
-def _test_key(files: DatasetFiles) -> dict:
-    """Cache key of the test image list: version and fingerprint of the id map and images."""
+def _test_key(files: DatasetFiles, class_names: Sequence[str]) -> dict:
+    """Cache key of the test image list: version, id map and images, and class names."""
     return {
         "conversion_version": CONVERSION_VERSION,
         "fingerprint": _fingerprint(files.root, [files.id_map, *files.test_images]),
+        "class_names": list(class_names),
     }
+
+
+def _is_cache_file(path: Path) -> bool:
+    """Whether ``path`` is a JSON file this project wrote (it carries ``info["cellseg"]``)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return (
+        isinstance(data, dict)
+        and isinstance(data.get("info"), dict)
+        and ("cellseg" in data["info"])
+    )
 
 
 def _read_cache(path: Path, key: dict) -> dict | None:
@@ -138,10 +170,11 @@ def _read_cache(path: Path, key: dict) -> dict | None:
     try:
         with open(path, encoding="utf-8") as handle:
             coco = json.load(handle)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         logger.warning("%s: unreadable cache (%s); rebuilding it", path, exc)
         return None
-    cached = coco.get("info", {}).get("cellseg", {}) if isinstance(coco, dict) else {}
+    info = coco.get("info") if isinstance(coco, dict) else None
+    cached = info.get("cellseg", {}) if isinstance(info, dict) else {}
     if any(cached.get(name) != value for name, value in key.items()):
         logger.info("%s: sources or settings changed; rebuilding the cache", path)
         return None
@@ -151,15 +184,24 @@ def _read_cache(path: Path, key: dict) -> dict | None:
 def _write_json(path: Path, data: dict) -> None:
     """Write compact JSON atomically (readers see the old file or the whole new one).
 
+    NOTE: an existing file is replaced only when this project wrote it (see
+    :func:`_is_cache_file`): the cache must never destroy a file the user put there.
+
     Raises:
-        CellDataError: the annotations folder cannot be written (e.g. a read-only dataset).
+        CellDataError: the cache folder cannot be written (e.g. a read-only dataset), or
+            ``path`` holds a file the project did not write.
     """
+    if path.exists() and not _is_cache_file(path):
+        raise CellDataError(
+            f"{path}: exists and was not written by cellseg-d2; refusing to overwrite it. Move "
+            f"it out of {path.parent} (the folder is the project's cache)"
+        )
     try:
         with atomic_write(path, "w") as handle:
             json.dump(data, handle, separators=(",", ":"))
     except PermissionError as exc:
         raise CellDataError(
-            f"{path.parent}: cannot write the annotation cache ({exc.strerror}); the dataset "
+            f"{path.parent}: cannot write the conversion cache ({exc.strerror}); the dataset "
             "root must be writable, or copy the dataset to a writable place"
         ) from exc
 
@@ -197,20 +239,53 @@ def _convert_folder(job: tuple[TrainFolder, int, int]) -> tuple[dict, list[dict]
     return image, annotations, dropped
 
 
-def _convert_all(jobs: list[tuple[TrainFolder, int, int]]) -> list[tuple[dict, list[dict], int]]:
+def convert_workers() -> int:
+    """Number of conversion worker processes: ``$CELLSEG_CONVERT_WORKERS``, default 2.
+
+    Raises:
+        CellDataError: the variable is not an integer >= 1.
+    """
+    value = os.environ.get(CONVERT_WORKERS_ENV, "").strip()
+    if not value:
+        return _DEFAULT_WORKERS
+    if not value.isdigit() or int(value) < 1:
+        raise CellDataError(f"${CONVERT_WORKERS_ENV}={value!r}: expected an integer >= 1")
+    return int(value)
+
+
+def _convert_all(
+    root: Path, jobs: list[tuple[TrainFolder, int, int]]
+) -> list[tuple[dict, list[dict], int]]:
     """Run :func:`_convert_folder` over all folders, on a small process pool when it pays.
 
     NOTE: the pool forks (where the platform can) rather than spawns: a spawned worker would
     re-import torch and detectron2 (seconds each) to run a few milliseconds of numpy per image.
     The workers touch no threads, CUDA or logging, which is what makes forking safe here, the
-    same way torch's data-loader workers fork.
+    same way torch's data-loader workers fork. ``ProcessPoolExecutor``, unlike
+    ``multiprocessing.Pool``, notices a worker killed from outside and raises instead of waiting
+    forever for its results.
+
+    Raises:
+        CellDataError: a worker process died (most likely killed for lack of memory).
     """
-    if len(jobs) < _POOL_MIN_IMAGES or "fork" not in multiprocessing.get_all_start_methods():
+    workers = convert_workers()
+    if (
+        workers < 2
+        or len(jobs) < _POOL_MIN_IMAGES
+        or "fork" not in multiprocessing.get_all_start_methods()
+    ):
         return [_convert_folder(job) for job in jobs]
+    chunk = max(1, len(jobs) // (workers * 8))
     context = multiprocessing.get_context("fork")
-    chunk = max(1, len(jobs) // (_POOL_PROCESSES * 8))
-    with context.Pool(_POOL_PROCESSES) as pool:
-        return pool.map(_convert_folder, jobs, chunksize=chunk)
+    try:
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            return list(pool.map(_convert_folder, jobs, chunksize=chunk))
+    except BrokenProcessPool as exc:
+        raise CellDataError(
+            f"{root}: a conversion worker process died (most likely killed for lack of memory) "
+            f"while converting {len(jobs)} training images on {workers} processes; run with "
+            f"{CONVERT_WORKERS_ENV}=1 (one image in memory at a time) or free memory"
+        ) from exc
 
 
 def _build_train_coco(files: DatasetFiles, key: dict, min_size: int) -> dict:
@@ -218,7 +293,8 @@ def _build_train_coco(files: DatasetFiles, key: dict, min_size: int) -> dict:
     start = time.perf_counter()
     jobs = [(folder, key["min_area"], min_size) for folder in files.train]
     images, annotations, dropped = [], [], 0
-    for image_id, (image, image_annotations, image_dropped) in enumerate(_convert_all(jobs), 1):
+    converted = _convert_all(files.root, jobs)
+    for image_id, (image, image_annotations, image_dropped) in enumerate(converted, 1):
         images.append({"id": image_id, **image})
         for annotation in image_annotations:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, **annotation})
@@ -236,26 +312,51 @@ def _build_train_coco(files: DatasetFiles, key: dict, min_size: int) -> dict:
         "description": "cellseg-d2 training annotations (cache; rebuilt when sources change)",
         "cellseg": {**key, "dropped_small": dropped},
     }
-    return {"info": info, "images": images, "annotations": annotations, "categories": CATEGORIES}
+    categories = coco_categories(key["class_names"])
+    return {"info": info, "images": images, "annotations": annotations, "categories": categories}
 
 
-def _load_train_coco(files: DatasetFiles, min_area: int, min_size: int) -> tuple[dict, Path]:
+def _load_train_coco(
+    files: DatasetFiles, min_area: int, min_size: int, class_names: Sequence[str]
+) -> tuple[dict, Path]:
     """The training COCO dict of scanned ``files``, from the cache or freshly converted."""
     if min_area < 0:
         raise ValueError(f"min_area must be >= 0, got {min_area}")
     if not files.train:
         raise CellDataError(f"{files.root / TRAIN_DIR}: no training images")
-    path = files.root / ANNOTATIONS_DIR / TRAIN_JSON_NAME
-    key = _train_key(files, min_area)
+    path = files.root / CACHE_DIR / TRAIN_JSON_NAME
+    key = _train_key(files, min_area, class_names)
     coco = _read_cache(path, key)
     if coco is None:
         coco = _build_train_coco(files, key, min_size)
+        check_has_instances(coco, files.root)
         _write_json(path, coco)
     return coco, path
 
 
+def check_has_instances(coco: dict, root: str | os.PathLike) -> None:
+    """Refuse training data in which no image holds a single kept instance (before caching it).
+
+    Why: images without cells are kept as negatives (``DATALOADER.FILTER_EMPTY_ANNOTATIONS`` is
+    off in the base config), but a dataset of nothing but negatives cannot train a detector;
+    detectron2 would stop on an ``AssertionError`` (filtering on) or train to predict nothing.
+
+    Raises:
+        CellDataError: naming ``root`` and how many images were read.
+    """
+    if coco["images"] and not coco["annotations"]:
+        raise CellDataError(
+            f"{root}: none of the {len(coco['images'])} training images holds a cell (no "
+            "classK.tif instance of at least DATASETS.MIN_INSTANCE_AREA / --min-area pixels); "
+            "check the masks and the class names"
+        )
+
+
 def load_train_coco(
-    root: str | os.PathLike, min_area: int = 4, min_size: int = DEFAULT_MIN_IMAGE_SIZE
+    root: str | os.PathLike,
+    min_area: int = 4,
+    min_size: int = DEFAULT_MIN_IMAGE_SIZE,
+    class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
 ) -> dict:
     """The training annotations as a COCO dict, converting the folder only when needed.
 
@@ -266,22 +367,26 @@ def load_train_coco(
         root: dataset root holding ``train/``.
         min_area: instances with fewer pixels are dropped (part of the cache key).
         min_size: smallest accepted image side, checked when converting (not part of the key).
+        class_names: name K is the class of ``classK.tif`` (part of the cache key).
 
     Returns:
-        The COCO dict of ``<root>/annotations/instances_train.json``.
+        The COCO dict of ``<root>/.cellseg_cache/instances_train.json``.
 
     Raises:
-        CellDataError: any problem with the data, naming the file.
+        CellDataError: any problem with the data, naming the file; no image holds a cell.
     """
-    return _load_train_coco(scan_dataset(root), min_area, min_size)[0]
+    class_names = check_class_names(class_names)
+    return _load_train_coco(scan_dataset(root, class_names), min_area, min_size, class_names)[0]
 
 
-def _load_test_coco(files: DatasetFiles, min_size: int) -> tuple[dict, Path]:
+def _load_test_coco(
+    files: DatasetFiles, min_size: int, class_names: Sequence[str]
+) -> tuple[dict, Path]:
     """The test COCO dict (images only) of scanned ``files``, cached like the training one."""
     if files.test_images is None or files.id_map is None:
         raise CellDataError(f"{files.root / TEST_DIR}: no test set (folder or id map missing)")
-    path = files.root / ANNOTATIONS_DIR / TEST_JSON_NAME
-    key = _test_key(files)
+    path = files.root / CACHE_DIR / TEST_JSON_NAME
+    key = _test_key(files, class_names)
     coco = _read_cache(path, key)
     if coco is None:
         entries = read_test_images(files, min_size)
@@ -295,23 +400,29 @@ def _load_test_coco(files: DatasetFiles, min_size: int) -> tuple[dict, Path]:
             for entry in entries
         ]
         info = {"description": "cellseg-d2 test images (ids from the id map)", "cellseg": key}
-        coco = {"info": info, "images": images, "categories": CATEGORIES}
+        coco = {"info": info, "images": images, "categories": coco_categories(class_names)}
         _write_json(path, coco)
         logger.info("Listed %d test images in %s", len(images), path)
     return coco, path
 
 
-def load_test_coco(root: str | os.PathLike, min_size: int = DEFAULT_MIN_IMAGE_SIZE) -> dict:
+def load_test_coco(
+    root: str | os.PathLike,
+    min_size: int = DEFAULT_MIN_IMAGE_SIZE,
+    class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
+) -> dict:
     """The test images as a COCO dict without ``annotations``, ids from the id map.
 
     Args:
         root: dataset root holding ``test_release/`` and ``test_image_name_to_ids.json``.
         min_size: smallest accepted image side in pixels.
+        class_names: the categories of the dict.
 
     Raises:
         CellDataError: no test set, or an id-map or image problem, naming the file.
     """
-    return _load_test_coco(scan_dataset(root), min_size)[0]
+    class_names = check_class_names(class_names)
+    return _load_test_coco(scan_dataset(root, class_names), min_size, class_names)[0]
 
 
 def coco_to_train_dicts(coco: dict, root: str | os.PathLike) -> list[dict]:
@@ -369,7 +480,10 @@ def coco_to_test_dicts(coco: dict, root: str | os.PathLike) -> list[dict]:
 
 
 def load_cell_train_dicts(
-    root: str | os.PathLike, min_area: int = 4, min_size: int = DEFAULT_MIN_IMAGE_SIZE
+    root: str | os.PathLike,
+    min_area: int = 4,
+    min_size: int = DEFAULT_MIN_IMAGE_SIZE,
+    class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
 ) -> list[dict]:
     """Load all training images of a dataset root as detectron2 dataset dicts.
 
@@ -379,9 +493,10 @@ def load_cell_train_dicts(
     pixels, so they are cheap to pickle into data-loader workers.
 
     Args:
-        root: dataset root holding ``train/<id>/image.tif`` and ``class1..4.tif``.
+        root: dataset root holding ``train/<id>/image.tif`` and ``class1..N.tif``.
         min_area: instances with fewer pixels are dropped; the count is logged.
         min_size: smallest accepted image side in pixels.
+        class_names: name K is the class of ``classK.tif``.
 
     Returns:
         One dict per training image in folder-name order; see :func:`coco_to_train_dicts`.
@@ -389,18 +504,20 @@ def load_cell_train_dicts(
     Raises:
         CellDataError: any problem with the data, naming the file.
     """
-    return coco_to_train_dicts(load_train_coco(root, min_area, min_size), root)
+    return coco_to_train_dicts(load_train_coco(root, min_area, min_size, class_names), root)
 
 
 def load_cell_test_dicts(
-    root: str | os.PathLike, min_size: int = DEFAULT_MIN_IMAGE_SIZE
+    root: str | os.PathLike,
+    min_size: int = DEFAULT_MIN_IMAGE_SIZE,
+    class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
 ) -> list[dict]:
     """Load the test images as detectron2 dataset dicts whose ``image_id`` is the id-map id.
 
     Raises:
         CellDataError: no test set, or an id-map or image problem, naming the file.
     """
-    return coco_to_test_dicts(load_test_coco(root, min_size), root)
+    return coco_to_test_dicts(load_test_coco(root, min_size, class_names), root)
 
 
 def write_coco_subset(coco: dict, image_ids: Collection[int], path: str | os.PathLike) -> Path:
@@ -425,6 +542,7 @@ def write_coco_subset(coco: dict, image_ids: Collection[int], path: str | os.Pat
     key = {
         "source_fingerprint": source.get("fingerprint"),
         "source_min_area": source.get("min_area"),
+        "source_class_names": source.get("class_names"),
         "conversion_version": source.get("conversion_version"),
         "image_ids_sha1": hashlib.sha1(json.dumps(sorted(keep)).encode()).hexdigest(),
     }
@@ -445,6 +563,7 @@ def prepare_cell_dataset(
     min_area: int = 4,
     min_size: int = DEFAULT_MIN_IMAGE_SIZE,
     strict: bool = False,
+    class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
 ) -> DatasetSummary:
     """Validate a dataset root and build (or confirm) its caches; the work of prepare_dataset.
 
@@ -456,6 +575,7 @@ def prepare_cell_dataset(
         min_area: instances with fewer pixels are dropped.
         min_size: smallest accepted image side in pixels.
         strict: treat layout warnings (e.g. an image without masks) as errors.
+        class_names: name K is the class of ``classK.tif``.
 
     Returns:
         Counts and warnings for the report.
@@ -463,11 +583,12 @@ def prepare_cell_dataset(
     Raises:
         CellDataError: bad data (naming the file), or any warning when ``strict``.
     """
-    files = scan_dataset(root)
+    class_names = check_class_names(class_names)
+    files = scan_dataset(root, class_names)
     raise_if_strict(files.warnings, strict)
     summary = DatasetSummary(warnings=list(files.warnings))
     if files.train:
-        coco, path = _load_train_coco(files, min_area, min_size)
+        coco, path = _load_train_coco(files, min_area, min_size, class_names)
         summary.cache_files.append(path)
         summary.train_images = len(coco["images"])
         counts = dict.fromkeys((c["id"] for c in coco["categories"]), 0)
@@ -480,7 +601,7 @@ def prepare_cell_dataset(
         summary.empty_images = [i["folder"] for i in coco["images"] if i["id"] not in annotated]
         summary.dropped_small = coco["info"]["cellseg"]["dropped_small"]
     if files.test_images is not None:
-        coco, path = _load_test_coco(files, min_size)
+        coco, path = _load_test_coco(files, min_size, class_names)
         summary.cache_files.append(path)
         summary.test_images = len(coco["images"])
     return summary

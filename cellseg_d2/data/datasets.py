@@ -13,23 +13,24 @@ Splits (``<prefix>_`` + name):
   when ``test_release/`` exists.
 
 Registration is lazy: the catalog functions read the conversion cache (converting on first use).
+The class names (``DATASETS.CLASS_NAMES``) become ``thing_classes``; ``classK.tif`` is class K.
 """
 
 from __future__ import annotations
 
+import colorsys
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from cellseg_d2.data.convert import (
-    ANNOTATIONS_DIR,
-    CATEGORIES,
+    CACHE_DIR,
     TEST_JSON_NAME,
     TRAIN_JSON_NAME,
     coco_to_train_dicts,
@@ -37,12 +38,14 @@ from cellseg_d2.data.convert import (
     load_train_coco,
     write_coco_subset,
 )
-from cellseg_d2.data.io import CellDataError
+from cellseg_d2.data.io import DEFAULT_CLASS_NAMES, CellDataError, check_class_names
 from cellseg_d2.data.validate import TEST_DIR, TRAIN_DIR
 
 __all__ = [
     "THING_CLASSES",
     "THING_COLORS",
+    "check_num_classes",
+    "class_colors",
     "register_cell_datasets",
     "register_cell_datasets_from_config",
     "split_of",
@@ -50,14 +53,53 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-THING_CLASSES: list[str] = [category["name"] for category in CATEGORIES]
-#: One clearly distinct RGB colour per class for visualizations.
+#: Numbered labels of the four default classes, for the tools that read no config (submission
+#: checks, figures); registered datasets carry the configured names in ``thing_classes``.
+THING_CLASSES: list[str] = [f"class{k}" for k in range(1, len(DEFAULT_CLASS_NAMES) + 1)]
+#: One clearly distinct RGB colour per class for visualizations (the first four classes).
 THING_COLORS: list[tuple[int, int, int]] = [
     (230, 25, 75),
     (60, 180, 75),
     (0, 130, 200),
     (245, 130, 48),
 ]
+
+
+def class_colors(num_classes: int) -> list[tuple[int, int, int]]:
+    """``num_classes`` distinct RGB colours: :data:`THING_COLORS`, then hues spread evenly.
+
+    Why: ``thing_colors`` must have one entry per class, and any number of classes is allowed.
+    """
+    extra = num_classes - len(THING_COLORS)
+    colors = list(THING_COLORS[:num_classes])
+    for k in range(max(extra, 0)):
+        # Golden-ratio hue steps keep successive colours far apart on the colour wheel.
+        red, green, blue = colorsys.hsv_to_rgb((0.11 + 0.618 * k) % 1.0, 0.75, 0.9)
+        colors.append((round(red * 255), round(green * 255), round(blue * 255)))
+    return colors
+
+
+def check_num_classes(cfg: CfgNode) -> tuple[str, ...]:
+    """Check that the model head has one output per configured class name.
+
+    Why: a head with more outputs than classes wastes capacity and can predict a category that
+    no class file has; one with fewer fails deep inside detectron2's loss with an index error.
+
+    Returns:
+        ``DATASETS.CLASS_NAMES`` as a checked tuple.
+
+    Raises:
+        CellDataError: invalid class names, or ``MODEL.ROI_HEADS.NUM_CLASSES`` differs from
+            their count (both keys named).
+    """
+    names = check_class_names(list(cfg.DATASETS.CLASS_NAMES))
+    num_classes = int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+    if num_classes != len(names):
+        raise CellDataError(
+            f"MODEL.ROI_HEADS.NUM_CLASSES is {num_classes} but DATASETS.CLASS_NAMES lists "
+            f"{len(names)} class(es) {list(names)}; set both to the same number of classes"
+        )
+    return names
 
 
 def _hash_fraction(seed: int, name: str) -> float:
@@ -115,16 +157,23 @@ def split_of(
 
 
 def _split_loader(
-    root: str, split: str, split_args: dict, min_area: int, json_file: Path
+    root: str,
+    split: str,
+    split_args: dict,
+    min_area: int,
+    class_names: tuple[str, ...],
+    json_file: Path,
 ) -> Callable[[], list[dict]]:
     """The catalog function of ``train``, ``val`` or ``trainval``: cache -> dicts -> split.
 
     It also (re)writes the split's ``json_file`` when the data changed, before returning, so
     COCOEvaluator, which detectron2 builds after the data loader, reads matching ground truth.
+    Data without a single instance raise :class:`CellDataError` (see
+    :func:`~cellseg_d2.data.convert.check_has_instances`), before detectron2 sees them.
     """
 
     def load() -> list[dict]:
-        coco = load_train_coco(root, min_area)
+        coco = load_train_coco(root, min_area, class_names=class_names)
         dicts = coco_to_train_dicts(coco, root)
         if split != "trainval":
             splits = [split_of(d["folder"], **split_args) for d in dicts]
@@ -163,17 +212,19 @@ def register_cell_datasets(
     fold: int | None = None,
     num_folds: int | None = None,
     min_area: int = 4,
+    class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
 ) -> list[str]:
     """Register ``<prefix>_train``, ``_val``, ``_trainval`` and (with a test set) ``_test``.
 
     Registering again (same or other arguments) replaces the earlier registration, so tools and
     tests can call it freely. Nothing is read until a dataset is requested from the catalog.
 
-    Metadata of every split: ``thing_classes`` (``class1``..``class4``), ``thing_colors``,
-    ``thing_dataset_id_to_contiguous_id`` ({1: 0, ..., 4: 3}, which COCOEvaluator needs to map
-    predictions back to the COCO ids), ``evaluator_type="coco"``, ``json_file``, ``image_root``
-    and ``root``. The ``json_file`` of ``train``/``val`` is written when the split is first
-    loaded; its name encodes the split arguments, so different splits never share a file.
+    Metadata of every split: ``thing_classes`` (``class_names``), ``thing_colors``,
+    ``thing_dataset_id_to_contiguous_id`` ({1: 0, ..., N: N - 1}, which COCOEvaluator needs to
+    map predictions back to the COCO ids), ``evaluator_type="coco"``, ``json_file``,
+    ``image_root`` and ``root``. The ``json_file`` of ``train``/``val`` is written under
+    ``<root>/.cellseg_cache/`` when the split is first loaded; its name encodes the split
+    arguments, so different splits never share a file.
 
     Args:
         root: dataset root (``train/``, ``test_release/``, ``test_image_name_to_ids.json``).
@@ -183,14 +234,18 @@ def register_cell_datasets(
         fold: the fold used as ``val`` (with ``num_folds``).
         num_folds: number of cross-validation folds; None or 0 disables folds.
         min_area: instances with fewer pixels are dropped at conversion.
+        class_names: name K is the class of ``classK.tif``; a ``classK.tif`` with K above their
+            count is an error when the data are loaded.
 
     Returns:
         The registered dataset names.
 
     Raises:
         ValueError: invalid split arguments.
-        CellDataError: ``root`` holds neither ``train/`` nor ``test_release/``.
+        CellDataError: ``root`` holds neither ``train/`` nor ``test_release/``; invalid
+            class names.
     """
+    class_names = check_class_names(class_names)
     num_folds = num_folds or None
     _check_split_args(val_fraction, fold, num_folds)
     root_path = Path(root).resolve()
@@ -199,11 +254,11 @@ def register_cell_datasets(
     has_test = (root_path / TEST_DIR).is_dir()
     if not has_train and not has_test:
         raise CellDataError(f"{root}: holds neither {TRAIN_DIR}/ nor {TEST_DIR}/")
-    annotations = root_path / ANNOTATIONS_DIR
+    annotations = root_path / CACHE_DIR
     common = {
-        "thing_classes": list(THING_CLASSES),
-        "thing_colors": list(THING_COLORS),
-        "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(CATEGORIES)},
+        "thing_classes": list(class_names),
+        "thing_colors": class_colors(len(class_names)),
+        "thing_dataset_id_to_contiguous_id": {i + 1: i for i in range(len(class_names))},
         "evaluator_type": "coco",
         "root": root,
     }
@@ -215,7 +270,8 @@ def register_cell_datasets(
             "fold": fold,
             "num_folds": num_folds,
         }
-        tag = hashlib.sha1(json.dumps({**split_args, "min_area": min_area}).encode()).hexdigest()
+        tag_args = {**split_args, "min_area": min_area, "class_names": list(class_names)}
+        tag = hashlib.sha1(json.dumps(tag_args).encode()).hexdigest()
         for split in ("train", "val", "trainval"):
             json_file = annotations / (
                 TRAIN_JSON_NAME if split == "trainval" else f"instances_{split}_{tag[:10]}.json"
@@ -223,7 +279,7 @@ def register_cell_datasets(
             name = f"{prefix}_{split}"
             _register(
                 name,
-                _split_loader(root, split, split_args, min_area, json_file),
+                _split_loader(root, split, split_args, min_area, class_names, json_file),
                 json_file=str(json_file),
                 image_root=str(root_path / TRAIN_DIR),
                 **common,
@@ -233,7 +289,7 @@ def register_cell_datasets(
         name = f"{prefix}_test"
         _register(
             name,
-            lambda: load_cell_test_dicts(root),
+            lambda: load_cell_test_dicts(root, class_names=class_names),
             json_file=str(annotations / TEST_JSON_NAME),
             image_root=str(root_path / TEST_DIR),
             **common,
@@ -247,7 +303,8 @@ def register_cell_datasets_from_config(cfg: CfgNode, prefix: str = "cells") -> l
     """Register the cell datasets as the config's ``DATASETS.*`` keys describe.
 
     Why: the one call the tools make in ``setup()``; it reads ``CELLS_ROOT``, ``VAL_FRACTION``,
-    ``SPLIT_SEED``, ``NUM_FOLDS`` (0 = no folds), ``FOLD`` and ``MIN_INSTANCE_AREA``.
+    ``SPLIT_SEED``, ``NUM_FOLDS`` (0 = no folds), ``FOLD``, ``MIN_INSTANCE_AREA`` and
+    ``CLASS_NAMES``, and checks ``MODEL.ROI_HEADS.NUM_CLASSES`` against the class names.
 
     Args:
         cfg: a config extended by :func:`cellseg_d2.config.add_cellseg_config`.
@@ -255,7 +312,11 @@ def register_cell_datasets_from_config(cfg: CfgNode, prefix: str = "cells") -> l
 
     Returns:
         The registered dataset names.
+
+    Raises:
+        CellDataError: see :func:`check_num_classes` and :func:`register_cell_datasets`.
     """
+    class_names = check_num_classes(cfg)
     datasets = cfg.DATASETS
     num_folds = int(datasets.NUM_FOLDS)
     return register_cell_datasets(
@@ -266,4 +327,5 @@ def register_cell_datasets_from_config(cfg: CfgNode, prefix: str = "cells") -> l
         fold=int(datasets.FOLD) if num_folds else None,
         num_folds=num_folds or None,
         min_area=int(datasets.MIN_INSTANCE_AREA),
+        class_names=class_names,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,9 +21,15 @@ import numpy as np
 import tifffile
 
 __all__ = [
-    "CLASS_FILE_NAMES",
+    "DEFAULT_CLASS_NAMES",
+    "MAX_PIXELS_ENV",
     "CellDataError",
     "atomic_write",
+    "check_class_names",
+    "class_file_name",
+    "class_index_of",
+    "max_image_pixels",
+    "parse_class_names",
     "read_image",
     "read_image_size",
     "read_instance_mask",
@@ -31,8 +38,16 @@ __all__ = [
     "write_tiff",
 ]
 
-#: The mask file names, in class order: ``class1.tif`` is category 0 in detectron2's 0-based ids.
-CLASS_FILE_NAMES: tuple[str, ...] = ("class1.tif", "class2.tif", "class3.tif", "class4.tif")
+#: The four MoNuSAC 2020 classes, the default of ``DATASETS.CLASS_NAMES``: name K is the class of
+#: ``classK.tif``, detectron2 category K - 1 and COCO category K.
+DEFAULT_CLASS_NAMES: tuple[str, ...] = ("epithelial", "lymphocyte", "neutrophil", "macrophage")
+#: Environment variable that overrides :data:`DEFAULT_MAX_IMAGE_PIXELS` (0 = no limit).
+MAX_PIXELS_ENV = "CELLSEG_MAX_IMAGE_PIXELS"
+#: Largest image (height x width x pages) read by default: 2^28 px, e.g. 16384 x 16384. Beyond
+#: it one decoded RGB image alone takes more than 0.75 GB, so a mistaken file is refused before
+#: it fills the memory.
+DEFAULT_MAX_IMAGE_PIXELS = 2**28
+_CLASS_FILE_PATTERN = re.compile(r"class([1-9][0-9]*)\.tif")
 
 
 # Read once at import (os.umask can only be read by setting it, which is not thread-safe).
@@ -45,6 +60,104 @@ class CellDataError(ValueError):
 
     The tools turn it into exit status 2, so scripts can tell bad input from a crash.
     """
+
+
+def class_file_name(category_id: int) -> str:
+    """The mask file of the 0-based detectron2 category ``category_id``: ``class{id + 1}.tif``."""
+    return f"class{category_id + 1}.tif"
+
+
+def class_index_of(file_name: str) -> int | None:
+    """The 0-based category of a mask file name ``classK.tif`` (K >= 1), None for other names."""
+    match = _CLASS_FILE_PATTERN.fullmatch(file_name)
+    return int(match.group(1)) - 1 if match else None
+
+
+def check_class_names(class_names: object, key: str = "DATASETS.CLASS_NAMES") -> tuple[str, ...]:
+    """Check a list of class names and return it as a tuple.
+
+    Why: the names become ``thing_classes`` and the COCO categories, and their count is the
+    number of ``classK.tif`` files a training folder may hold; an empty, repeated or non-string
+    name would only show much later as a confusing detectron2 error.
+
+    Args:
+        class_names: the names, in ``classK.tif`` order.
+        key: the config key or flag named in the error.
+
+    Raises:
+        CellDataError: not a non-empty list of distinct, non-empty strings.
+    """
+    if isinstance(class_names, str) or not isinstance(class_names, (list, tuple)):
+        raise CellDataError(f"{key}: expected a list of class names, got {class_names!r}")
+    names = tuple(class_names)
+    if not names:
+        raise CellDataError(f"{key}: needs at least one class name")
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise CellDataError(f"{key}: class names must be non-empty strings, got {name!r}")
+    if len(set(names)) != len(names):
+        raise CellDataError(f"{key}: class names must be distinct, got {list(names)}")
+    return names
+
+
+def parse_class_names(text: str) -> tuple[str, ...]:
+    """Class names from a command-line value ``"a,b,c"`` (``--class-names`` of the tools).
+
+    Raises:
+        CellDataError: see :func:`check_class_names`.
+    """
+    return check_class_names([name.strip() for name in text.split(",")], key="--class-names")
+
+
+def max_image_pixels() -> int:
+    """The largest image size in pixels the readers accept (0 = no limit).
+
+    Read from ``$CELLSEG_MAX_IMAGE_PIXELS`` at each call, so a user can raise it for one run.
+
+    Raises:
+        CellDataError: the variable is not a non-negative integer.
+    """
+    value = os.environ.get(MAX_PIXELS_ENV, "")
+    if not value.strip():
+        return DEFAULT_MAX_IMAGE_PIXELS
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = -1
+    if limit < 0:
+        raise CellDataError(f"${MAX_PIXELS_ENV}={value!r}: expected a pixel count >= 0")
+    return limit
+
+
+def _check_header(path: Path, tif: tifffile.TiffFile, channel_pages: bool) -> None:
+    """Refuse, from the header alone, a multi-page file or an image above the pixel cap.
+
+    The rule for multi-page TIFFs: with ``channel_pages`` (images), 3 or 4 pages of the same
+    2-D size are the channels of one image (how ImageJ saves an RGB stack); any other multi-page
+    file is an error, since silently reading page 1 of a z-stack or time series trains on the
+    wrong pixels.
+    """
+    pages = tif.pages
+    count = len(pages)
+    first = pages.first
+    height, width = int(first.imagelength), int(first.imagewidth)
+    limit = max_image_pixels()
+    if limit and height * width * count > limit:
+        raise CellDataError(
+            f"{path}: image of {height}x{width} px x {count} page(s) exceeds the limit of "
+            f"{limit} pixels; set ${MAX_PIXELS_ENV} to a larger count (0 = no limit) to read it"
+        )
+    if count == 1:
+        return
+    if channel_pages and count in (3, 4):
+        shapes = {tuple(page.shape) for page in pages}
+        if shapes == {(height, width)}:
+            return
+    rule = "; images may have 3 or 4 same-size pages (channels)" if channel_pages else ""
+    raise CellDataError(
+        f"{path}: multi-page TIFF with {count} pages; only single-page files are read{rule}. "
+        "Save one 2-D (or RGB/RGBA) image per file"
+    )
 
 
 @contextlib.contextmanager
@@ -100,18 +213,32 @@ def write_tiff(path: str | os.PathLike, array: np.ndarray, compression: str | No
         handle.write(buffer.getbuffer())
 
 
-def read_tiff(path: str | os.PathLike) -> np.ndarray:
-    """Read the first page of a TIFF, turning every decoding failure into a ``CellDataError``.
+def read_tiff(path: str | os.PathLike, channel_pages: bool = False) -> np.ndarray:
+    """Read a single-page TIFF, turning every decoding failure into a ``CellDataError``.
+
+    The header is checked before any pixel is decoded: a file above :func:`max_image_pixels` or
+    with several pages is refused (see :func:`_check_header` for the one multi-page rule).
+
+    Args:
+        path: the TIFF file.
+        channel_pages: accept 3 or 4 same-size pages as the channels of one image, returned as
+            a channel-first CxHxW array.
 
     Raises:
-        CellDataError: the file is missing, truncated, not a TIFF, or uses a codec that cannot be
-            decoded (LZW needs the ``imagecodecs`` package).
+        CellDataError: the file is missing, truncated, not a TIFF, too large, multi-page, or uses
+            a codec that cannot be decoded (LZW needs the ``imagecodecs`` package).
     """
     path = Path(path)
     if not path.is_file():
         raise CellDataError(f"{path}: file not found")
     try:
-        return tifffile.imread(path, key=0)
+        with tifffile.TiffFile(path) as tif:
+            _check_header(path, tif, channel_pages)
+            if len(tif.pages) > 1:
+                return np.stack([page.asarray() for page in tif.pages])
+            return tif.pages.first.asarray()
+    except CellDataError:
+        raise
     except Exception as exc:  # tifffile raises many types for corrupt input
         hint = ""
         if "imagecodecs" in str(exc):
@@ -123,15 +250,19 @@ def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
     """``(height, width)`` of a TIFF from its header, without decoding pixels.
 
     Raises:
-        CellDataError: the file is missing or not a readable TIFF.
+        CellDataError: the file is missing, not a readable TIFF, or refused by the header checks
+            of :func:`read_tiff` (too large, multi-page).
     """
     path = Path(path)
     if not path.is_file():
         raise CellDataError(f"{path}: file not found")
     try:
         with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
+            _check_header(path, tif, channel_pages=True)
+            page = tif.pages.first
             return int(page.imagelength), int(page.imagewidth)
+    except CellDataError:
+        raise
     except Exception as exc:  # tifffile raises many types for corrupt input
         raise CellDataError(f"{path}: unreadable TIFF: {exc}") from exc
 
@@ -172,12 +303,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     Grayscale (HxW or HxWx1) is repeated to three channels; an alpha channel (the 4th channel of
     RGBA) is dropped, with a warning-free pass when it is constant and an error otherwise, since a
     varying alpha carries information we would silently lose. Non-uint8 data follow
-    :func:`to_uint8`. Channel-first stacks (3xHxW or 4xHxW) are moved to channel-last.
+    :func:`to_uint8`. Channel-first stacks (3xHxW or 4xHxW, also as 3 or 4 TIFF pages) are moved
+    to channel-last.
 
     Raises:
-        CellDataError: unreadable file or an unsupported shape.
+        CellDataError: unreadable file, an unsupported shape, or one refused by :func:`read_tiff`.
     """
-    image = read_tiff(path)
+    image = read_tiff(path, channel_pages=True)
     if image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[2] not in (1, 3, 4):
         image = np.moveaxis(image, 0, -1)
     if image.ndim == 3 and image.shape[2] == 1:
@@ -204,7 +336,8 @@ def read_instance_mask(path: str | os.PathLike) -> np.ndarray:
     """Read a ``classK.tif`` instance-label image as HxW int64 instance ids (0 = background).
 
     Masks may be stored as float (the real data are float64) or any integer type; ids are
-    arbitrary and need not be contiguous.
+    arbitrary and need not be contiguous. Ids beyond int64 (uint64 values >= 2^63, huge floats)
+    are renumbered 1..n in increasing order, which keeps every instance distinct.
 
     Raises:
         CellDataError: unreadable file, not 2-D, or values that are NaN, infinite, negative or
@@ -222,11 +355,24 @@ def read_instance_mask(path: str | os.PathLike) -> np.ndarray:
             raise CellDataError(f"{path}: mask holds negative values")
         if (labels != np.floor(labels)).any():
             raise CellDataError(f"{path}: mask holds non-integer values; expected instance ids")
-        return labels.astype(np.int64)
+        return _to_int64_ids(labels)
     if labels.dtype == bool:
         return labels.astype(np.int64)
     if not np.issubdtype(labels.dtype, np.integer):
         raise CellDataError(f"{path}: unsupported mask dtype {labels.dtype}")
     if np.issubdtype(labels.dtype, np.signedinteger) and (labels < 0).any():
         raise CellDataError(f"{path}: mask holds negative values")
-    return labels.astype(np.int64)
+    return _to_int64_ids(labels)
+
+
+def _to_int64_ids(labels: np.ndarray) -> np.ndarray:
+    """Cast non-negative integer-valued labels to int64, renumbering ids that do not fit.
+
+    NOTE: a plain cast would wrap uint64 values >= 2^63 to negative ids (and turn huge floats
+    into one undefined value), merging or breaking instances silently.
+    """
+    if labels.size == 0 or labels.max() <= np.iinfo(np.int64).max // 2:
+        return labels.astype(np.int64)
+    values, inverse = np.unique(labels, return_inverse=True)
+    ids = inverse.reshape(labels.shape).astype(np.int64)
+    return ids if values[0] == 0 else ids + 1

@@ -3,7 +3,9 @@
 Cell images break detectron2's COCO defaults in two places: cells are far smaller than COCO
 objects (anchors of 32..512 px miss them), and an image can hold hundreds of them (the default
 ``TEST.DETECTIONS_PER_IMAGE = 100`` silently caps recall). The statistics here are computed from
-the conversion cache (no TIFF is read when it is fresh) and turned into those settings.
+the conversion cache (no TIFF is read when it is fresh) and turned into those settings. Classes
+are reported by their names (``DATASETS.CLASS_NAMES``), with a note for each class too rare to
+learn from.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cellseg_d2.data.convert import load_train_coco
-from cellseg_d2.data.io import atomic_write
+from cellseg_d2.data.io import DEFAULT_CLASS_NAMES, atomic_write
 
 __all__ = ["compute_dataset_stats", "format_stats", "stats_from_coco", "write_stats_json"]
 
@@ -24,6 +26,7 @@ _PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 _FPN_LEVELS = 5  # P2..P6 in detectron2's FPN: one anchor size per level
 _DETECTION_MARGIN = 1.2  # test images may be denser than the densest training image
 _DEFAULT_TOPK = 1000  # detectron2's FPN default for the RPN top-k at test time
+_RARE_SHARE = 0.01  # a class with fewer than this share of the instances gets a note
 
 
 def _distribution(values: Sequence[float]) -> dict | None:
@@ -37,10 +40,26 @@ def _distribution(values: Sequence[float]) -> dict | None:
     return summary
 
 
-def _advice(sides: np.ndarray, densest: int) -> dict:
-    """Anchor sizes covering the instance sides and test-time budgets above the densest image."""
-    advice: dict = {}
+def _class_notes(per_class: dict[str, int]) -> list[str]:
+    """One note per class without instances or with under 1% of them: the head sees too few."""
+    total = sum(per_class.values())
     notes = []
+    for name, count in per_class.items():
+        if count == 0:
+            notes.append(f"class {name!r} has no instance: the model cannot learn it")
+        elif count < _RARE_SHARE * total:
+            notes.append(
+                f"class {name!r} is rare ({count} of {total} instances); consider "
+                "DATALOADER.SAMPLER_TRAIN RepeatFactorTrainingSampler"
+            )
+    return notes
+
+
+def _advice(sides: np.ndarray, densest: int, per_class: dict[str, int]) -> dict:
+    """Anchor sizes covering the instance sides, test-time budgets above the densest image, and
+    a note for each class too rare to learn."""
+    advice: dict = {}
+    notes = _class_notes(per_class)
     if sides.size:
         low = 2 ** math.floor(math.log2(max(float(np.percentile(sides, 1)), 1.0)))
         high = 2 ** math.ceil(math.log2(max(float(np.percentile(sides, 99)), 1.0)))
@@ -67,7 +86,7 @@ def _advice(sides: np.ndarray, densest: int) -> dict:
 
 
 def stats_from_coco(coco: dict) -> dict:
-    """Statistics of a training COCO dict (see :func:`compute_dataset_stats`)."""
+    """Statistics of a training COCO dict (see :func:`compute_dataset_stats`), per class name."""
     names = {category["id"]: category["name"] for category in coco["categories"]}
     per_image = dict.fromkeys((image["id"] for image in coco["images"]), 0)
     areas: dict[str, list[int]] = {name: [] for name in names.values()}
@@ -79,11 +98,12 @@ def stats_from_coco(coco: dict) -> dict:
     widths = [image["width"] for image in coco["images"]]
     counts = list(per_image.values())
     by_class = {**areas, "all": all_areas}
+    per_class = {name: len(values) for name, values in areas.items()}
     return {
         "images": len(coco["images"]),
         "empty_images": sum(1 for n in counts if n == 0),
         "instances": int(all_areas.size),
-        "instances_per_class": {name: len(values) for name, values in areas.items()},
+        "instances_per_class": per_class,
         "instances_per_image": _distribution(counts),
         "instance_area": {name: _distribution(values) for name, values in by_class.items()},
         "equivalent_diameter": {
@@ -92,11 +112,13 @@ def stats_from_coco(coco: dict) -> dict:
         },
         "image_height": _distribution(heights),
         "image_width": _distribution(widths),
-        "advice": _advice(np.sqrt(all_areas), max(counts, default=0)),
+        "advice": _advice(np.sqrt(all_areas), max(counts, default=0), per_class),
     }
 
 
-def compute_dataset_stats(root: str | os.PathLike, min_area: int = 4) -> dict:
+def compute_dataset_stats(
+    root: str | os.PathLike, min_area: int = 4, class_names: Sequence[str] = DEFAULT_CLASS_NAMES
+) -> dict:
     """Compute the statistics of a dataset's training images and derive config advice.
 
     Why: anchor sizes and the per-image detection budget must fit the data; guessing them is
@@ -105,17 +127,19 @@ def compute_dataset_stats(root: str | os.PathLike, min_area: int = 4) -> dict:
     Args:
         root: dataset root with ``train/``.
         min_area: passed to the converter (instances below it are not counted).
+        class_names: name K is the class of ``classK.tif``; the per-class keys.
 
     Returns:
         A JSON-ready dict: ``images``, ``empty_images``, ``instances``, ``instances_per_class``,
         ``instances_per_image`` (count, mean, min, p1..p99, max: ``p50`` is the median),
         ``instance_area`` and ``equivalent_diameter`` per class and ``all``, ``image_height``,
-        ``image_width`` and ``advice`` (config keys and values, with ``notes``).
+        ``image_width`` and ``advice`` (config keys and values, with ``notes``, among them one
+        per class without instances or with under 1% of them).
 
     Raises:
         CellDataError: bad data, naming the file.
     """
-    return stats_from_coco(load_train_coco(root, min_area))
+    return stats_from_coco(load_train_coco(root, min_area, class_names=class_names))
 
 
 def _row(label: str, summary: dict | None, digits: int = 0) -> str:

@@ -6,12 +6,13 @@ Why this exists: the tests, the quick-start demo and CI need a dataset that
   alpha channel, one float64 instance-label mask per *present* class, instance ids that are
   non-contiguous and run across the classes of an image, a test split with a name-to-id map),
 * is small and byte-for-byte reproducible from a seed, and
-* has four classes that a Mask R-CNN can tell apart after a few minutes of CPU training.
+* has four classes (or any number, ``num_classes``) that a Mask R-CNN can tell apart after a
+  few minutes of CPU training.
 
 Layout written under ``output``::
 
     train/<uuid>/image.tif          RGBA uint8, LZW-compressed, alpha 255
-    train/<uuid>/classK.tif         float64 instance labels (0 = background), K in 1..4,
+    train/<uuid>/classK.tif         float64 instance labels (0 = background), K in 1..N,
                                     only for the classes present in that image
     test_release/<uuid>.tif         RGBA uint8, LZW-compressed
     test_image_name_to_ids.json     [{"file_name": "<uuid>.tif", "id": i, "height": h,
@@ -33,6 +34,11 @@ lymphocyte aggregate brings it above :data:`DENSE_MIN_CELLS` cells when its side
 256 px (smaller images are packed as tightly as they allow). Every image holds at least one
 epithelial cell, one lymphocyte and one rare cell (neutrophils on even indices, macrophages on
 odd ones), so any two consecutive images normally show all four classes.
+
+With ``num_classes`` N other than 4, class K looks like class ``(K - 1) % 4 + 1`` above with its
+colour channels rotated once per cycle of four (so classes 5 and 1 differ in colour), drawn with
+the relative frequency of that base class; every image holds classes 1 and 2 (as far as N
+allows) and one of classes 3..N, in turn.
 """
 
 from __future__ import annotations
@@ -50,12 +56,13 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .io import CLASS_FILE_NAMES, atomic_write, write_tiff
+from .io import atomic_write, class_file_name, write_tiff
 
 __all__ = [
     "CLASS_NAMES",
     "DENSE_EVERY",
     "DENSE_MIN_CELLS",
+    "MAX_CLASSES",
     "MIN_IMAGE_SIZE",
     "generate_synthetic_dataset",
     "synthesize_image",
@@ -63,8 +70,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Class ids (as in ``classK.tif``) and what they imitate.
+#: Class ids (as in ``classK.tif``) and what they imitate; classes above 4 repeat these looks.
 CLASS_NAMES: dict[int, str] = {1: "epithelial", 2: "lymphocyte", 3: "neutrophil", 4: "macrophage"}
+#: Most classes the generator paints.
+MAX_CLASSES = 16
 #: Every image whose index in its split is a multiple of this is dense.
 DENSE_EVERY = 20
 #: Dense images of at least 256x256 px hold more than this many cells.
@@ -174,8 +183,25 @@ def _rim(rho: np.ndarray, width: float = 0.25) -> np.ndarray:
     return np.clip((rho - (1.0 - width)) / width, 0.0, 1.0)
 
 
+def _base_class(cls: int) -> int:
+    """The class 1..4 whose shape, colour and frequency class ``cls`` (1..N) repeats."""
+    return (cls - 1) % len(CLASS_NAMES) + 1
+
+
+def _style(cls: int) -> _Style:
+    """The style of class ``cls``: its base class's, colours rotated once per cycle of four."""
+    style = _STYLES[_base_class(cls)]
+    shift = (cls - 1) // len(CLASS_NAMES)
+    if shift == 0:
+        return style
+    color = tuple(np.roll(style.color, shift).tolist())
+    detail = tuple(np.roll(style.detail, shift).tolist())
+    return _Style(color=color, texture=style.texture, detail=detail, speckle=style.speckle)
+
+
 def _draw_shape(rng: np.random.Generator, cls: int, center: tuple[float, float]) -> _Shape:
     """Draw one cell of class ``cls`` centred near ``center`` (local crop, not yet clipped)."""
+    cls = _base_class(cls)
     if cls == 1:  # epithelial: large, elongated, polygonal
         a = rng.uniform(8.0, 14.0)
         top, left, mask, rho = _radial_shape(rng, center, (a, a * rng.uniform(0.5, 0.8)), 0.07, 5)
@@ -291,7 +317,7 @@ class _Canvas:
 
     def _paint(self, cls: int, shape: _Shape, rows: slice, cols: slice) -> None:
         """Blend the cell's colour into the image with a soft (antialiased) edge."""
-        style = _STYLES[cls]
+        style = _style(cls)
         jitter = self.rng.uniform(0.92, 1.08) + self.rng.normal(0.0, 0.02, 3)
         color = np.array(style.color) * jitter
         cell = color + style.texture * self.texture[rows, cols][..., None]
@@ -349,6 +375,7 @@ def synthesize_image(
     width: int,
     dense: bool = False,
     required_classes: Sequence[int] = (1, 2),
+    num_classes: int = 4,
 ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """Paint one synthetic H&E-like image and its per-class instance labels.
 
@@ -368,53 +395,67 @@ def synthesize_image(
         dense: add a packed lymphocyte aggregate (more than 200 cells at 256x256 px or larger).
         required_classes: classes placed first so that each is present (in tiny images a cell
             may still fail to fit; it is then absent).
+        num_classes: number of classes N (1..16); classes above 4 repeat the looks of 1..4
+            with rotated colours.
 
     Raises:
-        ValueError: a non-positive size or a class outside 1..4.
+        ValueError: a non-positive size, a bad ``num_classes`` or a class outside 1..N.
 
     Returns:
         ``(rgba, labels)``: an HxWx4 uint8 image with alpha 255, and ``{K: HxW float64}`` for
         each class K present, 0 for background and one distinct non-zero id per cell. Ids are
-        non-contiguous, start above 1 and increase across classes 1..4 (like the real export).
+        non-contiguous, start above 1 and increase across classes 1..N (like the real export).
     """
     if height < 1 or width < 1:
         raise ValueError(f"image size must be positive, got {height}x{width}")
-    if not set(required_classes) <= set(CLASS_NAMES):
-        raise ValueError(f"required_classes must be within 1..4, got {list(required_classes)}")
+    _check_num_classes(num_classes)
+    if not set(required_classes) <= set(range(1, num_classes + 1)):
+        raise ValueError(
+            f"required_classes must be within 1..{num_classes}, got {list(required_classes)}"
+        )
     canvas = _Canvas(rng, height, width)
     area = height * width
     clusters = 1 + int(area // 80_000)
+    # (clusters, share of clustered cells) of each base class.
+    placement = {1: (clusters, 0.8), 2: (clusters, 0.5), 3: (1, 0.0), 4: (1, 0.0)}
     samplers = {
-        1: _cluster_sampler(rng, height, width, clusters, 0.8),
-        2: _cluster_sampler(rng, height, width, clusters, 0.5),
-        3: _cluster_sampler(rng, height, width, 1, 0.0),
-        4: _cluster_sampler(rng, height, width, 1, 0.0),
+        cls: _cluster_sampler(rng, height, width, *placement[_base_class(cls)])
+        for cls in range(1, num_classes + 1)
     }
+    probabilities = _CLASS_PROBABILITIES[[_base_class(k) - 1 for k in range(1, num_classes + 1)]]
+    probabilities = probabilities / probabilities.sum()
     count = int(np.clip(round(area / _PIXELS_PER_CELL * rng.uniform(0.85, 1.15)), 3, 170))
     if dense:
         count = max(count // 2, 3)  # the aggregate brings the rest
     plan = list(required_classes)
-    plan += (rng.choice(4, size=max(count - len(plan), 0), p=_CLASS_PROBABILITIES) + 1).tolist()
+    extra = max(count - len(plan), 0)
+    plan += (rng.choice(num_classes, size=extra, p=probabilities) + 1).tolist()
     for cls in plan:
         for _ in range(_ATTEMPTS):
             if canvas.try_place(int(cls), samplers[int(cls)]()):
                 break
-    if dense:
+    if dense and num_classes >= 2:
         _pack_lymphocytes(canvas, int(rng.integers(*_DENSE_TARGET)))
 
     noise = rng.normal(0.0, 3.5, canvas.rgb.shape)
     rgba = np.full((height, width, 4), 255, np.uint8)
     rgba[..., :3] = np.clip(np.rint(canvas.rgb + noise), 0, 255).astype(np.uint8)
-    return rgba, _relabel(rng, canvas)
+    return rgba, _relabel(rng, canvas, num_classes)
 
 
-def _relabel(rng: np.random.Generator, canvas: _Canvas) -> dict[int, np.ndarray]:
+def _check_num_classes(num_classes: int) -> None:
+    """Raise ``ValueError`` unless ``num_classes`` is an integer in 1..MAX_CLASSES."""
+    if not isinstance(num_classes, (int, np.integer)) or not 1 <= num_classes <= MAX_CLASSES:
+        raise ValueError(f"num_classes must be an integer in 1..{MAX_CLASSES}, got {num_classes!r}")
+
+
+def _relabel(rng: np.random.Generator, canvas: _Canvas, num_classes: int) -> dict[int, np.ndarray]:
     """Give the kept instances non-contiguous ids, grouped by class, one label image per class."""
     areas = np.bincount(canvas.instances.ravel(), minlength=len(canvas.classes) + 1)
     classes = np.array([0, *canvas.classes])
     labels: dict[int, np.ndarray] = {}
     next_id = int(rng.integers(1, 5))
-    for cls in CLASS_NAMES:
+    for cls in range(1, num_classes + 1):
         members = np.flatnonzero((classes == cls) & (areas >= MIN_CELL_PIXELS))
         if members.size == 0:
             continue
@@ -458,7 +499,7 @@ def _prepare_output(output: Path, overwrite: bool) -> None:
 def _write_masks(folder: Path, labels: dict[int, np.ndarray]) -> None:
     """Write ``classK.tif`` for each present class: float64, uncompressed, like the real data."""
     for cls, label in labels.items():
-        write_tiff(folder / CLASS_FILE_NAMES[cls - 1], label, compression=None)
+        write_tiff(folder / class_file_name(cls - 1), label, compression=None)
 
 
 def generate_synthetic_dataset(
@@ -470,6 +511,7 @@ def generate_synthetic_dataset(
     max_size: int = 512,
     *,
     overwrite: bool = False,
+    num_classes: int = 4,
 ) -> dict:
     """Write a synthetic dataset with the real dataset's layout under ``output``.
 
@@ -491,6 +533,8 @@ def generate_synthetic_dataset(
         max_size: largest image side in pixels (>= min_size).
         overwrite: remove an earlier dataset's ``train``, ``test_release``, ``test_gt`` and id
             map under ``output`` first, instead of failing.
+        num_classes: number of classes N (1..16): masks ``class1.tif``..``classN.tif``; train
+            on them with N names in ``DATASETS.CLASS_NAMES``.
 
     Returns:
         A summary: ``output``, ``seed``, ``images``, ``instances_per_class`` (``{K: count}``),
@@ -498,10 +542,12 @@ def generate_synthetic_dataset(
         split under ``splits["train"]`` and ``splits["test"]``.
 
     Raises:
-        ValueError: invalid counts, seed or sizes.
+        ValueError: invalid counts, seed, sizes or number of classes.
         FileExistsError: ``output`` already holds a dataset and ``overwrite`` is False.
     """
     _validate(num_train, num_test, seed, min_size, max_size)
+    _check_num_classes(num_classes)
+    classes = range(1, num_classes + 1)
     output = Path(output)
     _prepare_output(output, overwrite)
     names = random.Random(seed)
@@ -510,7 +556,7 @@ def generate_synthetic_dataset(
     for split_index, (split, count) in enumerate((("train", num_train), ("test", num_test))):
         stats = {
             "images": 0,
-            "instances_per_class": dict.fromkeys(CLASS_NAMES, 0),
+            "instances_per_class": dict.fromkeys(classes, 0),
             "max_cells_per_image": 0,
             "dense_images": 0,
         }
@@ -519,8 +565,10 @@ def generate_synthetic_dataset(
             height = int(rng.integers(min_size, max_size + 1))
             width = int(rng.integers(min_size, max_size + 1))
             dense = i % DENSE_EVERY == 0
-            rare = 3 if i % 2 == 0 else 4
-            rgba, labels = synthesize_image(rng, height, width, dense, (1, 2, rare))
+            required = list(classes[:2])
+            if num_classes > 2:
+                required.append(3 + i % (num_classes - 2))  # 3 and 4 in turn for four classes
+            rgba, labels = synthesize_image(rng, height, width, dense, required, num_classes)
             name = str(uuid.UUID(int=names.getrandbits(128), version=4))
             if split == "train":
                 write_tiff(output / "train" / name / "image.tif", rgba, compression="lzw")
@@ -561,7 +609,7 @@ def generate_synthetic_dataset(
         "seed": seed,
         "images": sum(s["images"] for s in splits.values()),
         "instances_per_class": {
-            cls: sum(s["instances_per_class"][cls] for s in splits.values()) for cls in CLASS_NAMES
+            cls: sum(s["instances_per_class"][cls] for s in splits.values()) for cls in classes
         },
         "max_cells_per_image": max(s["max_cells_per_image"] for s in splits.values()),
         "dense_images": sum(s["dense_images"] for s in splits.values()),

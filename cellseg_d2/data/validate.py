@@ -3,8 +3,8 @@
 Two kinds of check, split by cost:
 
 - :func:`scan_dataset` only lists folders. It runs on every load (it also gives the converter
-  its list of files to fingerprint), so a stray ``class5.tif`` is reported even when a cache
-  exists.
+  its list of files to fingerprint), so a ``class5.tif`` beyond the four configured class names
+  is reported even when a cache exists.
 - :func:`read_train_sample` and :func:`read_test_images` decode pixels. The converter calls them
   once per file when it builds the cache, so every image is checked exactly when it is read.
 
@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from cellseg_d2.data.io import (
-    CLASS_FILE_NAMES,
+    DEFAULT_CLASS_NAMES,
     CellDataError,
+    class_index_of,
     read_image,
     read_image_size,
     read_instance_mask,
@@ -112,9 +113,22 @@ class TrainSample:
 
 
 def _visible_entries(folder: Path) -> list[os.DirEntry]:
-    """Directory entries sorted by name, hidden ones (``.DS_Store``, temp files) left out."""
+    """Directory entries sorted by name, hidden ones (``.DS_Store``, temp files) left out.
+
+    Raises:
+        CellDataError: an entry's name is not valid UTF-8 (named by its repr, which prints
+            safely): it could not be written to the JSON cache or an id map.
+    """
     with os.scandir(folder) as entries:
-        return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
+        visible = sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
+    for entry in visible:
+        try:
+            entry.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CellDataError(
+                f"{entry.path!r}: the name is not valid UTF-8; rename it (e.g. with convmv)"
+            ) from None
+    return visible
 
 
 def list_tiff_images(folder: str | os.PathLike, warnings: list[str] | None = None) -> list[Path]:
@@ -137,34 +151,45 @@ def list_tiff_images(folder: str | os.PathLike, warnings: list[str] | None = Non
     return images
 
 
-def _scan_train_folder(entry: os.DirEntry, warnings: list[str]) -> TrainFolder:
+def _scan_train_folder(entry: os.DirEntry, num_classes: int, warnings: list[str]) -> TrainFolder:
     """List one ``train/<id>/`` folder; raise on an unknown TIFF name or a missing image."""
     folder = Path(entry.path)
     masks = []
     has_image = False
     for item in _visible_entries(folder):
         path = folder / item.name
+        category_id = class_index_of(item.name)
         if item.is_dir():
             warnings.append(f"{path}: unexpected folder inside a training image folder; ignored")
         elif item.name == IMAGE_FILE_NAME:
             has_image = True
-        elif item.name in CLASS_FILE_NAMES:
-            masks.append((CLASS_FILE_NAMES.index(item.name), path))
+        elif category_id is not None and category_id < num_classes:
+            masks.append((category_id, path))
+        elif category_id is not None:
+            raise CellDataError(
+                f"{path}: mask of class {category_id + 1}, but DATASETS.CLASS_NAMES (or "
+                f"--class-names) lists only {num_classes} class(es); add the missing names"
+            )
         elif item.name.lower().endswith(_TIFF_SUFFIXES):
             raise CellDataError(
                 f"{path}: unexpected TIFF name; a training folder holds {IMAGE_FILE_NAME} and "
-                f"masks named {', '.join(CLASS_FILE_NAMES)}"
+                f"masks named class1.tif..class{num_classes}.tif"
             )
         else:
             warnings.append(f"{path}: not a TIFF; ignored")
     if not has_image:
         raise CellDataError(f"{folder / IMAGE_FILE_NAME}: file not found")
     if not masks:
-        warnings.append(f"{folder}: no class1..4.tif mask; counted as an image without cells")
+        warnings.append(
+            f"{folder}: no class1..{num_classes}.tif mask; counted as an image without cells"
+        )
+    masks.sort()
     return TrainFolder(name=entry.name, image=folder / IMAGE_FILE_NAME, masks=tuple(masks))
 
 
-def scan_dataset(root: str | os.PathLike) -> DatasetFiles:
+def scan_dataset(
+    root: str | os.PathLike, class_names: tuple[str, ...] | list[str] = DEFAULT_CLASS_NAMES
+) -> DatasetFiles:
     """List a dataset root and check its layout without reading any pixels.
 
     Why: it is cheap (one directory listing per image), so every load runs it; the file list it
@@ -172,6 +197,7 @@ def scan_dataset(root: str | os.PathLike) -> DatasetFiles:
 
     Args:
         root: folder holding ``train/`` and/or ``test_release/`` with the id map.
+        class_names: the class names; ``classK.tif`` is accepted for K = 1..len(class_names).
 
     Returns:
         The files found, with warnings for harmless oddities (also logged).
@@ -179,7 +205,8 @@ def scan_dataset(root: str | os.PathLike) -> DatasetFiles:
     Raises:
         CellDataError: the root is missing or holds neither ``train/`` nor ``test_release/``; a
             training folder lacks ``image.tif`` or holds a TIFF with an unexpected name (e.g.
-            ``class5.tif``, ``mask.tif``); ``test_release/`` exists without the id map.
+            ``mask.tif``, or ``class5.tif`` with four class names); ``test_release/`` exists
+            without the id map; a name is not valid UTF-8.
     """
     root = Path(root)
     if not root.is_dir():
@@ -192,7 +219,7 @@ def scan_dataset(root: str | os.PathLike) -> DatasetFiles:
     if train_dir.is_dir():
         for entry in _visible_entries(train_dir):
             if entry.is_dir():
-                train.append(_scan_train_folder(entry, warnings))
+                train.append(_scan_train_folder(entry, len(class_names), warnings))
             else:
                 warnings.append(f"{train_dir / entry.name}: not an image folder; ignored")
         if not train:

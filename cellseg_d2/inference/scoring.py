@@ -23,8 +23,14 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from cellseg_d2.data.convert import CATEGORIES
-from cellseg_d2.data.io import CLASS_FILE_NAMES, CellDataError, atomic_write, read_instance_mask
+from cellseg_d2.data.convert import coco_categories
+from cellseg_d2.data.io import (
+    DEFAULT_CLASS_NAMES,
+    CellDataError,
+    atomic_write,
+    class_index_of,
+    read_instance_mask,
+)
 from cellseg_d2.data.rle import label_image_to_instances
 
 __all__ = [
@@ -66,7 +72,8 @@ def read_ground_truth_instances(folder: str | os.PathLike, height: int, width: i
     scoring and the figures then treat ground truth and predictions alike.
 
     Args:
-        folder: holds ``class1.tif``..``class4.tif``, each optional (absent = no such cell).
+        folder: holds ``class1.tif``..``classK.tif`` (any K), each optional (absent = no such
+            cell).
         height: the image height the masks must have.
         width: the image width the masks must have.
 
@@ -82,10 +89,10 @@ def read_ground_truth_instances(folder: str | os.PathLike, height: int, width: i
         logger.warning("%s: no ground-truth folder; the image counts as one without cells", folder)
         return []
     instances = []
-    for category_id, file_name in enumerate(CLASS_FILE_NAMES, start=1):
-        path = folder / file_name
-        if not path.is_file():
-            continue
+    found = {class_index_of(path.name): path for path in folder.glob("class*.tif")}
+    found.pop(None, None)
+    for index, path in sorted(found.items()):
+        category_id = index + 1
         labels = read_instance_mask(path)
         if labels.shape != (height, width):
             raise CellDataError(
@@ -115,7 +122,8 @@ def load_ground_truth_coco(gt_dir: str | os.PathLike, id_map_entries: list[dict]
         id_map_entries: ``[{file_name, id, height, width}]``.
 
     Returns:
-        ``{"images", "annotations", "categories"}``; categories 1..4 named ``class1``..``class4``,
+        ``{"images", "annotations", "categories"}``; categories 1..K named ``class1``..``classK``
+        (K the highest class found, at least 4),
         annotations with ``iscrowd`` 0 and every instance kept (no minimum area).
 
     Raises:
@@ -138,7 +146,9 @@ def load_ground_truth_coco(gt_dir: str | os.PathLike, id_map_entries: list[dict]
                 {"id": len(annotations) + 1, "image_id": entry["id"], "iscrowd": 0, **instance}
             )
     logger.info("Ground truth: %d instances in %d images", len(annotations), len(images))
-    return {"images": images, "annotations": annotations, "categories": list(CATEGORIES)}
+    num_classes = max([len(DEFAULT_CLASS_NAMES), *(a["category_id"] for a in annotations)])
+    names = [f"class{k}" for k in range(1, num_classes + 1)]
+    return {"images": images, "annotations": annotations, "categories": coco_categories(names)}
 
 
 def ground_truth_as_results(gt_coco: dict, score: float = 1.0) -> list[dict]:
