@@ -63,8 +63,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # torchvision's GeneralizedRCNNTransform statistics (RGB, [0, 1]) in detectron2's 0-255 units.
-TORCHVISION_PIXEL_MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
-TORCHVISION_PIXEL_STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
+TORCHVISION_PIXEL_MEAN = [123.675, 116.28, 103.53]  # 255 x [0.485, 0.456, 0.406]
+TORCHVISION_PIXEL_STD = [58.395, 57.12, 57.375]  # 255 x [0.229, 0.224, 0.225]
 
 BASE_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "Base-CellSeg-RCNN-FPN.yaml"
 
@@ -426,7 +426,7 @@ def convert_torchvision_weights(
         "# data, solver and augmentation come from _BASE_. Override on the command line.\n"
     )
     with atomic_write(config_path, "w") as handle:
-        handle.write(header + yaml.safe_dump(cfg_dict, sort_keys=False))
+        handle.write(header + yaml.safe_dump(cfg_dict, sort_keys=False, default_flow_style=None))
     _check_against_model(config_path, state, source)
     logger.info(
         "converted %s (torchvision %s, %d classes) -> %s + %s",
