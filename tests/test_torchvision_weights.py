@@ -31,9 +31,12 @@ import torch
 import yaml
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
+from detectron2.structures import BitMasks, Instances
+from detectron2.utils.events import EventStorage
 from torchvision.models.detection import maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
 
 from cellseg_d2.config import get_cellseg_cfg
+from cellseg_d2.engine.checkpoint import AtomicDetectionCheckpointer
 from cellseg_d2.inference.predictor import CellPredictor
 from cellseg_d2.modeling.torchvision_weights import (
     TorchvisionWeightsError,
@@ -183,6 +186,39 @@ def test_predictor_reads_bgr_and_gives_torchvision_scores(tmp_path: Path) -> Non
     tv_pairs = list(zip((tv_out["labels"] - 1).tolist(), tv_out["scores"].tolist()))
     for det in detections:
         assert any(c == det.category and abs(s - det.score) < 1e-4 for c, s in tv_pairs), det.score
+
+
+def test_converted_v2_fine_tunes_with_another_number_of_classes(tmp_path: Path) -> None:
+    """The seed's path: torchvision COCO weights (here random, 90 classes) converted, loaded for
+    training into a 4-class model (class layers re-initialised), one training step with v2's
+    BatchNorm heads in training mode gives finite losses."""
+    tv_model = _random_torchvision_model("v2", num_classes=90)
+    torch.save(tv_model.state_dict(), tmp_path / "coco.pth")
+    result = convert_torchvision_weights(tmp_path / "coco.pth", tmp_path / "d2.pth")
+    assert result.num_classes == 90
+    cfg = get_cellseg_cfg()
+    cfg.merge_from_file(str(result.config))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.NUM_CLASSES", 4])
+    model = build_model(cfg)
+    AtomicDetectionCheckpointer(model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+    converted = torch.load(result.weights, weights_only=True)["model"]
+    state = model.state_dict()
+    assert torch.equal(
+        state["backbone.fpn_lateral2.norm.running_var"],
+        converted["backbone.fpn_lateral2.norm.running_var"],
+    )
+    assert state["roi_heads.box_predictor.cls_score.weight"].shape[0] == 5
+    masks = torch.zeros((2, HEIGHT, WIDTH), dtype=torch.bool)
+    masks[0, 10:40, 20:50] = masks[1, 60:100, 80:120] = True
+    instances = Instances((HEIGHT, WIDTH))
+    instances.gt_masks = BitMasks(masks)
+    instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
+    instances.gt_classes = torch.tensor([0, 3])
+    image = torch.randint(0, 256, (3, HEIGHT, WIDTH), dtype=torch.uint8)
+    model.train()
+    with EventStorage():
+        losses = model([{"image": image, "instances": instances}] * 2)
+    assert all(torch.isfinite(v) for v in losses.values()), losses
 
 
 def test_old_key_layout_and_bare_state_dict(tmp_path: Path) -> None:
