@@ -7,7 +7,8 @@
 
 Writes a detectron2 checkpoint and the config that builds the same network (default: the
 checkpoint's name with .yaml). Train, evaluate or predict with ``--config-file`` that YAML.
-Exit status 2 when the input is not a convertible torchvision state dict.
+Exit status 2 when the input is not a convertible torchvision state dict or the output cannot
+be written.
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ def main(args: argparse.Namespace) -> int:
         result = convert_torchvision_weights(args.source, args.output, args.config)
     except TorchvisionWeightsError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an output folder that cannot be written
+        print(
+            f"error: cannot write {exc.filename or args.output}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
         return 2
     print(
         f"torchvision {result.variant}, {result.num_classes} classes -> {result.weights}\n"
