@@ -118,7 +118,8 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
             ]
             self.logger.info(
                 "Re-initialised %s: the checkpoint's class layers are for another number of "
-                "classes than MODEL.ROI_HEADS.NUM_CLASSES=%d; all other weights loaded.",
+                "classes than MODEL.ROI_HEADS.NUM_CLASSES=%d, so they start from their "
+                "initialisation; the other layers load as usual.",
                 ", ".join(reinit),
                 _num_classes(self.model),
             )
