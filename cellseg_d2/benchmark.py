@@ -5,6 +5,11 @@ trainer comparison runs the project's ``CellTrainer`` and detectron2's stock ``D
 with its stock ``DatasetMapper`` on the same config and data, alternately (A B A B ...) after a
 warm-up, so drift in machine load hits both equally. Peak memory is the main process's resident
 high-water mark (``VmHWM``), reset before each phase; data-loader workers are not included.
+
+On CUDA (``MODEL.DEVICE cuda``) every timed region ends with ``torch.cuda.synchronize()``, training
+runs with AMP on, and a ``gpu`` section adds training images/s, peak GPU memory
+(``torch.cuda.max_memory_allocated``), end-to-end predict images/s and utilisation against the
+GPU's own fp32 and bf16 matrix-multiply peaks, measured on the device.
 """
 
 from __future__ import annotations
@@ -64,18 +69,37 @@ def _rss_mib(field: str = "VmHWM") -> float:
     return float("nan")
 
 
-def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
-    """The machine's measured fp32 matrix-multiply throughput in GFLOP/s (best of ``repeats``),
-    the denominator of the utilisation figure."""
-    a = torch.randn(size, size)
-    b = torch.randn(size, size)
+def _sync() -> None:
+    """Wait for queued CUDA work, so a timer stops when the GPU is done (no-op on CPU)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def matmul_peak_gflops(
+    size: int = 2048,
+    repeats: int = 5,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    inner: int = 1,
+) -> float:
+    """The measured matrix-multiply throughput of ``device`` in ``dtype``, GFLOP/s (best of
+    ``repeats`` timings of ``inner`` back-to-back products), the denominator of utilisation.
+
+    NOTE: on a GPU a single product is too short to time and launches asynchronously: use a
+    large ``size`` (8192) and ``inner`` of 10 or more; the timing is closed by a synchronize.
+    """
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
     torch.mm(a, b)
+    _sync()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        torch.mm(a, b)
+        for _ in range(inner):
+            torch.mm(a, b)
+        _sync()
         best = min(best, time.perf_counter() - start)
-    return 2.0 * size**3 / best / 1e9
+    return 2.0 * size**3 * inner / best / 1e9
 
 
 def _time_conversion(data_root: Path) -> dict[str, float]:
@@ -112,8 +136,10 @@ def _step_timer(trainer: DefaultTrainer, storage: EventStorage) -> Callable[[], 
     inner.storage = storage
 
     def step() -> float:
+        _sync()
         start = time.perf_counter()
         inner.run_step()
+        _sync()
         storage.step()
         return time.perf_counter() - start
 
@@ -124,6 +150,9 @@ def _time_training(cfg: CfgNode, iters: int) -> dict[str, float]:
     """Median seconds per iteration of CellTrainer and the stock trainer, run alternately, and
     the peak RSS of training."""
     _reset_peak_rss()
+    cuda = cfg.MODEL.DEVICE.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     ours = CellTrainer(cfg)
     stock_cfg = cfg.clone()
     if stock_cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE == "full_model":
@@ -140,6 +169,10 @@ def _time_training(cfg: CfgNode, iters: int) -> dict[str, float]:
                 times[name].append(step())
     medians = {name: statistics.median(values) for name, values in times.items()}
     peak = _rss_mib()
+    gpu = {}
+    if cuda:  # both trainers' models are resident: the peak is an upper bound for one
+        gpu["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        gpu["images_per_s"] = cfg.SOLVER.IMS_PER_BATCH / medians["cellseg"]
     # Free both trainers now: their data-loader workers would otherwise keep prefetching and
     # take CPU from the inference measurements that follow.
     del steps, ours, stock
@@ -149,6 +182,7 @@ def _time_training(cfg: CfgNode, iters: int) -> dict[str, float]:
         "detectron2_s_per_iter": medians["detectron2"],
         "ratio": medians["cellseg"] / medians["detectron2"],
         "peak_rss_mib": peak,
+        **gpu,
     }
 
 
@@ -168,6 +202,8 @@ def _inference_figures(
     entries = entries[:max_images]
     image_dir = data_root / "test_release"
     _reset_peak_rss()
+    if cfg.MODEL.DEVICE.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
     predictor = CellPredictor(cfg)
     inputs = [predictor._model_input(read_image(image_dir / e["file_name"])) for e in entries]
     model = predictor.model
@@ -181,6 +217,7 @@ def _inference_figures(
                 for item in inputs:
                     start = time.perf_counter()
                     model.inference([item], do_postprocess=False)
+                    _sync()
                     times.append(time.perf_counter() - start)
             per_image.append(times)
             model_rounds.append(sum(times) / len(times))
@@ -188,6 +225,7 @@ def _inference_figures(
             with torch.no_grad():
                 for item in inputs:  # the model's own call, with detectron2's mask paste
                     model([item])
+                _sync()
             forward_rounds.append((time.perf_counter() - start) / len(inputs))
             start = time.perf_counter()
             results = predict_folder(predictor, image_dir, entries, progress=False)
@@ -208,7 +246,11 @@ def _inference_figures(
     model_s = statistics.median(model_rounds)
     forward_s = statistics.median(forward_rounds)
     end_to_end_s = statistics.median(end_to_end_rounds)
+    gpu = {}
+    if cfg.MODEL.DEVICE.startswith("cuda"):
+        gpu["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return {
+        **gpu,
         "images": len(entries),
         "model_s_per_image": model_s,
         "model_forward_s_per_image": forward_s,
@@ -252,6 +294,9 @@ def run_benchmark(
     data_root = Path(data_root)
     cfg = adapt_config_to_machine(cfg)
     cfg.defrost()
+    cuda = cfg.MODEL.DEVICE.startswith("cuda")
+    if cuda:
+        cfg.SOLVER.AMP.ENABLED = True  # the training figure on a GPU is with AMP, as trained
     if not os.path.isfile(cfg.MODEL.WEIGHTS):  # speed needs no weights; never download them
         cfg.MODEL.WEIGHTS = ""
     report: dict[str, Any] = {
@@ -284,13 +329,42 @@ def run_benchmark(
         loader["model_consumes_images_per_s"] = consumed
         report["inference"] = _inference_figures(cfg, data_root, max_images=max(2, iters))
     shutil.rmtree(output_dir, ignore_errors=True)
-    peak = matmul_peak_gflops()
+    # The denominator is the device the model ran on: a GPU's own peak, not the host CPU's.
+    gpu_peak = {"size": 8192, "repeats": 3, "device": cfg.MODEL.DEVICE, "inner": 10}
+    peak = matmul_peak_gflops(**gpu_peak) if cuda else matmul_peak_gflops()
     report["utilisation"] = {
         "fp32_matmul_peak_gflops_per_s": peak,
         "inference_gflops_per_s": report["inference"]["achieved_gflops_per_s"],
         "fraction_of_peak": report["inference"]["achieved_gflops_per_s"] / peak,
     }
+    if cuda:
+        bf16 = matmul_peak_gflops(**gpu_peak, dtype=torch.bfloat16)
+        report["gpu"] = _gpu_figures(cfg, report, fp32_peak=peak, bf16_peak=bf16)
     return report
+
+
+def _gpu_figures(
+    cfg: CfgNode, report: dict[str, Any], fp32_peak: float, bf16_peak: float
+) -> dict[str, Any]:
+    """The CUDA summary: throughput, peak memory and utilisation against the device's peaks.
+
+    Training FLOPs are counted as 3x the forward FLOPs per image (forward + backward, the usual
+    approximation; RPN/RoI sampling makes the training forward differ slightly from inference).
+    """
+    training, inference = report["training"], report["inference"]
+    train_gflops = 3 * inference["gflops_per_image"] * training["images_per_s"]
+    return {
+        "name": torch.cuda.get_device_name(cfg.MODEL.DEVICE),
+        "training_images_per_s_amp": training["images_per_s"],
+        "training_peak_gpu_memory_mib": training["peak_gpu_memory_mib"],
+        "predict_images_per_s": 1.0 / inference["predict_s_per_image"],
+        "predict_peak_gpu_memory_mib": inference["peak_gpu_memory_mib"],
+        "fp32_matmul_peak_gflops_per_s": fp32_peak,
+        "bf16_matmul_peak_gflops_per_s": bf16_peak,
+        "inference_fraction_of_fp32_peak": inference["achieved_gflops_per_s"] / fp32_peak,
+        "training_fraction_of_bf16_peak": train_gflops / bf16_peak,
+        "training_fraction_of_fp32_peak": train_gflops / fp32_peak,
+    }
 
 
 def format_benchmark(report: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +17,14 @@ from detectron2.utils.events import EventStorage
 
 from cellseg_d2.config import add_cellseg_config, get_cellseg_cfg
 from cellseg_d2.engine import CellTrainer
+from cellseg_d2.engine.checkpoint import AtomicDetectionCheckpointer, is_class_layer
 from cellseg_d2.modeling import CellRCNN
 
 from .conftest import CONFIGS
 
+COCO_WEIGHTS = (
+    "detectron2://COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x/137849600/model_final_f10217.pkl"
+)
 ALL_CONFIGS = sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml"))
 
 
@@ -86,6 +91,9 @@ def test_real_configs_start_from_imagenet_and_demo_from_scratch() -> None:
         cfg.merge_from_file(str(CONFIGS / name))
         if "scratch" in name:
             assert cfg.MODEL.WEIGHTS == "", name
+        elif "_coco" in name:  # detectron2's COCO model, trained from the same MSRA weights
+            assert cfg.MODEL.WEIGHTS == COCO_WEIGHTS, name
+            assert cfg.MODEL.PIXEL_STD == [1.0, 1.0, 1.0] and cfg.INPUT.FORMAT == "BGR"
         elif "R_50" in name:
             assert cfg.MODEL.WEIGHTS.endswith("ImageNetPretrained/MSRA/R-50.pkl"), name
             assert cfg.MODEL.PIXEL_STD == [1.0, 1.0, 1.0]  # MSRA caffe2 weights
@@ -157,6 +165,59 @@ def test_dense_config_budget_reaches_the_evaluator(tmp_path: Path, cells_prefix:
     assert cfg.MODEL.RPN.POST_NMS_TOPK_TEST >= 1000
     evaluator = CellTrainer.build_evaluator(cfg, f"{cells_prefix}_val")
     assert evaluator._max_dets_per_image == [1, 10, 1000]
+
+
+def test_dense_gpu_config_scales_batch_lr_and_budget(tmp_path: Path, cells_prefix: str) -> None:
+    base = _cfg("mask_rcnn_R_50_FPN_coco_cells.yaml")
+    cfg = _cfg("mask_rcnn_R_50_FPN_coco_dense_gpu_cells.yaml", "OUTPUT_DIR", str(tmp_path))
+    assert cfg.SOLVER.IMS_PER_BATCH == 8 and cfg.SOLVER.AMP.ENABLED
+    scale = cfg.SOLVER.IMS_PER_BATCH / base.SOLVER.IMS_PER_BATCH
+    assert cfg.SOLVER.BASE_LR == pytest.approx(base.SOLVER.BASE_LR * scale)
+    assert cfg.TEST.DETECTIONS_PER_IMAGE == 1000 and cfg.MODEL.RPN.POST_NMS_TOPK_TEST >= 1000
+    evaluator = CellTrainer.build_evaluator(cfg, f"{cells_prefix}_val")
+    assert evaluator._max_dets_per_image == [1, 10, 1000]
+
+
+def test_coco_checkpoint_class_layers_are_reinitialised(tmp_path: Path) -> None:
+    """A zoo-style checkpoint (80 COCO classes) loads into the 4-class model: the class layers
+    keep their fresh initialisation, everything else is loaded, and one line says so."""
+    coco = build_model(
+        _cfg("mask_rcnn_R_50_FPN_coco_cells.yaml", "MODEL.ROI_HEADS.NUM_CLASSES", 80)
+    )
+    with torch.no_grad():
+        for param in coco.parameters():  # distinguishable from any fresh initialisation
+            param.add_(1.0)
+    weights = tmp_path / "model_final.pth"
+    torch.save({"model": coco.state_dict(), "__author__": "test"}, weights)
+    model = build_model(_cfg("mask_rcnn_R_50_FPN_coco_cells.yaml"))
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    checkpointer = AtomicDetectionCheckpointer(model, save_dir=str(tmp_path))
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    level = checkpointer.logger.level
+    checkpointer.logger.addHandler(handler)
+    checkpointer.logger.setLevel(logging.INFO)
+    try:
+        checkpointer.resume_or_load(str(weights), resume=False)
+    finally:
+        checkpointer.logger.removeHandler(handler)
+        checkpointer.logger.setLevel(level)
+
+    loaded, source = model.state_dict(), coco.state_dict()
+    class_keys = [k for k in loaded if is_class_layer(k)]
+    assert len(class_keys) == 6  # weight and bias of cls_score, bbox_pred, mask predictor
+    for key in class_keys:
+        assert torch.equal(loaded[key], fresh[key]), key
+    for key in loaded.keys() - set(class_keys):
+        assert torch.equal(loaded[key], source[key]), key
+    reinit = [r.getMessage() for r in records if "Re-initialised" in r.getMessage()]
+    assert len(reinit) == 1
+    for layer in ("cls_score", "bbox_pred", "mask_head.predictor", "NUM_CLASSES=4"):
+        assert layer in reinit[0]
+    assert not [r for r in records if r.levelno >= logging.WARNING], [
+        r.getMessage() for r in records if r.levelno >= logging.WARNING
+    ]
 
 
 def test_mask_threshold_changes_binarised_masks() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
+from fvcore.common.checkpoint import _IncompatibleKeys
 
 from ..data.io import atomic_write
 
@@ -44,6 +45,24 @@ def _weights_hint(weights: str, exc: BaseException) -> str:
     )
 
 
+# The layers whose shape depends on the number of classes in detectron2's R-CNN heads.
+CLASS_LAYERS = (
+    "roi_heads.box_predictor.cls_score.",
+    "roi_heads.box_predictor.bbox_pred.",
+    "roi_heads.mask_head.predictor.",
+)
+
+
+def is_class_layer(key: str) -> bool:
+    """Whether a state-dict key belongs to a class-specific layer (also under ``module.``)."""
+    return key.removeprefix("module.").startswith(CLASS_LAYERS)
+
+
+def _num_classes(model: torch.nn.Module) -> int:
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    return int(model.roi_heads.num_classes)
+
+
 class AtomicDetectionCheckpointer(DetectionCheckpointer):
     """A ``DetectionCheckpointer`` whose files are never half-written.
 
@@ -72,6 +91,40 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
             torch.save(data, handle)
         if not name.startswith(self.untagged_prefixes):
             self.tag_last_checkpoint(basename)
+
+    def _load_model(self, checkpoint: dict[str, Any]) -> _IncompatibleKeys:
+        """Load as detectron2 does, but start the class-specific layers afresh when the
+        checkpoint was trained for another number of classes (e.g. COCO's 80).
+
+        fvcore already skips tensors whose shape differs from the model's, so those layers keep
+        the initialisation ``build_model`` gave them; this only replaces its one warning per
+        tensor with a single line that says which layers and why. Shape mismatches anywhere else
+        are still reported as detectron2 reports them (they point at a wrong config).
+        """
+        incompatible = super()._load_model(checkpoint)
+        reinit = sorted(
+            {
+                key.rsplit(".", 1)[0]
+                for key, *_ in incompatible.incorrect_shapes
+                if is_class_layer(key)
+            }
+        )
+        if reinit:
+            incompatible.incorrect_shapes[:] = [
+                item for item in incompatible.incorrect_shapes if not is_class_layer(item[0])
+            ]
+            # fvcore dropped those tensors before loading, so they also count as missing
+            incompatible.missing_keys[:] = [
+                key for key in incompatible.missing_keys if key.rsplit(".", 1)[0] not in reinit
+            ]
+            self.logger.info(
+                "Re-initialised %s: the checkpoint's class layers are for another number of "
+                "classes than MODEL.ROI_HEADS.NUM_CLASSES=%d, so they start from their "
+                "initialisation; the other layers load as usual.",
+                ", ".join(reinit),
+                _num_classes(self.model),
+            )
+        return incompatible
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         """Point ``last_checkpoint`` at ``last_filename_basename``, atomically."""

@@ -1,6 +1,8 @@
 """Model registrations. Importing this package registers ``CellRCNN`` in ``META_ARCH_REGISTRY``
-(detectron2 registries are filled by import, which is why the tools import it explicitly)."""
+and ``RoundedAnchorGenerator`` in ``ANCHOR_GENERATOR_REGISTRY`` (detectron2 registries are filled
+by import, which is why the tools import it explicitly)."""
 
+from .anchor_generator import RoundedAnchorGenerator
 from .meta_arch import CellRCNN, CellRCNNWithTTA
 
-__all__ = ["CellRCNN", "CellRCNNWithTTA"]
+__all__ = ["CellRCNN", "CellRCNNWithTTA", "RoundedAnchorGenerator"]
