@@ -282,9 +282,10 @@ def _refusal(source: str, exc: BaseException, restricted: bool) -> str:
     if not restricted or not isinstance(exc, pickle.UnpicklingError):
         return f"cannot read MODEL.WEIGHTS '{source}': not a readable checkpoint ({exc})"
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    detail = next((line for line in lines if "Unsupported" in line), lines[-1] if lines else "")
+    detail = next((line for line in lines if "unsupported" in line.lower()), "")
+    detail = f" ({detail})" if detail else ""
     return (
         f"refusing MODEL.WEIGHTS '{source}': it holds more than tensors, and loading it could "
-        f"run code ({detail}). If you trust where it came from, add {TRUST_KEY} True to the "
+        f"run code{detail}. If you trust where it came from, add {TRUST_KEY} True to the "
         "command line"
     )
