@@ -382,9 +382,8 @@ def evaluate_weights(cfg: CfgNode) -> dict[str, Any]:
     ``OUTPUT_DIR/inference/<dataset>/coco_instances_results.json``.
     """
     model = CellTrainer.build_model(cfg)
-    checkpointer = AtomicDetectionCheckpointer(
-        model, cfg.OUTPUT_DIR, trust_pickle=cfg.MODEL.CELLSEG.TRUST_PICKLE
-    )
+    # No save_dir: a training may be writing checkpoints into OUTPUT_DIR meanwhile.
+    checkpointer = AtomicDetectionCheckpointer(model, trust_pickle=cfg.MODEL.CELLSEG.TRUST_PICKLE)
     checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
     results = CellTrainer.test(cfg, model)
     if cfg.TEST.AUG.ENABLED:
