@@ -3,15 +3,37 @@
 Keys detectron2 already has are reused, never re-declared: ``SOLVER.AMP.ENABLED``,
 ``SOLVER.LR_SCHEDULER_NAME`` (``"WarmupCosineLR"``), ``SOLVER.CLIP_GRADIENTS``,
 ``TEST.DETECTIONS_PER_IMAGE``, ``TEST.AUG``, ``INPUT.CROP``, ``SEED``.
+
+Config files are read by :func:`load_cellseg_config` only, never by detectron2's
+``merge_from_file`` (which defaults to ``allow_unsafe=True``: a YAML tag in a downloaded config
+could run a command).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
+import yaml
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_cellseg_config", "get_cellseg_cfg", "default_cells_root"]
+from .errors import ConfigError
+
+__all__ = [
+    "ConfigError",
+    "add_cellseg_config",
+    "default_cells_root",
+    "get_cellseg_cfg",
+    "load_cellseg_config",
+    "merge_config_file",
+    "merge_config_overrides",
+]
+
+#: Keys only the person running a command may set (as a ``KEY VALUE`` override): a config file
+#: from elsewhere must not be able to grant trust.
+COMMAND_LINE_ONLY_KEYS: tuple[str, ...] = ("MODEL.CELLSEG.TRUST_PICKLE",)
 
 
 def default_cells_root() -> str:
@@ -68,6 +90,9 @@ def add_cellseg_config(cfg: CN) -> None:
     _c.MODEL.CELLSEG = CN()
     # Probability above which a predicted mask pixel is foreground (detectron2 hard-codes 0.5).
     _c.MODEL.CELLSEG.MASK_THRESHOLD = 0.5
+    # Unpickle MODEL.WEIGHTS from outside detectron2's model zoo (pickles run code); only as a
+    # command-line override, never from a config file.
+    _c.MODEL.CELLSEG.TRUST_PICKLE = False
 
     # ---- Solver ----
     # "ADAMW" or "SGD"; anything else raises.
@@ -103,3 +128,152 @@ def get_cellseg_cfg() -> CN:
     cfg = get_cfg()
     add_cellseg_config(cfg)
     return cfg
+
+
+def load_cellseg_config(config_file: str | os.PathLike, opts: Sequence[Any] = ()) -> CN:
+    """The project config: defaults, then ``config_file`` (safely), then ``KEY VALUE`` overrides.
+
+    This is the one way the tools read a config. Unlike detectron2's ``merge_from_file`` it never
+    runs code from the file and never fetches a ``_BASE_`` from the network, and every problem is
+    a :class:`ConfigError` naming the file (and line) or the key, which the tools turn into exit
+    status 2. The result is not frozen, so callers can still adapt it.
+
+    Args:
+        config_file: a local YAML file.
+        opts: flat ``[KEY, VALUE, KEY, VALUE, ...]`` overrides, as given on the command line.
+
+    Returns:
+        The merged config.
+
+    Raises:
+        ConfigError: see :func:`merge_config_file` and :func:`merge_config_overrides`.
+    """
+    cfg = get_cellseg_cfg()
+    merge_config_file(cfg, config_file)
+    merge_config_overrides(cfg, opts)
+    return cfg
+
+
+def merge_config_file(cfg: CN, config_file: str | os.PathLike) -> None:
+    """Merge a YAML config file and its ``_BASE_`` chain into ``cfg`` in place.
+
+    Rules: plain YAML only (``yaml.safe_load``; tags such as ``!!python/object/apply`` are
+    refused); ``_BASE_`` is one local path or a list of them, relative to the file that names it
+    (or absolute, ``~`` allowed), never a URL; a file may not include itself through its bases;
+    later bases override earlier ones and the file overrides its bases. A file without
+    ``VERSION`` is read as the current version (detectron2 would guess and upgrade old ones).
+
+    Raises:
+        ConfigError: a missing or unreadable file, malformed YAML (with the line), an unsafe tag,
+            a refused or circular ``_BASE_``, an unknown key, a value of the wrong type, a wrong
+            ``VERSION`` or a command-line-only key, naming the file and the key.
+    """
+    path = Path(config_file)
+    data = _read_config_tree(path, ())
+    for key in COMMAND_LINE_ONLY_KEYS:
+        if _has_nested_key(data, key):
+            raise ConfigError(
+                f"{path}: {key} cannot be set in a config file; pass it on the command line "
+                f"({key} True) if you mean it"
+            )
+    version = data.get("VERSION", cfg.VERSION)
+    if version != cfg.VERSION:
+        raise ConfigError(f"{path}: VERSION {version} is not supported (expected {cfg.VERSION})")
+    try:
+        cfg.merge_from_other_cfg(type(cfg)(data))
+    except (KeyError, ValueError, AssertionError, TypeError) as exc:
+        raise ConfigError(f"{path}: {_reason(exc)}") from exc
+
+
+def merge_config_overrides(cfg: CN, opts: Sequence[Any]) -> None:
+    """Merge command-line ``KEY VALUE`` pairs into ``cfg`` in place.
+
+    Values are parsed as Python literals (``ast.literal_eval``, which evaluates no code) and must
+    have the type of the default they replace.
+
+    Raises:
+        ConfigError: an odd number of items, an unknown key or a value of the wrong type, naming
+            the key.
+    """
+    opts = list(opts)
+    if len(opts) % 2:
+        raise ConfigError(
+            f"config overrides must be KEY VALUE pairs, got {len(opts)} items: "
+            f"'{opts[-1]}' has no value"
+        )
+    try:
+        cfg.merge_from_list(opts)
+    except (KeyError, ValueError, AssertionError, TypeError) as exc:
+        raise ConfigError(f"command-line override: {_reason(exc)}") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    # KeyError's str() adds quotes around its message.
+    return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+
+
+def _has_nested_key(data: dict, dotted: str) -> bool:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _read_config_tree(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """One YAML file with its ``_BASE_`` files merged in; ``chain`` holds the including files."""
+    where = f" (the _BASE_ of {chain[-1]})" if chain else ""
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found{where}")
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " -> ".join(str(p) for p in (*chain[chain.index(resolved) :], resolved))
+        raise ConfigError(f"{path}: circular _BASE_: {cycle}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as exc:
+        line = f", line {exc.problem_mark.line + 1}" if exc.problem_mark else ""
+        problem = exc.problem or exc.context or "malformed YAML"
+        if isinstance(exc, yaml.constructor.ConstructorError) and "tag" in problem:
+            problem += " (config files may hold plain values only; Python tags are refused)"
+        raise ConfigError(f"{path}{line}: {problem}") from exc
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: unreadable config file: {exc}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of KEY: value")
+    bases = data.pop("_BASE_", None)
+    if bases is None:
+        return data
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: _BASE_ must be a file path or a list of file paths")
+    merged: dict[str, Any] = {}
+    for base in bases:
+        if "://" in base:
+            raise ConfigError(
+                f"{path}: _BASE_ '{base}' is a URL; a _BASE_ must be a local file (relative to "
+                f"{path.parent} or absolute): download it, check it and name the copy"
+            )
+        base_path = Path(base).expanduser()
+        if not base_path.is_absolute():
+            base_path = path.parent / base_path
+        _merge_into(_read_config_tree(base_path, (*chain, resolved)), merged, path, "")
+    _merge_into(data, merged, path, "")
+    return merged
+
+
+def _merge_into(src: dict, dst: dict, path: Path, prefix: str) -> None:
+    """Merge ``src`` into ``dst`` recursively; values in ``src`` win."""
+    for key, value in src.items():
+        if isinstance(value, dict) and key in dst:
+            if not isinstance(dst[key], dict):
+                raise ConfigError(
+                    f"{path}: {prefix}{key} is a section here but a value in a _BASE_ file"
+                )
+            _merge_into(value, dst[key], path, f"{prefix}{key}.")
+        else:
+            dst[key] = value

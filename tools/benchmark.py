@@ -19,9 +19,9 @@ from detectron2.utils.logger import setup_logger
 
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
 from cellseg_d2.benchmark import format_benchmark, run_benchmark
-from cellseg_d2.config import get_cellseg_cfg
-from cellseg_d2.data import CellDataError
+from cellseg_d2.config import load_cellseg_config
 from cellseg_d2.data.io import atomic_write
+from cellseg_d2.errors import CellSegError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,12 +41,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark, print the table, write the JSON atomically."""
     setup_logger(name="cellseg_d2")
-    cfg = get_cellseg_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
     try:
+        cfg = load_cellseg_config(args.config_file, args.opts)
         report = run_benchmark(cfg, args.data, iters=args.iters, loader_batches=args.iters)
-    except CellDataError as exc:
+    except CellSegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_benchmark(report))

@@ -22,7 +22,7 @@ from detectron2.utils.logger import setup_logger
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
 from cellseg_d2.data import CellDataError
 from cellseg_d2.data.validate import check_test_images, list_tiff_images
-from cellseg_d2.engine import WeightsUnavailableError
+from cellseg_d2.errors import CellSegError
 from cellseg_d2.inference import CellPredictor, predict_folder, write_submission
 from cellseg_d2.inference.predict import build_predict_config
 
@@ -61,7 +61,7 @@ def main(args: argparse.Namespace) -> int:
         results = predict_folder(predictor, input_dir, entries, progress=not args.no_progress)
         elapsed = time.perf_counter() - start
         write_submission(results, args.output, zip_output=args.zip)
-    except (CellDataError, WeightsUnavailableError) as exc:
+    except CellSegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     logger.info(

@@ -5,6 +5,11 @@
     python tools/train_net.py --config-file C --resume                 # continue after a stop
     python tools/train_net.py --config-file C --eval-only MODEL.WEIGHTS output/x/model_best.pth
     python tools/train_net.py --config-file C --num-gpus 2             # DDP (gloo on CPU)
+    python tools/train_net.py --config-file C --overwrite              # retrain into a used dir
+
+An OUTPUT_DIR that already holds checkpoints is refused (exit 2) unless ``--resume`` continues
+that run or ``--overwrite`` starts anew over it. Bad configs, data or weights exit 2 with the
+file or key named.
 
 The cell datasets named in the config are registered from ``DATASETS.CELLS_ROOT`` (default: the
 ``CELLSEG_DATASETS`` environment variable, else ``datasets/cells``).
@@ -21,26 +26,24 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
-from cellseg_d2.config import get_cellseg_cfg
-from cellseg_d2.data import CellDataError, register_cell_datasets_from_config
+from cellseg_d2.config import load_cellseg_config
+from cellseg_d2.data import register_cell_datasets_from_config
 from cellseg_d2.engine import (
     CellTrainer,
     TrainingDivergedError,
-    WeightsUnavailableError,
     adapt_config_to_machine,
     evaluate_weights,
     prepare_for_launch,
 )
+from cellseg_d2.engine.checkpoint import check_output_dir
+from cellseg_d2.errors import CellSegError
 
 EXIT_BAD_INPUT = 2
 
 
 def build_config(args: argparse.Namespace) -> CfgNode:
     """The frozen config from the file and the overrides, adapted to this machine."""
-    cfg = get_cellseg_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg = adapt_config_to_machine(cfg)
+    cfg = adapt_config_to_machine(load_cellseg_config(args.config_file, args.opts))
     cfg.freeze()
     return cfg
 
@@ -64,11 +67,25 @@ def main(args: argparse.Namespace) -> dict | None:
     return trainer.train()
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """detectron2's training flags plus ``--overwrite``."""
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train from MODEL.WEIGHTS into an OUTPUT_DIR that holds checkpoints, replacing them",
+    )
+    return parser.parse_args(argv)
+
+
 def run(args: argparse.Namespace) -> int:
     """Launch ``main`` on the requested processes; map user errors to exit codes."""
     try:
+        cfg = build_config(args)
+        if not args.eval_only:
+            check_output_dir(cfg.OUTPUT_DIR, resume=args.resume, overwrite=args.overwrite)
         if args.num_gpus * args.num_machines > 1:
-            prepare_for_launch(build_config(args), resume=args.resume, eval_only=args.eval_only)
+            prepare_for_launch(cfg, resume=args.resume, eval_only=args.eval_only)
         launch(
             main,
             args.num_gpus,
@@ -77,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
             dist_url=args.dist_url,
             args=(args,),
         )
-    except (CellDataError, WeightsUnavailableError) as exc:
+    except CellSegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except TrainingDivergedError as exc:
@@ -87,4 +104,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(default_argument_parser().parse_args()))
+    sys.exit(run(parse_args()))

@@ -25,9 +25,8 @@ import os
 import sys
 
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
-from cellseg_d2.data.io import CellDataError
 from cellseg_d2.data.validate import load_id_map
-from cellseg_d2.engine import WeightsUnavailableError
+from cellseg_d2.errors import CellSegError
 from cellseg_d2.inference.predict import build_predict_config, predict_folder
 from cellseg_d2.inference.predictor import CellPredictor
 from cellseg_d2.inference.submission import (
@@ -104,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             num_images=args.num_images,
             score_thresh=args.score_thresh,
         )
-    except (CellDataError, WeightsUnavailableError) as exc:
+    except CellSegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

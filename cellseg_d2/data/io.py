@@ -20,6 +20,8 @@ from typing import IO
 import numpy as np
 import tifffile
 
+from cellseg_d2.errors import CellSegError
+
 __all__ = [
     "DEFAULT_CLASS_NAMES",
     "MAX_PIXELS_ENV",
@@ -55,7 +57,7 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
-class CellDataError(ValueError):
+class CellDataError(CellSegError, ValueError):
     """A problem with the user's data: the message names the file and says what is wrong.
 
     The tools turn it into exit status 2, so scripts can tell bad input from a crash.

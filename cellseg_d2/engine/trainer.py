@@ -17,7 +17,6 @@ import weakref
 from typing import Any
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import (
     DatasetCatalog,
@@ -270,7 +269,10 @@ class CellTrainer(DefaultTrainer):
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = AtomicDetectionCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+            model,
+            cfg.OUTPUT_DIR,
+            trust_pickle=cfg.MODEL.CELLSEG.TRUST_PICKLE,
+            trainer=weakref.proxy(self),
         )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
@@ -427,8 +429,9 @@ def evaluate_weights(cfg: CfgNode) -> dict[str, Any]:
     ``OUTPUT_DIR/inference/<dataset>/coco_instances_results.json``.
     """
     model = CellTrainer.build_model(cfg)
-    weights = fetch_weights(cfg.MODEL.WEIGHTS) if cfg.MODEL.WEIGHTS else ""
-    DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(weights, resume=False)
+    # No save_dir: a training may be writing checkpoints into OUTPUT_DIR meanwhile.
+    checkpointer = AtomicDetectionCheckpointer(model, trust_pickle=cfg.MODEL.CELLSEG.TRUST_PICKLE)
+    checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
     results = CellTrainer.test(cfg, model)
     if cfg.TEST.AUG.ENABLED:
         results.update(CellTrainer.test_with_TTA(cfg, model))

@@ -12,7 +12,7 @@ import numpy as np
 from detectron2.config import CfgNode
 from tqdm import tqdm
 
-from ..config import get_cellseg_cfg
+from ..config import load_cellseg_config
 from ..data.io import read_image
 from ..engine.trainer import adapt_config_to_machine
 from .predictor import CellPredictor, detections_to_results
@@ -31,9 +31,7 @@ def build_predict_config(
     """The frozen config for prediction: file, ``KEY VALUE`` overrides, then the threshold
     flags (``MODEL.ROI_HEADS.SCORE_THRESH_TEST``, ``MODEL.CELLSEG.MASK_THRESHOLD``), adapted to
     this machine (CPU without CUDA)."""
-    cfg = get_cellseg_cfg()
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    cfg = load_cellseg_config(config_file, opts)
     if score_thresh is not None:
         cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = score_thresh
     if mask_thresh is not None:

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
@@ -27,7 +26,7 @@ from detectron2.structures import Instances
 from torchvision.ops import box_iou
 
 from ..data.rle import InstanceCrop, encode_crops, tight_crop
-from ..engine.checkpoint import fetch_weights
+from ..engine.checkpoint import AtomicDetectionCheckpointer
 from ..modeling import CellRCNNWithTTA
 
 __all__ = [
@@ -291,7 +290,8 @@ class CellPredictor:
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg).eval()
         if cfg.MODEL.WEIGHTS:
-            DetectionCheckpointer(self.model).load(fetch_weights(cfg.MODEL.WEIGHTS))
+            trust = cfg.MODEL.CELLSEG.TRUST_PICKLE
+            AtomicDetectionCheckpointer(self.model, trust_pickle=trust).load(cfg.MODEL.WEIGHTS)
         else:
             logger.warning("MODEL.WEIGHTS is empty: predicting with a randomly initialised model")
         self.mask_threshold = float(getattr(self.model, "mask_threshold", 0.5))

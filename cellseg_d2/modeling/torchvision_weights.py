@@ -373,11 +373,9 @@ def _check_against_model(config_path: Path, state: dict[str, torch.Tensor], sour
     """Build the detectron2 model from the written config and load the weights strictly."""
     from detectron2.modeling import build_model
 
-    from ..config import get_cellseg_cfg
+    from ..config import load_cellseg_config
 
-    cfg = get_cellseg_cfg()
-    cfg.merge_from_file(str(config_path))
-    cfg.MODEL.DEVICE = "cpu"
+    cfg = load_cellseg_config(config_path, ["MODEL.DEVICE", "cpu"])
     model = build_model(cfg)
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
