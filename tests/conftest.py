@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -10,6 +11,7 @@ from types import ModuleType
 import pytest
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.utils.logger import setup_logger
 
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
 from cellseg_d2.config import get_cellseg_cfg
@@ -20,6 +22,29 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "configs"
 INSTANT_CONFIG = CONFIGS / "quick_schedules" / "instant_test.yaml"
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+TOOL_LOGGERS = ("cellseg_d2", "detectron2", "fvcore", "d2")
+
+
+@pytest.fixture(autouse=True)
+def restore_tool_loggers() -> Iterator[None]:
+    """Undo what a tool's ``setup_logger`` did to the loggers once the test is over.
+
+    detectron2's ``setup_logger`` is cached and attaches handlers to the ``sys.stdout`` of the
+    moment (a capture stream pytest closes after the test) and stops propagation, so later tests
+    would log into a closed stream ("--- Logging error ---") and ``caplog`` would see nothing.
+    """
+    loggers = [logging.getLogger(name) for name in TOOL_LOGGERS]
+    saved = [(logger.handlers[:], logger.propagate, logger.level) for logger in loggers]
+    yield
+    for logger, (handlers, propagate, level) in zip(loggers, saved):
+        for handler in logger.handlers:
+            if handler not in handlers:
+                handler.close()
+        logger.handlers[:] = handlers
+        logger.propagate, logger.level = propagate, level
+    setup_logger.cache_clear()
 
 
 @pytest.fixture(scope="session")
