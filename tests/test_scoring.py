@@ -158,6 +158,9 @@ def test_cli(
     saved = json.loads(out_json.read_text())
     assert saved["segm"]["AP"] == pytest.approx(100.0)
     assert None in saved["segm"].values()  # a class absent from this image: null, not NaN
+    assert "histology (IoU > 0.5, score >= 0.5)" in table and "AJI" in table
+    for key in ("PQ", "SQ", "DQ", "mPQ", "AJI", "F1", "precision", "recall"):
+        assert saved["histology"][key] == pytest.approx(100.0), key
 
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{**r, "score": 2.0} for r in ground_truth_as_results(single)]))
