@@ -217,3 +217,114 @@ def test_predict_tool_rejects_id_map_mismatch(
     named = "extra.tif" if problem == "unlisted" else entries[0]["file_name"]
     assert named in proc.stderr
     assert not output.exists()
+
+
+def _dense_merge_reference(kept: list[Detection], tile_of: list[int]) -> list[Detection]:
+    """The merge as it was before it compared only neighbouring tiles: one dense IoU matrix."""
+    from torchvision.ops import box_iou
+
+    from cellseg_d2.inference.predictor import TILE_MERGE_IOU
+
+    boxes = torch.tensor([d.box for d in kept], dtype=torch.float32)
+    iou = box_iou(boxes, boxes)
+    tile_ids = torch.tensor(tile_of)
+    iou[tile_ids[:, None] == tile_ids[None, :]] = 0.0
+    removed = torch.zeros(len(kept), dtype=torch.bool)
+    result = []
+    for i in sorted(range(len(kept)), key=lambda k: -kept[k].score):
+        if removed[i]:
+            continue
+        result.append(kept[i])
+        removed[i] = True
+        candidates = iou[i].masked_fill(removed, 0.0)
+        for tile in torch.unique(tile_ids[candidates > TILE_MERGE_IOU]).tolist():
+            removed[int(torch.argmax(candidates.masked_fill(tile_ids != tile, 0.0)))] = True
+    return result
+
+
+def test_tile_merge_compares_only_neighbouring_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cellseg_d2.inference.predictor as predictor_module
+
+    height = width = 700
+    windows = tile_windows(height, width, tile=300, overlap=60)
+    assert len(windows) == 9  # 3 x 3
+    rng = np.random.default_rng(5)
+    cells = []  # (top, left, side) in image pixels, some in seams, most inside one tile
+    for _ in range(400):
+        side = int(rng.integers(4, 20))
+        cells.append(
+            (int(rng.integers(0, height - side)), int(rng.integers(0, width - side)), side)
+        )
+    tiles, kept, tile_of = [], [], []
+    for index, (top, left, bottom, right) in enumerate(windows):
+        dets = []
+        for y, x, side in cells:
+            # a whole cell, a little shifted (a model sees it slightly differently per tile)
+            y2, x2 = y + int(rng.integers(0, 2)), x + int(rng.integers(0, 2))
+            if (
+                top + 2 <= y2
+                and y2 + side <= bottom - 2
+                and left + 2 <= x2
+                and x2 + side <= right - 2
+            ):
+                mask = np.ones((side, side), bool)
+                score = float(rng.random())
+                dets.append(Detection(int(rng.integers(0, 4)), score, y2 - top, x2 - left, mask))
+                kept.append(Detection(dets[-1].category, score, y2, x2, mask))
+                tile_of.append(index)
+        tiles.append(((top, left, bottom, right), dets))
+    compared = []
+    real_box_iou = predictor_module.box_iou
+
+    def counting_box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        compared.append((a.clone(), b.clone()))
+        return real_box_iou(a, b)
+
+    monkeypatch.setattr(predictor_module, "box_iou", counting_box_iou)
+    merged = merge_tile_detections(tiles, height, width)
+    expected = _dense_merge_reference(kept, tile_of)
+    key = [(d.top, d.left, d.score) for d in expected]
+    assert [(d.top, d.left, d.score) for d in merged] == key
+    assert len(kept) - len(merged) > 50  # seam cells seen by 2-4 tiles were merged
+    assert len(merged) >= len(cells) - 5  # ... without merging distinct cells (rare exact twins)
+    # Every compared box reaches into an overlap zone of two windows (interior cells are never
+    # compared) and the comparisons are a small fraction of the dense matrix.
+    seams = np.zeros((height, width), int)
+    for top, left, bottom, right in windows:
+        seams[top:bottom, left:right] += 1
+    for a, b in compared:
+        for x0, y0, x1, y1 in torch.cat([a, b]).int().tolist():
+            assert seams[y0:y1, x0:x1].max() >= 2
+    pairs = sum(len(a) * len(b) for a, b in compared)
+    assert 0 < pairs < len(kept) ** 2 / 20
+
+
+def test_detection_cap_is_counted_and_warned_once(
+    cells_prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = instant_cfg(cells_prefix, tmp_path, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0)
+    cfg.merge_from_list(["TEST.DETECTIONS_PER_IMAGE", 3, "TEST.TILING.MAX_SIZE", 200])
+    cfg.merge_from_list(["TEST.TILING.TILE_SIZE", 128, "TEST.TILING.OVERLAP", 32])
+    predictor = CellPredictor(cfg)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in [(96, 120), (150, 330)]]
+    outputs = predictor(images)
+    caplog.clear()
+    assert predictor.images_at_detection_cap == 2  # the tiled image counts once
+    assert len(outputs[0]) <= 3
+    # Documented: a tiled image is capped per tile, its merged result is not cut again.
+    assert len(outputs[1]) > 3
+    with caplog.at_level("WARNING", logger="cellseg_d2.inference.predictor"):
+        predictor.warn_detection_cap(len(images))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "2 of 2 image(s)" in warnings[0] and "TEST.DETECTIONS_PER_IMAGE=3" in warnings[0]
+
+    roomy = CellPredictor(instant_cfg(cells_prefix, tmp_path, "TEST.DETECTIONS_PER_IMAGE", 10**6))
+    roomy(images[:1])
+    caplog.clear()
+    assert roomy.detection_cap == 10**6
+    with caplog.at_level("WARNING", logger="cellseg_d2.inference.predictor"):
+        roomy.warn_detection_cap(1)
+    assert roomy.images_at_detection_cap == 0
+    assert not [r for r in caplog.records if "detection cap" in r.getMessage()]

@@ -158,6 +158,9 @@ def test_cli(
     saved = json.loads(out_json.read_text())
     assert saved["segm"]["AP"] == pytest.approx(100.0)
     assert None in saved["segm"].values()  # a class absent from this image: null, not NaN
+    assert "histology (IoU > 0.5, score >= 0.5)" in table and "AJI" in table
+    for key in ("PQ", "SQ", "DQ", "mPQ", "AJI", "F1", "precision", "recall"):
+        assert saved["histology"][key] == pytest.approx(100.0), key
 
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{**r, "score": 2.0} for r in ground_truth_as_results(single)]))
@@ -176,3 +179,49 @@ def test_inputs_are_not_modified(dataset: tuple[Path, list[dict], dict]) -> None
     before = copy.deepcopy((gt, results))
     evaluate_submission(gt, results)
     assert (gt, results) == before
+
+
+@pytest.mark.parametrize(
+    "name", ["../train/x/image.tif", "/etc/passwd", "sub/a.tif", "a\\b.tif", "C:a.tif", "", ".."]
+)
+def test_id_map_names_must_be_bare(
+    dataset: tuple[Path, list[dict], dict],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    name: str,
+) -> None:
+    root, entries, gt = dataset
+    id_map = tmp_path / "ids.json"
+    id_map.write_text(json.dumps([entries[0], {**entries[1], "file_name": name}]))
+    with pytest.raises(CellDataError, match=r"ids.json: entry 1: file_name"):
+        load_id_map(id_map)
+    pred = tmp_path / "submission.json"
+    write_submission(ground_truth_as_results(gt), pred, zip_output=False)
+    args = ["--gt", str(root / "test_gt"), "--id-map", str(id_map), "--pred", str(pred)]
+    assert load_tool(TOOL).main(args) == 2
+    assert "file_name" in capsys.readouterr().err
+
+
+def test_id_map_hostile_json(tmp_path: Path) -> None:
+    nested = tmp_path / "nested.json"
+    nested.write_text("[" * 50_000 + "]" * 50_000)
+    with pytest.raises(CellDataError, match="nested.json: JSON nested too deeply"):
+        load_id_map(nested)
+    huge = tmp_path / "huge.json"
+    entry = {"file_name": "a.tif", "id": 1, "height": 10, "width": 10}
+    huge.write_text(json.dumps([entry]).replace('"id": 1', '"id": ' + "7" * 10_000))
+    with pytest.raises(CellDataError, match="huge.json.*10000 digits"):
+        load_id_map(huge)
+    for key, value in (("id", 2**63), ("height", 0), ("width", 2**40)):
+        wide = tmp_path / f"{key}.json"
+        wide.write_text(json.dumps([{**entry, key: value}]))
+        with pytest.raises(CellDataError, match=f"{key}.json: entry 0 has (an )?{key}"):
+            load_id_map(wide)
+
+
+def test_scorer_rejects_corrupt_rle(dataset: tuple[Path, list[dict], dict]) -> None:
+    _, _, gt = dataset
+    results = ground_truth_as_results(gt)[:3]
+    results[2] = {**results[2], "segmentation": {**results[2]["segmentation"], "counts": "1"}}
+    with pytest.raises(CellDataError, match=rf"result 2 \(image_id {results[2]['image_id']}\)"):
+        evaluate_submission(gt, results)

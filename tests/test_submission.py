@@ -17,6 +17,7 @@ import pytest
 from cellseg_d2.data.io import CellDataError
 from cellseg_d2.data.rle import encode_mask
 from cellseg_d2.inference.submission import (
+    MAX_SUBMISSION_MB_ENV,
     RESULTS_FILE_NAME,
     format_report,
     group_by_image,
@@ -224,3 +225,69 @@ def test_cli_process_exit_status(
     )  # fmt: skip
     assert proc.returncode == 2
     assert "broken.json" in proc.stderr
+
+
+def test_corrupt_rle_counts_are_violations(dataset: tuple[Path, list[dict], list[dict]]) -> None:
+    _, entries, results = dataset
+    results = copy.deepcopy(results)
+    good = results[3]["segmentation"]
+    height, width = good["size"]
+    results[3]["segmentation"] = {**good, "counts": "oooooooooo1"}  # the example
+    results[5]["segmentation"] = {**good, "counts": good["counts"] + "1"}  # one run too many
+    report = validate_submission(results, entries)
+    assert [v.split(":")[0] for v in report.violations] == ["result 3", "result 5"]
+    assert f"image_id {results[3]['image_id']}" in report.violations[0]
+    assert "corrupt" in report.violations[0] and "longer than" in report.violations[0]
+    assert f"not {height}x{width}" in report.violations[1]
+
+
+def test_zip_member_size_is_capped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(RESULTS_FILE_NAME, "[" + " " * (3 * 2**20) + "]")
+    assert bomb.stat().st_size < 20_000
+    assert read_submission(bomb) == []  # under the default limit
+    monkeypatch.setenv(MAX_SUBMISSION_MB_ENV, "1")
+    with pytest.raises(CellDataError) as error:
+        read_submission(bomb)
+    for part in ("bomb.zip", RESULTS_FILE_NAME, "1 MiB", MAX_SUBMISSION_MB_ENV):
+        assert part in str(error.value)
+    # A header that understates the size: the read stops at the cap (Python's zipfile stops at
+    # the header's size and then fails the CRC), a clear error either way, no traceback.
+    lying = tmp_path / "lying.zip"
+    data = bomb.read_bytes()
+    info = zipfile.ZipFile(bomb).getinfo(RESULTS_FILE_NAME)
+    real = info.file_size.to_bytes(4, "little")
+    assert data.count(real) == 2  # local header and central directory
+    lying.write_bytes(data.replace(real, (100).to_bytes(4, "little")))
+    with pytest.raises(CellDataError, match="lying.zip"):
+        read_submission(lying)
+    plain = tmp_path / "big.json"
+    plain.write_text("[" + " " * (2 * 2**20) + "]")
+    with pytest.raises(CellDataError, match="big.json.*1 MiB"):
+        read_submission(plain)
+    monkeypatch.setenv(MAX_SUBMISSION_MB_ENV, "lots")
+    with pytest.raises(CellDataError, match=MAX_SUBMISSION_MB_ENV):
+        read_submission(plain)
+
+
+def test_hostile_json_ends_in_a_clear_error(tmp_path: Path) -> None:
+    nested = tmp_path / "nested.json"
+    nested.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CellDataError, match="nested.json.*nested too deeply"):
+        read_submission(nested)
+    huge = tmp_path / "huge.json"
+    huge.write_text('[{"image_id": ' + "9" * 5000 + "}]")
+    with pytest.raises(CellDataError, match="huge.json.*5000 digits"):
+        read_submission(huge)
+
+
+def test_huge_numbers_are_violations(dataset: tuple[Path, list[dict], list[dict]]) -> None:
+    _, entries, results = dataset
+    results = copy.deepcopy(results[:2])
+    results[0]["score"] = 10**400
+    results[1]["bbox"] = [10**400, 0, 1, 1]
+    report = validate_submission(results, entries)
+    assert [v.split(":")[0] for v in report.violations] == ["result 0", "result 1"]

@@ -161,3 +161,59 @@ def test_cli_draws_validation_images_with_ground_truth(
     assert code == 0
     first = sorted(entries, key=lambda e: e["id"])[:1]
     assert cv2.imread(str(output)).shape[:2] == _expected_size(first, 3)
+
+
+def test_outline_style_draws_class_coloured_outlines_and_count_bars() -> None:
+    from cellseg_d2.data.datasets import THING_COLORS
+    from cellseg_d2.data.rle import encode_mask
+    from cellseg_d2.inference.visualize import COUNT_BAR_HEIGHT
+
+    height, width = 70, 80
+    image = np.full((height, width, 3), 100, np.uint8)
+    square = np.zeros((height, width), bool)
+    square[25:45, 20:40] = True
+    other = np.zeros((height, width), bool)
+    other[50:60, 50:70] = True
+    cell = {"category_id": 2, "bbox": [20.0, 25.0, 20.0, 20.0], "segmentation": encode_mask(square)}
+    predictions = [
+        {**cell, "score": 0.9},
+        {"category_id": 1, "bbox": [50.0, 50.0, 20.0, 10.0], "score": 0.8,
+         "segmentation": encode_mask(other)},
+    ]  # fmt: skip
+    row = render_comparison(image, predictions, [cell], style="outlines")
+    assert row.shape == (height + GAP + COUNT_BAR_HEIGHT, 3 * width + 2 * GAP, 3)
+    prediction_panel = row[:height, 2 * (width + GAP) :]
+    gt_panel = row[:height, width + GAP : 2 * width + GAP]
+    for panel in (prediction_panel, gt_panel):
+        for y, x in [(25, 30), (44, 30), (35, 20), (35, 39)]:  # the square's border
+            assert tuple(panel[y, x]) == THING_COLORS[1]
+        assert tuple(panel[35, 30]) == (100, 100, 100)  # inside: the image, no fill
+        assert tuple(panel[24, 30]) == (100, 100, 100)  # outside: untouched
+    assert tuple(prediction_panel[50, 60]) == THING_COLORS[0]
+    assert tuple(gt_panel[50, 60]) == (100, 100, 100)
+    strip = row[height + GAP :]
+    colours = {tuple(c) for c in strip.reshape(-1, 3)}
+    assert {THING_COLORS[0], THING_COLORS[1], (150, 150, 150)} <= colours
+    # The box style keeps its own shape (no strip).
+    assert render_comparison(image, predictions, [cell]).shape[0] == height
+    with pytest.raises(ValueError, match="style"):
+        render_comparison(image, predictions, style="pie")
+
+
+def test_cli_outline_style(dataset: tuple[Path, list[dict], list[dict]], tmp_path: Path) -> None:
+    from cellseg_d2.inference.visualize import COUNT_BAR_HEIGHT
+
+    root, entries, results = dataset
+    pred = tmp_path / "submission.json"
+    write_submission(results, pred, zip_output=False)
+    output = tmp_path / "outlines.png"
+    args = [
+        "--input", str(root / "test_release"),
+        "--id-map", str(root / "test_image_name_to_ids.json"),
+        "--pred", str(pred), "--gt", str(root / "test_gt"),
+        "--output", str(output), "--style", "outlines",
+    ]  # fmt: skip
+    assert load_tool(TOOL).main(args) == 0
+    height, width = _expected_size(entries, 3)
+    written = cv2.imread(str(output), cv2.IMREAD_COLOR)
+    assert written.shape == (height + len(entries) * (GAP + COUNT_BAR_HEIGHT), width, 3)

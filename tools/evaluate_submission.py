@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Score a submission against ground-truth masks: mask and box AP, AP50, AP75 and per class.
+"""Score a submission against ground-truth masks: COCO AP and the histology PQ, AJI and F1.
 
 Example::
 
@@ -9,7 +9,11 @@ Example::
 
 ``--gt`` holds one folder of ``classK.tif`` masks per image (``test_gt/<stem>/`` as the synthetic
 generator writes it). Figures are in percent, as detectron2 prints them, with the detection cap
-raised to the densest image (pycocotools' ``summarize`` stops at 100). The submission is
+raised to the densest image (pycocotools' ``summarize`` stops at 100). Below the AP table come
+panoptic quality PQ (with DQ and SQ, per class and their mean mPQ), aggregated Jaccard index
+AJI and F1/precision/recall at IoU > 0.5, of the detections scoring at least ``--score-thresh``
+(see :mod:`cellseg_d2.inference.metrics`); ``--json`` holds them under ``histology``. The
+submission is
 validated first; exit status 2 means violations or unreadable input, with the file named.
 """
 
@@ -21,6 +25,7 @@ import sys
 
 from cellseg_d2.data.io import CellDataError
 from cellseg_d2.data.validate import load_id_map
+from cellseg_d2.inference.metrics import evaluate_histology, format_histology
 from cellseg_d2.inference.scoring import (
     evaluate_submission,
     format_scores,
@@ -37,6 +42,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--id-map", required=True, help="test_image_name_to_ids.json")
     parser.add_argument("--pred", required=True, help="submission: results JSON or zip")
     parser.add_argument("--json", help="also write the scores to this JSON file")
+    parser.add_argument(
+        "--score-thresh",
+        type=float,
+        default=0.5,
+        help="smallest score counted by PQ, AJI and F1 (AP uses every detection; default 0.5)",
+    )
     return parser.parse_args(argv)
 
 
@@ -48,11 +59,16 @@ def main(argv: list[str] | None = None) -> int:
         entries = load_id_map(args.id_map)
         results = read_submission(args.pred)
         require_valid_submission(results, entries, args.pred)
-        scores = evaluate_submission(load_ground_truth_coco(args.gt, entries), results)
+        gt_coco = load_ground_truth_coco(args.gt, entries)
+        scores = evaluate_submission(gt_coco, results)
+        histology = evaluate_histology(gt_coco, results, args.score_thresh)
     except CellDataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_scores(scores))
+    print()
+    print(format_histology(histology, args.score_thresh))
+    scores["histology"] = histology
     if args.json:
         write_scores_json(scores, args.json)
     return 0

@@ -13,7 +13,9 @@ Predictions come from a submission (``--pred``) or from a model run on the drawn
 beside their ground truth.
 One row per image (the first ``--num-images`` of the id map by id): original | ground truth
 (with ``--gt``) | predictions at or above ``--score-thresh``, masks in class colours with boxes,
-class names and scores. The submission is validated first; exit status 2 means violations or
+class names and scores; ``--style outlines`` draws only class-coloured cell outlines and adds a
+per-class count strip (ground truth vs predictions) under each row. The submission is validated
+first; exit status 2 means violations or
 unreadable input, with the file named.
 """
 
@@ -34,7 +36,7 @@ from cellseg_d2.inference.submission import (
     read_submission,
     require_valid_submission,
 )
-from cellseg_d2.inference.visualize import validation_id_map, visualize_predictions
+from cellseg_d2.inference.visualize import STYLES, validation_id_map, visualize_predictions
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,6 +59,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-images", type=int, default=4, help="rows (default 4)")
     parser.add_argument(
         "--score-thresh", type=float, default=0.5, help="smallest score drawn (default 0.5)"
+    )
+    parser.add_argument(
+        "--style",
+        choices=STYLES,
+        default="boxes",
+        help="boxes: filled masks, boxes and labels (default); outlines: class-coloured "
+        "outlines only, plus per-class count bars",
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
@@ -102,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             gt_dir=args.gt,
             num_images=args.num_images,
             score_thresh=args.score_thresh,
+            style=args.style,
         )
     except CellSegError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -23,12 +23,17 @@ from scipy import ndimage
 __all__ = [
     "InstanceCrop",
     "LabelInstance",
+    "check_rle",
     "decode_rle",
     "encode_crops",
     "encode_mask",
     "label_image_to_instances",
+    "rle_run_lengths",
     "tight_crop",
 ]
+
+# A run needs at most 7 characters of 5 bits (2**35 > any image's pixel count); more is garbage.
+_MAX_CHARS_PER_RUN = 7
 
 
 class LabelInstance(NamedTuple):
@@ -106,6 +111,81 @@ def decode_rle(rle: dict) -> np.ndarray:
             "counts": counts.encode() if isinstance(counts, str) else counts,
         }
     return mask_util.decode(compressed).astype(bool)
+
+
+def rle_run_lengths(counts: str | bytes) -> list[int]:
+    """Decode the run lengths of a compressed COCO RLE string without touching pixels.
+
+    Why: pycocotools decodes any string of the right characters and silently turns garbage into
+    a wrong mask (its run lengths are unsigned, so a negative delta becomes a huge run, and a
+    string cut in the middle of a number reads past its end). Reading the runs first lets
+    validation reject such a mask with a message instead of scoring it as 0.
+
+    The format (pycocotools ``rleFrString``): each run is a little-endian sequence of 6-bit
+    characters (``chr(48 + x)``), 5 value bits each, bit 0x20 meaning "more characters follow",
+    bit 0x10 of the last character the sign; from the fourth run on, the value is a delta to the
+    run two places before.
+
+    Args:
+        counts: the ``counts`` string.
+
+    Returns:
+        The run lengths, background first; they may be negative (the caller judges them).
+
+    Raises:
+        ValueError: a character outside ``0``..``o``, a run longer than 7 characters, or a
+            string that ends in the middle of a run.
+    """
+    if isinstance(counts, bytes):
+        counts = counts.decode("ascii", errors="replace")
+    runs: list[int] = []
+    value = shift = chars = 0
+    for char in counts:
+        code = ord(char) - 48
+        if not 0 <= code < 64:
+            raise ValueError(f"character {char!r} is not a COCO RLE character (0..o)")
+        value |= (code & 0x1F) << shift
+        shift += 5
+        chars += 1
+        if chars > _MAX_CHARS_PER_RUN:
+            raise ValueError(f"run {len(runs)} is longer than {_MAX_CHARS_PER_RUN} characters")
+        if code & 0x20:
+            continue
+        if code & 0x10:
+            value -= 1 << shift
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+        value = shift = chars = 0
+    if chars:
+        raise ValueError("the string ends in the middle of a run")
+    return runs
+
+
+def check_rle(rle: dict) -> None:
+    """Check that a COCO RLE's runs tile its ``[height, width]`` exactly, without decoding.
+
+    One rule for the validator and the scorer: every run length decodes, none is negative, and
+    together they cover ``height * width`` pixels. A corrupt string that passes the character
+    check (e.g. ``"oooooooooo1"``) fails here instead of becoming an empty or garbage mask.
+
+    Args:
+        rle: ``{"size": [height, width], "counts": str | bytes | list[int]}``.
+
+    Raises:
+        ValueError: saying what is wrong (the caller adds which entry it was).
+    """
+    height, width = (int(v) for v in rle["size"])
+    counts = rle["counts"]
+    runs = list(counts) if isinstance(counts, list) else rle_run_lengths(counts)
+    negative = next((i for i, run in enumerate(runs) if run < 0), None)
+    if negative is not None:
+        raise ValueError(f"run {negative} has a negative length ({runs[negative]})")
+    total = sum(runs)
+    if total != height * width:
+        raise ValueError(
+            f"the run lengths add up to {total} pixels, not {height}x{width} = {height * width}"
+        )
 
 
 def encode_crops(crops: Sequence[InstanceCrop], height: int, width: int) -> list[dict]:

@@ -25,7 +25,7 @@ from detectron2.data import (
 )
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.engine.defaults import create_ddp_model
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -357,13 +357,18 @@ class CellTrainer(DefaultTrainer):
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         # A cell split writes its COCO json_file when first loaded; make sure it exists.
         DatasetCatalog.get(dataset_name)
-        return COCOEvaluator(
+        coco = COCOEvaluator(
             dataset_name,
             tasks=("bbox", "segm"),
             distributed=True,
             output_dir=output_folder,
             max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
         )
+        if not cfg.TEST.HISTOLOGY_METRICS:
+            return coco
+        from ..inference.metrics import HistologyEvaluator  # inference imports engine
+
+        return DatasetEvaluators([coco, HistologyEvaluator(dataset_name)])
 
     @classmethod
     def test(

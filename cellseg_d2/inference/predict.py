@@ -94,5 +94,6 @@ def predict_folder(
             )
         bar.update(len(indices))
     bar.close()
+    predictor.warn_detection_cap(len(paths))
     logger.info("%d detections on %d images", len(results), len(paths))
     return results

@@ -9,6 +9,13 @@ costs the cell's area instead of the image's.
 Images larger than ``TEST.TILING.MAX_SIZE`` run as overlapping tiles: a detection touching a tile
 edge inside the image is a cell cut by the tile and is dropped (the neighbouring tile, overlapping
 by more than a cell, holds it whole); cells whole in two tiles are merged by NMS.
+
+The model returns at most ``TEST.DETECTIONS_PER_IMAGE`` detections per input, and a dense image
+that reaches that cap silently loses cells. :class:`CellPredictor` counts the images that hit
+it and :meth:`CellPredictor.warn_detection_cap` logs the count once per run. NOTE: the cap
+applies per model input, so a tiled image is capped per tile and its merged result is NOT cut
+to the cap again (cutting by score after merging would drop cells of whole regions); a tiled
+image counts as hitting the cap when one of its tiles does.
 """
 
 from __future__ import annotations
@@ -233,22 +240,67 @@ def merge_tile_detections(
     # Greedy, by score: a kept detection removes its best-matching copy (IoU above the
     # threshold) from each *other* tile. Within a tile the model's own NMS already decided
     # which overlapping cells to keep, and a copy stands for one cell, not for its neighbours.
-    boxes = torch.tensor([d.box for d in kept], dtype=torch.float32)
-    iou = box_iou(boxes, boxes)
-    tile_ids = torch.tensor(tile_of)
-    iou[tile_ids[:, None] == tile_ids[None, :]] = 0.0
-    removed = torch.zeros(len(kept), dtype=torch.bool)
+    matches = _tile_overlap_matches(kept, tile_of, [window for window, _ in tiles])
+    removed = [False] * len(kept)
     result = []
     for i in sorted(range(len(kept)), key=lambda k: -kept[k].score):
         if removed[i]:
             continue
         result.append(kept[i])
         removed[i] = True
-        candidates = iou[i].masked_fill(removed, 0.0)
-        for tile in torch.unique(tile_ids[candidates > TILE_MERGE_IOU]).tolist():
-            in_tile = candidates.masked_fill(tile_ids != tile, 0.0)
-            removed[int(torch.argmax(in_tile))] = True
+        best: dict[int, tuple[float, int]] = {}  # tile -> (IoU, -index): ties go to the first
+        for iou, j in matches.get(i, ()):
+            if not removed[j]:
+                best[tile_of[j]] = max(best.get(tile_of[j], (0.0, 0)), (iou, -j))
+        for _, negative_j in best.values():
+            removed[-negative_j] = True
     return result
+
+
+def _tile_overlap_matches(
+    detections: Sequence[Detection],
+    tile_of: Sequence[int],
+    windows: Sequence[tuple[int, int, int, int]],
+) -> dict[int, list[tuple[float, int]]]:
+    """``{i: [(IoU, j), ...]}`` for detections of different tiles with box IoU above
+    :data:`TILE_MERGE_IOU`, comparing only what can overlap.
+
+    Why not one IoU matrix over every detection: a 20k x 20k image holds hundreds of thousands
+    of cells (a dense matrix of ~40 GB). A detection lies inside its own tile's window, so it
+    can only match a detection of a tile whose window overlaps its own, and only if its box
+    reaches into that window. Each pair of overlapping windows therefore compares the boxes of
+    its overlap zone only: memory and time grow with the cells along tile seams.
+    """
+    boxes = np.array([d.box for d in detections], dtype=np.float32).reshape(-1, 4)
+    tile_ids = np.asarray(tile_of)
+    win = np.array(windows, dtype=np.float32).reshape(-1, 4)  # top, left, bottom, right
+    members = [np.flatnonzero(tile_ids == t) for t in range(len(windows))]
+    matches: dict[int, list[tuple[float, int]]] = {}
+    pairs = (
+        (win[:, None, 0] < win[None, :, 2])
+        & (win[None, :, 0] < win[:, None, 2])
+        & (win[:, None, 1] < win[None, :, 3])
+        & (win[None, :, 1] < win[:, None, 3])
+    )
+    for a, b in zip(*np.nonzero(np.triu(pairs, k=1))):
+        in_a = members[a][_boxes_reach(boxes[members[a]], win[b])]
+        in_b = members[b][_boxes_reach(boxes[members[b]], win[a])]
+        if in_a.size == 0 or in_b.size == 0:
+            continue
+        iou = box_iou(torch.from_numpy(boxes[in_a]), torch.from_numpy(boxes[in_b])).numpy()
+        for row, col in zip(*np.nonzero(iou > TILE_MERGE_IOU)):
+            i, j, value = int(in_a[row]), int(in_b[col]), float(iou[row, col])
+            matches.setdefault(i, []).append((value, j))
+            matches.setdefault(j, []).append((value, i))
+    return matches
+
+
+def _boxes_reach(boxes: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """Which ``(x0, y0, x1, y1)`` boxes overlap a ``(top, left, bottom, right)`` window."""
+    top, left, bottom, right = window
+    return (
+        (boxes[:, 0] < right) & (boxes[:, 2] > left) & (boxes[:, 1] < bottom) & (boxes[:, 3] > top)
+    )
 
 
 def detections_to_results(
@@ -299,6 +351,10 @@ class CellPredictor:
             [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
         )
         self.tta_model = CellRCNNWithTTA(self.cfg, self.model) if tta else None
+        self.detection_cap = int(cfg.TEST.DETECTIONS_PER_IMAGE)
+        #: Images (a tiled image counts once) whose model output reached ``detection_cap``.
+        self.images_at_detection_cap = 0
+        self._inputs_at_cap = 0  # model inputs (images or tiles) at the cap, running total
         self.batch_size = max(1, cfg.TEST.IMS_PER_BATCH)
         tiling = cfg.TEST.TILING
         self.tile_above, self.tile_size, self.tile_overlap = (
@@ -326,10 +382,12 @@ class CellPredictor:
                 chw = image[:, :, ::-1] if self.cfg.INPUT.FORMAT == "RGB" else image
                 tensor = torch.as_tensor(np.ascontiguousarray(chw.transpose(2, 0, 1)))
                 result = self.tta_model([{"image": tensor, "height": height, "width": width}])
+                self._inputs_at_cap += len(result[0]["instances"]) >= self.detection_cap
                 outputs.append(postprocessed_instances_to_detections(result[0]["instances"]))
             return outputs
         inputs = [self._model_input(image) for image in images]
         raw = self.model.inference(inputs, do_postprocess=False)
+        self._inputs_at_cap += sum(len(instances) >= self.detection_cap for instances in raw)
         return [
             raw_instances_to_detections(
                 instances, item["height"], item["width"], self.mask_threshold
@@ -359,11 +417,36 @@ class CellPredictor:
         small = [i for i, image in enumerate(images) if not self._needs_tiles(image)]
         for start in range(0, len(small), self.batch_size):
             indices = small[start : start + self.batch_size]
+            before = self._inputs_at_cap
             for index, detections in zip(
                 indices, self._predict_batch([images[i] for i in indices])
             ):
                 results[index] = detections
+            self.images_at_detection_cap += self._inputs_at_cap - before
         for index, image in enumerate(images):
             if results[index] is None:
+                before = self._inputs_at_cap
                 results[index] = self.predict_tiled(image, self._predict_batch)
+                self.images_at_detection_cap += self._inputs_at_cap > before
         return results
+
+    def warn_detection_cap(self, num_images: int) -> None:
+        """Log one warning when any image so far reached ``TEST.DETECTIONS_PER_IMAGE``.
+
+        Why once, at the end: a dense folder may hit the cap on thousands of images; one line
+        with the count and the key to raise tells the user what to do without flooding the log.
+
+        Args:
+            num_images: how many images the run predicted, for the message.
+        """
+        if self.images_at_detection_cap:
+            logger.warning(
+                "%d of %d image(s) reached the detection cap TEST.DETECTIONS_PER_IMAGE=%d (for "
+                "tiled images: in at least one tile), so cells may be missing; raise it, e.g. "
+                "TEST.DETECTIONS_PER_IMAGE %d (configs/mask_rcnn_R_50_FPN_dense_cells.yaml uses "
+                "1000)",
+                self.images_at_detection_cap,
+                num_images,
+                self.detection_cap,
+                2 * self.detection_cap,
+            )

@@ -31,7 +31,7 @@ from cellseg_d2.data.io import (
     class_index_of,
     read_instance_mask,
 )
-from cellseg_d2.data.rle import label_image_to_instances
+from cellseg_d2.data.rle import check_rle, label_image_to_instances
 
 __all__ = [
     "IOU_TYPES",
@@ -246,8 +246,17 @@ def evaluate_submission(gt_coco: dict, results: list[dict]) -> dict[str, dict[st
         class without ground truth. With no detections at all every AP is 0.
 
     Raises:
-        CellDataError: a detection names an image that is not in the ground truth.
+        CellDataError: a detection names an image that is not in the ground truth, or its mask
+            is a corrupt RLE (:func:`~cellseg_d2.data.rle.check_rle`; pycocotools would score
+            the garbage it decodes silently).
     """
+    for index, result in enumerate(results):
+        try:
+            check_rle(result["segmentation"])
+        except ValueError as exc:
+            raise CellDataError(
+                f"result {index} (image_id {result['image_id']}): corrupt segmentation: {exc}"
+            ) from exc
     # COCOeval writes an "ignore" flag into every ground-truth annotation: give it copies.
     gt = _build_coco({**gt_coco, "annotations": [dict(a) for a in gt_coco["annotations"]]})
     per_image = Counter(result["image_id"] for result in results)

@@ -32,14 +32,18 @@ from pycocotools import mask as mask_util
 
 from cellseg_d2.data.datasets import THING_CLASSES
 from cellseg_d2.data.io import CellDataError, atomic_write
+from cellseg_d2.data.rle import check_rle
+from cellseg_d2.data.validate import parse_json
 
 __all__ = [
     "BBOX_IMAGE_TOLERANCE",
     "BBOX_MASK_TOLERANCE",
+    "MAX_SUBMISSION_MB_ENV",
     "RESULTS_FILE_NAME",
     "SubmissionReport",
     "format_report",
     "group_by_image",
+    "max_submission_bytes",
     "read_submission",
     "require_valid_submission",
     "validate_submission",
@@ -54,6 +58,10 @@ RESULTS_FILE_NAME = "test-results.json"
 BBOX_IMAGE_TOLERANCE = 1.0
 #: A box may differ from its mask's tight box by this many pixels on each coordinate.
 BBOX_MASK_TOLERANCE = 2.0
+#: Environment variable that overrides the largest submission read, in MiB (decompressed).
+MAX_SUBMISSION_MB_ENV = "CELLSEG_MAX_SUBMISSION_MB"
+#: Default of that limit: about a million detections of small cells (~250 bytes each).
+DEFAULT_MAX_SUBMISSION_MB = 256
 _REQUIRED_KEYS = ("image_id", "category_id", "bbox", "score", "segmentation")
 _CATEGORY_IDS = range(1, len(THING_CLASSES) + 1)
 # Compressed COCO RLE strings use the characters chr(48)..chr(111) only.
@@ -85,12 +93,66 @@ class SubmissionReport:
         return not self.violations
 
 
+def max_submission_bytes() -> int:
+    """The largest submission (plain JSON, or the zip member decompressed) read, in bytes.
+
+    Why a limit: a zip of a few hundred KB can hold gigabytes of JSON; without a cap, checking
+    a file received from someone else could exhaust the machine's memory. The default,
+    :data:`DEFAULT_MAX_SUBMISSION_MB` MiB, is overridden by the environment variable
+    :data:`MAX_SUBMISSION_MB_ENV`.
+
+    Raises:
+        CellDataError: the variable is not a positive number.
+    """
+    text = os.environ.get(MAX_SUBMISSION_MB_ENV, str(DEFAULT_MAX_SUBMISSION_MB))
+    try:
+        megabytes = float(text)
+    except ValueError:
+        megabytes = math.nan
+    if not megabytes > 0 or not math.isfinite(megabytes):
+        raise CellDataError(f"{MAX_SUBMISSION_MB_ENV}={text!r}: expected a positive number of MiB")
+    return int(megabytes * 2**20)
+
+
+def _too_large(source: str, size: str, limit: int) -> CellDataError:
+    """The error for a submission above the size limit, saying how to raise the limit."""
+    return CellDataError(
+        f"{source}: {size} is more than the {limit / 2**20:g} MiB a submission may hold; "
+        f"set {MAX_SUBMISSION_MB_ENV}=<MiB> to raise the limit"
+    )
+
+
+def _read_results_member(path: Path, archive: zipfile.ZipFile, limit: int) -> bytes:
+    """Read ``test-results.json`` from a zip, streaming, never more than ``limit`` bytes.
+
+    The header's size is checked first, but a crafted zip may understate it, so the bytes
+    actually decompressed are capped too (one byte over the limit is enough to know). NOTE:
+    Python's ``zipfile`` itself stops at the header's size and then fails the CRC check, which
+    surfaces as "unreadable submission"; the cap keeps the bound independent of that detail.
+    """
+    names = archive.namelist()
+    if RESULTS_FILE_NAME not in names:
+        raise CellDataError(
+            f"{path}: the zip must hold {RESULTS_FILE_NAME} at its top level; "
+            f"found {', '.join(names[:5]) or 'nothing'}"
+        )
+    source = f"{path}: member {RESULTS_FILE_NAME}"
+    info = archive.getinfo(RESULTS_FILE_NAME)
+    if info.file_size > limit:
+        raise _too_large(source, f"{info.file_size} bytes uncompressed", limit)
+    with archive.open(info) as member:
+        data = member.read(limit + 1)
+    if len(data) > limit:
+        raise _too_large(source, "the decompressed data (its header understates it)", limit)
+    return data
+
+
 def read_submission(path: str | os.PathLike) -> list[dict]:
     """Load a submission from a JSON file or a zip holding ``test-results.json``.
 
     Why one reader for both: the tools accept whatever the user has at hand, detectron2's
     ``coco_instances_results.json`` or the zip uploaded to CodaBench. The format is sniffed from
-    the content, not the file name.
+    the content, not the file name. Reads are bounded by :func:`max_submission_bytes`.
 
     Args:
         path: the JSON or zip file.
@@ -99,26 +161,28 @@ def read_submission(path: str | os.PathLike) -> list[dict]:
         The results list as stored; its entries are checked by :func:`validate_submission`.
 
     Raises:
-        CellDataError: naming ``path`` when it is missing, not valid JSON, a zip without
-            ``test-results.json``, or when its top level is not a list.
+        CellDataError: naming ``path`` when it is missing, larger than the limit (the message
+            names the limit and how to raise it), not valid JSON (also: nested too deeply, or
+            absurdly long numbers), a zip without ``test-results.json``, or when its top level
+            is not a list.
     """
     path = Path(path)
     if not path.is_file():
         raise CellDataError(f"{path}: file not found")
+    limit = max_submission_bytes()
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
-                if RESULTS_FILE_NAME not in names:
-                    raise CellDataError(
-                        f"{path}: the zip must hold {RESULTS_FILE_NAME} at its top level; "
-                        f"found {', '.join(names[:5]) or 'nothing'}"
-                    )
-                results = json.loads(archive.read(RESULTS_FILE_NAME))
+                data = _read_results_member(path, archive, limit)
+            source = f"{path}: member {RESULTS_FILE_NAME}"
         else:
-            results = json.loads(path.read_bytes())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, zipfile.BadZipFile) as exc:
+            size = path.stat().st_size
+            if size > limit:
+                raise _too_large(str(path), f"{size} bytes", limit)
+            data, source = path.read_bytes(), str(path)
+    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError) as exc:
         raise CellDataError(f"{path}: unreadable submission: {exc}") from exc
+    results = parse_json(data, source)
     if not isinstance(results, list):
         raise CellDataError(
             f"{path}: a submission must be a JSON list of detections, got {type(results).__name__}"
@@ -178,8 +242,13 @@ def _is_int(value: object) -> bool:
 
 
 def _is_number(value: object) -> bool:
-    """True for a finite JSON number (not bool)."""
-    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+    """True for a finite JSON number (not bool); an integer too large for a float is not one."""
+    if not isinstance(value, Real) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _check_entry(index: int, entry: object, sizes: dict[int, tuple[int, int]]) -> list[str]:
@@ -209,7 +278,18 @@ def _check_entry(index: int, entry: object, sizes: dict[int, tuple[int, int]]) -
                 f"result {index}: segmentation counts must be a compressed COCO RLE string, "
                 f"got {type(counts).__name__}"
             )
-        size_ok = isinstance(rle_size, list) and all(_is_int(v) for v in rle_size)
+        size_ok = (
+            isinstance(rle_size, list)
+            and len(rle_size) == 2
+            and all(_is_int(v) and 0 <= v < 2**31 for v in rle_size)
+        )
+        if size_ok and isinstance(counts, str) and _RLE_CHARACTERS.fullmatch(counts):
+            try:
+                check_rle(segmentation)
+            except ValueError as exc:
+                problems.append(
+                    f"result {index}: segmentation of image_id {image_id!r} is corrupt: {exc}"
+                )
         if size is not None and not (size_ok and rle_size == list(size)):
             problems.append(
                 f"result {index}: segmentation size {rle_size!r} differs from image "
@@ -238,11 +318,10 @@ def validate_submission(results: list, id_map_entries: list[dict]) -> Submission
     ``image_id`` in the map; ``category_id`` in 1..4; ``score`` finite in [0, 1]; the RLE's
     ``size`` equal to the image's ``[height, width]`` and its ``counts`` a compressed string;
     ``bbox`` four finite numbers inside the image (:data:`BBOX_IMAGE_TOLERANCE`) and within
-    :data:`BBOX_MASK_TOLERANCE` px of the mask's tight box.
-
-    NOTE: the mask box comes from pycocotools' ``toBbox`` on the RLE, which reads the run lengths
-    without decoding pixels. A corrupt ``counts`` string that puts pixels beyond the image is
-    caught through that box; one whose runs merely add up to the wrong total is not.
+    :data:`BBOX_MASK_TOLERANCE` px of the mask's tight box; the RLE's runs decodable, none
+    negative, and adding up to exactly ``height * width`` (:func:`~cellseg_d2.data.rle.check_rle`,
+    which reads the run lengths without decoding pixels), so a corrupt string such as
+    ``"oooooooooo1"`` is reported instead of scoring 0 silently.
 
     NOTE: detectron2's raw ``bbox`` is the regressed box, usually a few pixels larger than the
     pasted mask; a predictor must recompute boxes from the masks to pass the box-mask check.

@@ -8,6 +8,12 @@ separated by :data:`GAP` white pixels, so a row of ``P`` panels of a ``W x H`` i
 ``P * W + (P - 1) * GAP`` wide and ``H`` tall, and a figure of ``N`` rows is as wide as its widest
 row and ``sum(H) + (N - 1) * GAP`` tall.
 
+``style="outlines"`` is the view a biologist reads: no fill, no boxes, no labels, only each
+cell's outline in its class colour (1 px, exact colour, so the cells stay visible under it), and
+under each row a :data:`COUNT_BAR_HEIGHT` px strip of per-class count bars, ground truth (grey)
+beside predictions (class colour), so a class the model over- or under-calls shows at a glance.
+A row is then ``H + GAP + COUNT_BAR_HEIGHT`` tall. Classes beyond the palette reuse its colours.
+
 Everything works on numpy arrays with OpenCV drawing, at the image's own resolution; masks are
 decoded once each and painted inside their box only, so a dense image with hundreds of cells
 draws in a fraction of a second.
@@ -31,7 +37,9 @@ from cellseg_d2.data.rle import decode_rle
 from cellseg_d2.inference.scoring import ground_truth_folder, read_ground_truth_instances
 
 __all__ = [
+    "COUNT_BAR_HEIGHT",
     "GAP",
+    "STYLES",
     "compose_figure",
     "render_comparison",
     "validation_id_map",
@@ -43,6 +51,11 @@ logger = logging.getLogger(__name__)
 
 #: White pixels between panels and between rows.
 GAP = 4
+#: Height of the per-class count strip under a row in the ``outlines`` style.
+COUNT_BAR_HEIGHT = 48
+#: Drawing styles: ``boxes`` (filled masks, outlines, boxes, labels) or ``outlines`` only.
+STYLES = ("boxes", "outlines")
+_GT_BAR = (150, 150, 150)
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _LABEL_SCALE = 0.3
 _TITLE_SCALE = 0.45
@@ -75,6 +88,76 @@ def _put_label(
         taken[top : bottom + 1, x : right + 1] = True
     cv2.rectangle(canvas, (x, top), (right, bottom), color, cv2.FILLED)
     cv2.putText(canvas, text, (x + 1, y - 1), _FONT, scale, _WHITE, 1, cv2.LINE_AA)
+
+
+def _class_color(category_id: int) -> tuple[int, int, int]:
+    """RGB colour of a 1-based class; the palette repeats beyond its length."""
+    return THING_COLORS[(category_id - 1) % len(THING_COLORS)]
+
+
+def _class_name(category_id: int) -> str:
+    """Name of a 1-based class; ``classK`` beyond the known names."""
+    k = category_id - 1
+    return THING_CLASSES[k] if 0 <= k < len(THING_CLASSES) else f"class{category_id}"
+
+
+def _draw_outlines(image_rgb: np.ndarray, instances: list[dict]) -> np.ndarray:
+    """Each instance's outline (1 px, no anti-aliasing) in its class colour on a copy."""
+    canvas = image_rgb.copy()
+    height, width = canvas.shape[:2]
+    for instance in sorted(instances, key=lambda item: item.get("score", 1.0)):
+        segmentation = instance["segmentation"]
+        if list(segmentation["size"]) != [height, width]:
+            raise ValueError(
+                f"a mask of size {list(segmentation['size'])} does not fit the "
+                f"{height}x{width} image"
+            )
+        rle = {"size": segmentation["size"], "counts": segmentation["counts"].encode()}
+        x, y, w, h = (int(v) for v in mask_util.toBbox(rle))
+        if w == 0 or h == 0:
+            continue
+        crop = decode_rle(segmentation)[y : y + h, x : x + w]
+        contours, _ = cv2.findContours(
+            crop.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE, offset=(x, y)
+        )
+        cv2.drawContours(canvas, contours, -1, _class_color(instance["category_id"]), 1)
+    return canvas
+
+
+def _count_bars(predictions: list[dict], ground_truth: list[dict] | None, width: int) -> np.ndarray:
+    """A white strip with, per class, a grey ground-truth bar beside a class-colour prediction
+    bar, heights proportional to the counts, and ``name gt/pred`` under them."""
+    strip = np.full((COUNT_BAR_HEIGHT, width, 3), 255, np.uint8)
+    gt = ground_truth or []
+    classes = sorted({i["category_id"] for i in (*predictions, *gt)})
+    if not classes:
+        return strip
+    pred_counts = [sum(p["category_id"] == c for p in predictions) for c in classes]
+    gt_counts = [sum(g["category_id"] == c for g in gt) for c in classes]
+    top, base = 2, COUNT_BAR_HEIGHT - 14
+    scale = (base - top) / max(*pred_counts, *gt_counts, 1)
+    slot = width / len(classes)
+    bar = max(int(slot / 4), 1)
+    for index, category_id in enumerate(classes):
+        x = int(index * slot + slot / 2)
+        for left, count, color in (
+            (x - bar, gt_counts[index], _GT_BAR),
+            (x, pred_counts[index], _class_color(category_id)),
+        ):
+            if ground_truth is None and color == _GT_BAR:
+                continue
+            if count:
+                cv2.rectangle(
+                    strip, (left, base - int(round(count * scale))), (left + bar - 1, base),
+                    color, cv2.FILLED,
+                )  # fmt: skip
+        counts = f"{gt_counts[index]}/" if ground_truth is not None else ""
+        text = f"{_class_name(category_id)} {counts}{pred_counts[index]}"
+        cv2.putText(
+            strip, text, (int(index * slot) + 2, COUNT_BAR_HEIGHT - 3), _FONT, _LABEL_SCALE,
+            (0, 0, 0), 1, cv2.LINE_AA,
+        )  # fmt: skip
+    return strip
 
 
 def _draw_instances(
@@ -141,6 +224,7 @@ def render_comparison(
     ground_truth: list[dict] | None = None,
     score_thresh: float = 0.5,
     alpha: float = 0.45,
+    style: str = "boxes",
 ) -> np.ndarray:
     """Draw one figure row: original | (ground truth |) predictions.
 
@@ -155,27 +239,43 @@ def render_comparison(
         ground_truth: instances in the same format (``score`` not needed), or None for a
             two-panel row.
         score_thresh: smallest score drawn.
-        alpha: opacity of the mask fill.
+        alpha: opacity of the mask fill (``boxes`` style).
+        style: one of :data:`STYLES`; ``outlines`` draws class-coloured outlines only and adds
+            the per-class count strip.
 
     Returns:
-        An RGB uint8 array ``H`` tall and ``P * W + (P - 1) * GAP`` wide, ``P`` = 2 or 3 panels.
+        An RGB uint8 array ``P * W + (P - 1) * GAP`` wide, ``P`` = 2 or 3 panels, ``H`` tall
+        (``H + GAP + COUNT_BAR_HEIGHT`` in the ``outlines`` style).
 
     Raises:
-        ValueError: a mask whose size differs from the image's.
+        ValueError: a mask whose size differs from the image's, or an unknown style.
     """
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
     rgb = np.ascontiguousarray(image[:, :, ::-1])
     shown = [p for p in predictions if p["score"] >= score_thresh]
+    outlines = style == "outlines"
     panels = [_titled(rgb.copy(), "image")]
     if ground_truth is not None:
-        gt_panel = _draw_instances(rgb, ground_truth, alpha, with_scores=False)
+        if outlines:
+            gt_panel = _draw_outlines(rgb, ground_truth)
+        else:
+            gt_panel = _draw_instances(rgb, ground_truth, alpha, with_scores=False)
         panels.append(_titled(gt_panel, f"ground truth ({len(ground_truth)})"))
-    prediction_panel = _draw_instances(rgb, shown, alpha, with_scores=True)
+    if outlines:
+        prediction_panel = _draw_outlines(rgb, shown)
+    else:
+        prediction_panel = _draw_instances(rgb, shown, alpha, with_scores=True)
     panels.append(_titled(prediction_panel, f"predictions ({len(shown)})"))
     gap = np.full((rgb.shape[0], GAP, 3), 255, np.uint8)
     row = [panels[0]]
     for panel in panels[1:]:
         row += [gap, panel]
-    return np.concatenate(row, axis=1)
+    drawn = np.concatenate(row, axis=1)
+    if not outlines:
+        return drawn
+    separator = np.full((GAP, drawn.shape[1], 3), 255, np.uint8)
+    return np.concatenate([drawn, separator, _count_bars(shown, ground_truth, drawn.shape[1])])
 
 
 def compose_figure(rows: list[np.ndarray]) -> np.ndarray:
@@ -225,6 +325,7 @@ def visualize_predictions(
     gt_dir: str | os.PathLike | None = None,
     num_images: int = 4,
     score_thresh: float = 0.5,
+    style: str = "boxes",
 ) -> np.ndarray:
     """Draw the first ``num_images`` images of an id map with their predictions into one PNG.
 
@@ -242,6 +343,7 @@ def visualize_predictions(
             for a three-panel figure, or None.
         num_images: number of rows (fewer when the map is shorter).
         score_thresh: smallest prediction score drawn.
+        style: ``boxes`` or ``outlines`` (see :func:`render_comparison`).
 
     Returns:
         The figure written, RGB uint8.
@@ -270,7 +372,9 @@ def visualize_predictions(
             ground_truth = read_ground_truth_instances(folder, entry["height"], entry["width"])
         predictions = predictions_by_image.get(entry["id"], [])
         try:
-            rows.append(render_comparison(image, predictions, ground_truth, score_thresh))
+            rows.append(
+                render_comparison(image, predictions, ground_truth, score_thresh, style=style)
+            )
         except ValueError as exc:
             raise CellDataError(f"{path} (image_id {entry['id']}): {exc}") from exc
     figure = compose_figure(rows)
