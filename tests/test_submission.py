@@ -49,7 +49,25 @@ def test_oracle_submission_is_valid(dataset: tuple[Path, list[dict], list[dict]]
     assert report.detections_per_class == expected
     assert report.empty_masks == 0
     text = format_report(report)
-    assert "violations: none" in text and "class2" in text
+    assert "violations: none" in text and "lymphocyte" in text
+
+
+def test_category_range_follows_the_class_names(
+    dataset: tuple[Path, list[dict], list[dict]], tmp_path: Path, capsys
+) -> None:
+    root, entries, results = dataset
+    six = [dict(r, category_id=6) if i == 0 else r for i, r in enumerate(results)]
+    report = validate_submission(six, entries)
+    assert not report.ok and "category_id 6 is not in 1..4" in report.violations[0]
+    assert validate_submission(six, entries, num_classes=6).ok
+    pred = tmp_path / "six.json"
+    pred.write_text(json.dumps(six))
+    tool = load_tool(TOOL)
+    id_map = str(root / "test_image_name_to_ids.json")
+    assert tool.main(["--id-map", id_map, "--pred", str(pred)]) == 2
+    names = "a,b,c,d,e,f"
+    assert tool.main(["--id-map", id_map, "--pred", str(pred), "--class-names", names]) == 0
+    assert "f 1" in capsys.readouterr().out  # per-class counts by the given names
 
 
 def _set(key: str, value: object):

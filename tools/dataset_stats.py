@@ -19,7 +19,7 @@ import logging
 import sys
 
 from cellseg_d2.config import default_cells_root
-from cellseg_d2.data.io import DEFAULT_CLASS_NAMES, CellDataError, parse_class_names
+from cellseg_d2.data.io import CellDataError, add_class_names_argument
 from cellseg_d2.data.stats import compute_dataset_stats, format_stats, write_stats_json
 
 
@@ -30,22 +30,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--root", default=default_cells_root(), help="dataset root (default: $CELLSEG_DATASETS)"
     )
     parser.add_argument("--json", help="also write the statistics to this JSON file")
-    parser.add_argument(
-        "--class-names",
-        default=",".join(DEFAULT_CLASS_NAMES),
-        help="comma-separated class names, name K for classK.tif (default: "
-        f"{','.join(DEFAULT_CLASS_NAMES)}; use the names of DATASETS.CLASS_NAMES)",
-    )
+    add_class_names_argument(parser)
     parser.add_argument(
         "--min-area", type=int, default=4, help="ignore instances with fewer pixels (default 4)"
     )
     args = parser.parse_args(argv)
     if args.min_area < 0:
         parser.error("--min-area must be >= 0")
-    try:
-        args.class_names = parse_class_names(args.class_names)
-    except CellDataError as exc:
-        parser.error(str(exc))
     return args
 
 

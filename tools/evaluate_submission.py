@@ -23,7 +23,7 @@ import argparse
 import logging
 import sys
 
-from cellseg_d2.data.io import CellDataError
+from cellseg_d2.data.io import CellDataError, add_class_names_argument
 from cellseg_d2.data.validate import load_id_map
 from cellseg_d2.inference.metrics import evaluate_histology, format_histology
 from cellseg_d2.inference.scoring import (
@@ -42,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--id-map", required=True, help="test_image_name_to_ids.json")
     parser.add_argument("--pred", required=True, help="submission: results JSON or zip")
     parser.add_argument("--json", help="also write the scores to this JSON file")
+    add_class_names_argument(parser)
     parser.add_argument(
         "--score-thresh",
         type=float,
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         entries = load_id_map(args.id_map)
         results = read_submission(args.pred)
-        require_valid_submission(results, entries, args.pred)
+        require_valid_submission(results, entries, args.pred, args.class_names)
         gt_coco = load_ground_truth_coco(args.gt, entries)
         scores = evaluate_submission(gt_coco, results)
         histology = evaluate_histology(gt_coco, results, args.score_thresh)

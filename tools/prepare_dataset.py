@@ -20,7 +20,7 @@ import sys
 
 from cellseg_d2.config import default_cells_root
 from cellseg_d2.data.convert import format_summary, prepare_cell_dataset
-from cellseg_d2.data.io import DEFAULT_CLASS_NAMES, CellDataError, parse_class_names
+from cellseg_d2.data.io import CellDataError, add_class_names_argument
 from cellseg_d2.data.validate import DEFAULT_MIN_IMAGE_SIZE
 
 
@@ -31,12 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--root", default=default_cells_root(), help="dataset root (default: $CELLSEG_DATASETS)"
     )
     parser.add_argument("--strict", action="store_true", help="treat warnings as errors")
-    parser.add_argument(
-        "--class-names",
-        default=",".join(DEFAULT_CLASS_NAMES),
-        help="comma-separated class names, name K for classK.tif (default: "
-        f"{','.join(DEFAULT_CLASS_NAMES)}; use the names of DATASETS.CLASS_NAMES)",
-    )
+    add_class_names_argument(parser)
     parser.add_argument(
         "--min-area", type=int, default=4, help="drop instances with fewer pixels (default 4)"
     )
@@ -49,10 +44,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.min_area < 0 or args.min_size < 1:
         parser.error("--min-area must be >= 0 and --min-size >= 1")
-    try:
-        args.class_names = parse_class_names(args.class_names)
-    except CellDataError as exc:
-        parser.error(str(exc))
     return args
 
 

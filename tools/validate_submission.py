@@ -7,9 +7,10 @@ Example::
         --pred output/submission.zip
 
 Prints detections per image and per class and every violation (unknown image id, category
-outside 1..4, mask size different from the image, box outside the image or away from its mask,
-score not in [0, 1]); see :func:`cellseg_d2.inference.submission.validate_submission`. Exit
-status 0 means the submission is valid, 2 that it has violations or a file is unreadable.
+outside 1..N for the N ``--class-names``, mask size different from the image, box outside the
+image or away from its mask, score not in [0, 1]); see
+:func:`cellseg_d2.inference.submission.validate_submission`. Exit status 0 means the submission
+is valid, 2 that it has violations or a file is unreadable.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import argparse
 import logging
 import sys
 
-from cellseg_d2.data.io import CellDataError
+from cellseg_d2.data.io import CellDataError, add_class_names_argument
 from cellseg_d2.data.validate import load_id_map
 from cellseg_d2.inference.submission import format_report, read_submission, validate_submission
 
@@ -28,6 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--id-map", required=True, help="test_image_name_to_ids.json")
     parser.add_argument("--pred", required=True, help="submission: results JSON or zip")
+    add_class_names_argument(parser)
     parser.add_argument(
         "--max-violations", type=int, default=20, help="list at most this many (default 20)"
     )
@@ -44,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     except CellDataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    report = validate_submission(results, entries)
-    print(format_report(report, args.max_violations))
+    report = validate_submission(results, entries, len(args.class_names))
+    print(format_report(report, args.max_violations, args.class_names))
     if not report.ok:
         print(f"error: {args.pred}: {len(report.violations)} violation(s)", file=sys.stderr)
         return 2

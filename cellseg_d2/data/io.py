@@ -8,6 +8,7 @@ leaves a half-written file under the final name.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import os
@@ -23,6 +24,7 @@ import tifffile
 from cellseg_d2.errors import CellSegError
 
 __all__ = [
+    "add_class_names_argument",
     "DEFAULT_CLASS_NAMES",
     "MAX_PIXELS_ENV",
     "CellDataError",
@@ -109,6 +111,29 @@ def parse_class_names(text: str) -> tuple[str, ...]:
         CellDataError: see :func:`check_class_names`.
     """
     return check_class_names([name.strip() for name in text.split(",")], key="--class-names")
+
+
+def add_class_names_argument(parser: argparse.ArgumentParser) -> None:
+    """Give a tool without a config the ``--class-names a,b,c`` flag, parsed and checked.
+
+    Why one helper: every tool that reads masks or submissions without a config must agree on
+    the flag, its default (the four MoNuSAC names) and its checks; a bad value exits 2 with
+    :func:`check_class_names`'s message, as argparse does for any bad flag.
+    """
+
+    def class_names(text: str) -> tuple[str, ...]:
+        try:
+            return parse_class_names(text)
+        except CellDataError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    parser.add_argument(
+        "--class-names",
+        type=class_names,
+        default=DEFAULT_CLASS_NAMES,
+        help="comma-separated class names, name K for classK.tif / category_id K (default: "
+        f"{','.join(DEFAULT_CLASS_NAMES)}; use the training config's DATASETS.CLASS_NAMES)",
+    )
 
 
 def max_image_pixels() -> int:

@@ -22,7 +22,7 @@ import os
 import re
 import statistics
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from numbers import Real
 from pathlib import Path
@@ -30,8 +30,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_util
 
-from cellseg_d2.data.datasets import THING_CLASSES
-from cellseg_d2.data.io import CellDataError, atomic_write
+from cellseg_d2.data.io import DEFAULT_CLASS_NAMES, CellDataError, atomic_write
 from cellseg_d2.data.rle import check_rle
 from cellseg_d2.data.validate import parse_json
 
@@ -63,7 +62,6 @@ MAX_SUBMISSION_MB_ENV = "CELLSEG_MAX_SUBMISSION_MB"
 #: Default of that limit: about a million detections of small cells (~250 bytes each).
 DEFAULT_MAX_SUBMISSION_MB = 256
 _REQUIRED_KEYS = ("image_id", "category_id", "bbox", "score", "segmentation")
-_CATEGORY_IDS = range(1, len(THING_CLASSES) + 1)
 # Compressed COCO RLE strings use the characters chr(48)..chr(111) only.
 _RLE_CHARACTERS = re.compile(r"[0-o]+")
 
@@ -251,7 +249,9 @@ def _is_number(value: object) -> bool:
         return False
 
 
-def _check_entry(index: int, entry: object, sizes: dict[int, tuple[int, int]]) -> list[str]:
+def _check_entry(
+    index: int, entry: object, sizes: dict[int, tuple[int, int]], num_classes: int
+) -> list[str]:
     """The violations of one entry, except the mask-box comparison (done in a batch)."""
     if not isinstance(entry, dict):
         return [f"result {index}: not a JSON object: {entry!r:.60}"]
@@ -263,8 +263,8 @@ def _check_entry(index: int, entry: object, sizes: dict[int, tuple[int, int]]) -
     size = sizes.get(image_id) if _is_int(image_id) else None
     if size is None:
         problems.append(f"result {index}: image_id {image_id!r} is not in the id map")
-    if not _is_int(category_id) or category_id not in _CATEGORY_IDS:
-        problems.append(f"result {index}: category_id {category_id!r} is not in 1..4")
+    if not _is_int(category_id) or not 1 <= category_id <= num_classes:
+        problems.append(f"result {index}: category_id {category_id!r} is not in 1..{num_classes}")
     score = entry["score"]
     if not _is_number(score) or not 0.0 <= score <= 1.0:
         problems.append(f"result {index}: score {score!r} is not a finite number in [0, 1]")
@@ -310,14 +310,16 @@ def _check_entry(index: int, entry: object, sizes: dict[int, tuple[int, int]]) -
     return problems
 
 
-def validate_submission(results: list, id_map_entries: list[dict]) -> SubmissionReport:
+def validate_submission(
+    results: list, id_map_entries: list[dict], num_classes: int = len(DEFAULT_CLASS_NAMES)
+) -> SubmissionReport:
     """Check a results list against the id map and count detections per image and class.
 
     Why: CodaBench gives little feedback; a wrong id, a mask of the wrong size or a box in the
     wrong convention costs a submission slot or, worse, scores silently low. The checks:
-    ``image_id`` in the map; ``category_id`` in 1..4; ``score`` finite in [0, 1]; the RLE's
-    ``size`` equal to the image's ``[height, width]`` and its ``counts`` a compressed string;
-    ``bbox`` four finite numbers inside the image (:data:`BBOX_IMAGE_TOLERANCE`) and within
+    ``image_id`` in the map; ``category_id`` in 1..``num_classes``; ``score`` finite in [0, 1];
+    the RLE's ``size`` equal to the image's ``[height, width]`` and its ``counts`` a compressed
+    string; ``bbox`` four finite numbers inside the image (:data:`BBOX_IMAGE_TOLERANCE`) and within
     :data:`BBOX_MASK_TOLERANCE` px of the mask's tight box; the RLE's runs decodable, none
     negative, and adding up to exactly ``height * width`` (:func:`~cellseg_d2.data.rle.check_rle`,
     which reads the run lengths without decoding pixels), so a corrupt string such as
@@ -329,17 +331,18 @@ def validate_submission(results: list, id_map_entries: list[dict]) -> Submission
     Args:
         results: the list from :func:`read_submission`.
         id_map_entries: ``[{file_name, id, height, width}]`` from the id map.
+        num_classes: the number of classes (``len(DATASETS.CLASS_NAMES)``; 4 for MoNuSAC).
 
     Returns:
         The report; ``report.ok`` is False when any violation was found.
     """
     sizes = {entry["id"]: (entry["height"], entry["width"]) for entry in id_map_entries}
     per_image = dict.fromkeys(sorted(sizes), 0)
-    per_class = dict.fromkeys(_CATEGORY_IDS, 0)
+    per_class = dict.fromkeys(range(1, num_classes + 1), 0)
     found: list[tuple[int, str]] = []  # (entry index, message), sorted by index at the end
     checked: list[int] = []  # entries whose mask box is compared in one batch below
     for index, entry in enumerate(results):
-        problems = _check_entry(index, entry, sizes)
+        problems = _check_entry(index, entry, sizes, num_classes)
         found.extend((index, message) for message in problems)
         if not isinstance(entry, dict):
             continue
@@ -395,7 +398,11 @@ def validate_submission(results: list, id_map_entries: list[dict]) -> Submission
     return report
 
 
-def format_report(report: SubmissionReport, max_violations: int = 20) -> str:
+def format_report(
+    report: SubmissionReport,
+    max_violations: int = 20,
+    class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
+) -> str:
     """Summarize a report in a few lines for the terminal.
 
     Why a cap: a systematic mistake (say, swapped height and width) repeats on every detection;
@@ -404,6 +411,7 @@ def format_report(report: SubmissionReport, max_violations: int = 20) -> str:
     Args:
         report: from :func:`validate_submission`.
         max_violations: list at most this many violation messages.
+        class_names: the name of category id K is ``class_names[K - 1]``.
 
     Returns:
         Detection counts per image (min, median, mean, max) and per class, empty masks, and the
@@ -418,7 +426,7 @@ def format_report(report: SubmissionReport, max_violations: int = 20) -> str:
             f"mean {statistics.fmean(counts):.1f}, max {max(counts)}"
         )
     per_class = ", ".join(
-        f"{THING_CLASSES[category_id - 1]} {count}"
+        f"{class_names[category_id - 1]} {count}"
         for category_id, count in report.detections_per_class.items()
     )
     lines.append(f"detections per class: {per_class}")
@@ -434,7 +442,12 @@ def format_report(report: SubmissionReport, max_violations: int = 20) -> str:
     return "\n".join(lines)
 
 
-def require_valid_submission(results: list, id_map_entries: list[dict], source: str) -> None:
+def require_valid_submission(
+    results: list,
+    id_map_entries: list[dict],
+    source: str,
+    class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
+) -> None:
     """Stop with a :class:`CellDataError` listing the violations when a submission is invalid.
 
     Scoring or drawing an invalid submission would give numbers or pictures that mean nothing,
@@ -444,9 +457,11 @@ def require_valid_submission(results: list, id_map_entries: list[dict], source: 
         results: the submission entries.
         id_map_entries: the id map the submission answers.
         source: what to name in the message (usually the submission's path).
+        class_names: the classes the submission may use (category ids 1..len).
     """
-    report = validate_submission(results, id_map_entries)
+    report = validate_submission(results, id_map_entries, len(class_names))
     if not report.ok:
         raise CellDataError(
-            f"{source}: {len(report.violations)} violation(s)\n{format_report(report)}"
+            f"{source}: {len(report.violations)} violation(s)\n"
+            f"{format_report(report, class_names=class_names)}"
         )
