@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from cellseg_d2.data.datasets import class_colors
 from cellseg_d2.data.io import CellDataError, read_image
 from cellseg_d2.inference.submission import group_by_image, write_submission
 from cellseg_d2.inference.visualize import (
@@ -70,6 +71,19 @@ def test_render_draws_predictions_above_threshold(
     faint = [{**p, "score": 0.1} for p in predictions]
     row = render_comparison(image, faint, score_thresh=0.5)
     assert np.array_equal(row[40:, width + GAP :], row[40:, :width])
+
+
+def test_render_draws_classes_beyond_the_fourth(
+    dataset: tuple[Path, list[dict], list[dict]],
+) -> None:
+    root, entries, results = dataset
+    entry = entries[0]
+    image = read_image(root / "test_release" / entry["file_name"])
+    six = [{**p, "category_id": 6} for p in group_by_image(results)[entry["id"]]]
+    row = render_comparison(image, six, score_thresh=0.5)
+    drawn = row[:, image.shape[1] + GAP :].reshape(-1, 3)
+    sixth = np.array(class_colors(6)[5], np.uint8)
+    assert (drawn == sixth).all(axis=1).any()  # box edges in the sixth class's colour
 
 
 def test_render_with_ground_truth_has_three_panels(

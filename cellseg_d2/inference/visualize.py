@@ -1,9 +1,10 @@
 """Figures for the report: each image beside its predictions (and its ground truth when known).
 
 One row per image, panels left to right: the original, the ground truth (when given), the
-predictions. Masks are filled in their class colour (:data:`THING_COLORS`) with transparency and
-outlined; boxes carry the class name and, for predictions, the score (a label that would cover
-another, more confident one is left out, so dense images stay readable). Panels and rows are
+predictions. Masks are filled in their class colour (the datasets' ``thing_colors``, for any
+number of classes) with transparency and outlined; boxes carry the class name and, for
+predictions, the score (a label that would cover another, more confident one is left out, so
+dense images stay readable). Panels and rows are
 separated by :data:`GAP` white pixels, so a row of ``P`` panels of a ``W x H`` image is
 ``P * W + (P - 1) * GAP`` wide and ``H`` tall, and a figure of ``N`` rows is as wide as its widest
 row and ``sum(H) + (N - 1) * GAP`` tall.
@@ -31,7 +32,7 @@ import numpy as np
 from pycocotools import mask as mask_util
 
 from cellseg_d2.data.convert import load_cell_train_dicts
-from cellseg_d2.data.datasets import THING_CLASSES, THING_COLORS, split_of
+from cellseg_d2.data.datasets import THING_CLASSES, class_colors, split_of
 from cellseg_d2.data.io import CellDataError, atomic_write, read_image
 from cellseg_d2.data.rle import decode_rle
 from cellseg_d2.inference.scoring import ground_truth_folder, read_ground_truth_instances
@@ -91,8 +92,9 @@ def _put_label(
 
 
 def _class_color(category_id: int) -> tuple[int, int, int]:
-    """RGB colour of a 1-based class; the palette repeats beyond its length."""
-    return THING_COLORS[(category_id - 1) % len(THING_COLORS)]
+    """RGB colour of a 1-based class: the registered datasets' ``thing_colors`` for any number
+    of classes (:func:`~cellseg_d2.data.datasets.class_colors`)."""
+    return class_colors(max(category_id, 1))[category_id - 1]
 
 
 def _class_name(category_id: int) -> str:
@@ -179,7 +181,7 @@ def _draw_instances(
                 f"a mask of size {list(segmentation['size'])} does not fit the "
                 f"{height}x{width} image"
             )
-        color = THING_COLORS[instance["category_id"] - 1]
+        color = _class_color(instance["category_id"])
         rle = {"size": segmentation["size"], "counts": segmentation["counts"].encode()}
         x, y, w, h = (int(v) for v in mask_util.toBbox(rle))
         if w == 0 or h == 0:
@@ -198,16 +200,16 @@ def _draw_instances(
         x, y, w, h = instance["bbox"]
         top_left = (int(round(x)), int(round(y)))
         bottom_right = (int(round(x + w)) - 1, int(round(y + h)) - 1)
-        cv2.rectangle(canvas, top_left, bottom_right, THING_COLORS[instance["category_id"] - 1])
+        cv2.rectangle(canvas, top_left, bottom_right, _class_color(instance["category_id"]))
     # Labels go to the most confident first; one that would cover another is left out, so a
     # dense image keeps readable labels instead of a solid band of text.
     taken = np.zeros((height, width), bool)
     for instance in reversed(ordered):
         x, y = (int(round(v)) for v in instance["bbox"][:2])
-        text = THING_CLASSES[instance["category_id"] - 1]
+        text = _class_name(instance["category_id"])
         if with_scores:
             text += f" {instance['score']:.2f}"
-        color = THING_COLORS[instance["category_id"] - 1]
+        color = _class_color(instance["category_id"])
         _put_label(canvas, text, x, y - 1, color, _LABEL_SCALE, taken)
     return canvas
 
@@ -233,7 +235,7 @@ def render_comparison(
 
     Args:
         image: HxWx3 BGR uint8, as :func:`~cellseg_d2.data.io.read_image` returns it.
-        predictions: detections in submission format (``category_id`` 1..4, ``bbox``,
+        predictions: detections in submission format (``category_id`` 1..N, ``bbox``,
             ``score``, ``segmentation`` RLE of size ``[H, W]``); those below ``score_thresh``
             are left out.
         ground_truth: instances in the same format (``score`` not needed), or None for a
