@@ -25,7 +25,6 @@ import colorsys
 import csv
 import io
 import json
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,8 +51,6 @@ __all__ = [
     "write_geojson",
     "write_label_images",
 ]
-
-logger = logging.getLogger(__name__)
 
 #: What ``tools/predict.py --format`` accepts; ``coco`` is the CodaBench submission.
 EXPORT_FORMATS = ("coco", "labels", "geojson", "csv")
