@@ -40,11 +40,24 @@ EXIT_INTERRUPTED = 130
 logger = logging.getLogger("cellseg_d2.predict")
 
 FORMAT_HELP = (
-    "one or more of: coco (the submission, --output; default), labels (per image "
-    "labels/<stem>_instances.tif, uint16/uint32 ids 1..n, higher score wins on overlap, and "
-    "labels/<stem>_classes.tif), geojson (per image geojson/<stem>.geojson, QuPath detections), "
-    "csv (cells.csv, one row per cell of the label image); all but coco go to --output-dir"
+    "comma-separated (or repeated), any of: coco (the submission, --output; default), "
+    "labels (per image labels/<stem>_instances.tif, uint16/uint32 ids 1..n, higher score wins "
+    "on overlap, and labels/<stem>_classes.tif), geojson (per image geojson/<stem>.geojson, "
+    "QuPath detections), csv (cells.csv, one row per cell of the label image); all but coco go "
+    "to --output-dir"
 )
+
+
+def _formats(text: str) -> list[str]:
+    """Parse ``--format coco,labels``: a comma-separated list of known formats."""
+    formats = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in formats if name not in EXPORT_FORMATS]
+    if unknown or not formats:
+        raise argparse.ArgumentTypeError(
+            f"unknown format {', '.join(unknown) or repr(text)}; choose from "
+            f"{', '.join(EXPORT_FORMATS)}"
+        )
+    return formats
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,9 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--id-map", required=True, help="test_image_name_to_ids.json")
     parser.add_argument("--output", help="submission: results .json, or .zip with --zip (coco)")
     parser.add_argument("--zip", action="store_true", help="write a zip holding test-results.json")
-    parser.add_argument(
-        "--format", nargs="+", choices=EXPORT_FORMATS, default=["coco"], help=FORMAT_HELP
-    )
+    parser.add_argument("--format", type=_formats, action="extend", help=FORMAT_HELP)
     parser.add_argument("--output-dir", help="folder for the labels, geojson and csv formats")
     parser.add_argument(
         "--resume",
@@ -77,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
-    args.format = list(dict.fromkeys(args.format))
+    args.format = list(dict.fromkeys(args.format or ["coco"]))
     if "coco" in args.format and not args.output:
         parser.error("the coco format needs --output")
     if "coco" not in args.format and args.output:
