@@ -265,8 +265,10 @@ def detections_to_feature_collection(
 def write_geojson(path: Path, detections: Sequence[Detection], class_names: Sequence[str]) -> None:
     """Write one image's FeatureCollection atomically (compact JSON)."""
     collection = detections_to_feature_collection(detections, class_names)
+    # json.dumps, not json.dump: dump to a file runs the pure-Python encoder (10x slower).
+    text = json.dumps(collection, separators=(",", ":"), allow_nan=False)
     with atomic_write(path, "w") as handle:
-        json.dump(collection, handle, separators=(",", ":"), allow_nan=False)
+        handle.write(text)
 
 
 def cell_table_rows(
