@@ -337,9 +337,9 @@ def measure_stream_memory(
     runs the real path (background TIFF reads, per-image label/GeoJSON files, atomic shards,
     streamed assembly of the submission and the table) on ``num_images`` hard links to one
     small dense synthetic LZW TIFF, with the model replaced by a fixed set of detections (the
-    synthetic image's own cells), and samples ``VmRSS`` ten times along the way. The growth is
-    counted from the sample after the first tenth of the images (imports, caches and allocator
-    pools settle there) to the last image, and again after the assembly.
+    synthetic image's own cells), and samples ``VmRSS`` about ten times along the way and once
+    after the assembly. The growth is counted from the sample after the first tenth of the
+    images (imports, caches and allocator pools settle there) to the one after the assembly.
 
     Args:
         num_images: images to stream (>= 10).
@@ -350,8 +350,9 @@ def measure_stream_memory(
 
     Returns:
         ``images``, ``detections_per_image``, ``formats``, ``seconds``, ``images_per_s``, the
-        RSS samples ``rss_samples_mib`` ``[[images done, MiB], ...]``, ``rss_growth_mib`` (last
-        image minus the first-tenth sample), ``rss_after_assembly_mib``, ``peak_rss_mib``.
+        RSS samples ``rss_samples_mib`` ``[[images done, MiB], ...]`` (the last one after the
+        assembly), ``rss_growth_mib`` (after the assembly minus the first-tenth sample),
+        ``rss_after_assembly_mib``, ``peak_rss_mib``.
     """
     if num_images < 10:
         raise ValueError(f"num_images must be >= 10, got {num_images}")
@@ -406,7 +407,7 @@ def measure_stream_memory(
         )
         seconds = time.perf_counter() - start
         after_assembly = _rss_mib("VmRSS")
-    last_before_assembly = samples[-1][1]
+    samples.append([num_images, after_assembly])
     baseline = next(rss for count, rss in samples if count >= step)
     return {
         "images": num_images,
@@ -415,7 +416,7 @@ def measure_stream_memory(
         "seconds": seconds,
         "images_per_s": num_images / seconds,
         "rss_samples_mib": samples,
-        "rss_growth_mib": last_before_assembly - baseline,
+        "rss_growth_mib": after_assembly - baseline,
         "rss_after_assembly_mib": after_assembly,
         "peak_rss_mib": _rss_mib(),
     }

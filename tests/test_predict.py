@@ -14,7 +14,7 @@ import torch
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
-from cellseg_d2.data import decode_rle, label_image_to_instances
+from cellseg_d2.data import CellDataError, decode_rle, label_image_to_instances
 from cellseg_d2.data.synthetic import synthesize_image
 from cellseg_d2.inference import read_submission, validate_submission
 from cellseg_d2.inference.predict import skipped_list_path, work_dir_for
@@ -357,3 +357,51 @@ def test_predict_tool_rejects_formats_without_destination(synthetic_root: Path) 
         tool.parse_args([*base, "--output", "x.json", "--format", "coco,tiff"])
     args = tool.parse_args([*base, "--output", "x.json", "--format", "coco", "MODEL.DEVICE", "cpu"])
     assert args.format == ["coco"] and args.opts == ["MODEL.DEVICE", "cpu"]
+
+
+class _InterruptedPredictor:
+    """Detects one square per image, then raises KeyboardInterrupt (a Ctrl-C) on a later call."""
+
+    batch_size = 1
+
+    def __init__(self, calls_before_interrupt: int) -> None:
+        self.calls_left = calls_before_interrupt
+
+    def __call__(self, images: list[np.ndarray]) -> list[list[Detection]]:
+        if self.calls_left == 0:
+            raise KeyboardInterrupt
+        self.calls_left -= 1
+        return [[Detection(0, 0.9, 2, 3, np.ones((5, 6), bool))] for _ in images]
+
+
+def test_interrupted_run_keeps_shards_and_resumes(synthetic_root: Path, tmp_path: Path) -> None:
+    from cellseg_d2.data.validate import load_id_map
+    from cellseg_d2.inference.predict import predict_to_files
+
+    entries = load_id_map(synthetic_root / "test_image_name_to_ids.json")
+    output, export = tmp_path / "sub.json", tmp_path / "export"
+    kwargs = dict(
+        formats=["coco", "csv"],
+        fingerprint={"run": "a"},
+        output=output,
+        output_dir=export,
+        progress=False,
+    )
+    images = synthetic_root / "test_release"
+    with pytest.raises(KeyboardInterrupt):
+        predict_to_files(_InterruptedPredictor(2), images, entries, **kwargs)
+    work = work_dir_for(output)
+    assert sorted(p.name for p in work.glob("*.json") if p.name[0].isdigit()) == sorted(
+        f"{e['id']}.json" for e in entries[:2]
+    )
+    assert not output.exists() and not (export / "cells.csv").exists()
+    with pytest.raises(CellDataError, match="another run"):
+        predict_to_files(
+            _InterruptedPredictor(5), images, entries, resume=True, **{**kwargs, "fingerprint": {}}
+        )
+    summary = predict_to_files(_InterruptedPredictor(1), images, entries, resume=True, **kwargs)
+    assert (summary.resumed, summary.predicted) == (2, 1)
+    results = json.loads(output.read_text())
+    assert [r["image_id"] for r in results] == [e["id"] for e in entries]
+    assert len((export / "cells.csv").read_text().splitlines()) == 1 + len(entries)
+    assert not work.exists()
