@@ -57,3 +57,18 @@ def test_benchmark_writes_every_figure(synthetic_root: Path, tmp_path: Path) -> 
             assert report[section][key] > 0, (section, key)
     assert isinstance(report["inference"]["rss_growth_over_2_more_passes_mib"], float)
     assert "[training]" in proc.stdout
+
+
+def test_benchmark_stream_images_reports_memory(tmp_path: Path) -> None:
+    from .conftest import load_tool
+
+    tool = load_tool(REPO_ROOT / "tools" / "benchmark.py")
+    output = tmp_path / "stream.json"
+    argv = ["--stream-images", "20", "--stream-formats", "coco,csv", "--json", str(output)]
+    assert tool.main(tool.parse_args(argv)) == 0
+    stream = json.loads(output.read_text())["stream"]
+    assert stream["images"] == 20 and stream["formats"] == "coco,csv"
+    assert stream["detections_per_image"] > 0
+    counts = [count for count, _ in stream["rss_samples_mib"]]
+    assert counts == sorted(counts) and counts[0] == 0 and counts[-1] == 20
+    assert {"rss_growth_mib", "rss_after_assembly_mib", "peak_rss_mib", "seconds"} <= set(stream)

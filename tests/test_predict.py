@@ -14,8 +14,10 @@ import torch
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
-from cellseg_d2.data import decode_rle, label_image_to_instances
+from cellseg_d2.data import CellDataError, decode_rle, label_image_to_instances
 from cellseg_d2.data.synthetic import synthesize_image
+from cellseg_d2.inference import read_submission, validate_submission
+from cellseg_d2.inference.predict import skipped_list_path, work_dir_for
 from cellseg_d2.inference.predictor import (
     CellPredictor,
     Detection,
@@ -25,7 +27,7 @@ from cellseg_d2.inference.predictor import (
     tile_windows,
 )
 
-from .conftest import INSTANT_CONFIG, REPO_ROOT, instant_cfg
+from .conftest import INSTANT_CONFIG, REPO_ROOT, instant_cfg, load_tool
 
 PREDICT = [sys.executable, str(REPO_ROOT / "tools" / "predict.py")]
 
@@ -192,6 +194,16 @@ def test_predict_tool_tta(synthetic_root: Path, tmp_path: Path) -> None:
     assert report.violations == []
 
 
+def test_predict_tool_checks_num_classes_against_class_names(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "out.json"
+    proc = _run_predict(synthetic_root, output, "DATASETS.CLASS_NAMES", '["nucleus"]')
+    assert proc.returncode == 2
+    assert "MODEL.ROI_HEADS.NUM_CLASSES" in proc.stderr and "DATASETS.CLASS_NAMES" in proc.stderr
+    assert "Traceback" not in proc.stderr and not output.exists()
+
+
 @pytest.mark.parametrize("problem", ["unlisted", "missing", "size"])
 def test_predict_tool_rejects_id_map_mismatch(
     synthetic_root: Path, tmp_path: Path, problem
@@ -328,3 +340,192 @@ def test_detection_cap_is_counted_and_warned_once(
         roomy.warn_detection_cap(1)
     assert roomy.images_at_detection_cap == 0
     assert not [r for r in caplog.records if "detection cap" in r.getMessage()]
+
+
+PREDICT_TOOL = REPO_ROOT / "tools" / "predict.py"
+
+
+def _predict_in_process(images: Path, id_map: Path, *flags: str) -> int:
+    """Run tools/predict.py's main in this process (fast) on the instant-test config."""
+    tool = load_tool(PREDICT_TOOL)
+    argv = ["--config-file", str(INSTANT_CONFIG), "--input", str(images)]
+    argv += ["--id-map", str(id_map), "--no-progress", *flags, "MODEL.DEVICE", "cpu"]
+    return tool.main(tool.parse_args(argv))
+
+
+def _truncate(path: Path) -> None:
+    """Cut a TIFF after its header: the size check passes, decoding fails mid-run."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.fixture()
+def folder_with_bad_image(synthetic_root: Path, tmp_path: Path) -> tuple[Path, Path, list[dict]]:
+    """A copy of the 3 test images (LZW TIFFs, id-map order) whose middle one is truncated."""
+    import shutil
+
+    from cellseg_d2.data.validate import load_id_map
+
+    images = tmp_path / "images"
+    shutil.copytree(synthetic_root / "test_release", images)
+    id_map = synthetic_root / "test_image_name_to_ids.json"
+    entries = load_id_map(id_map)
+    assert len(entries) == 3
+    _truncate(images / entries[1]["file_name"])
+    return images, id_map, entries
+
+
+def test_predict_strict_stops_on_truncated_image_then_resumes(
+    synthetic_root: Path, folder_with_bad_image, tmp_path: Path, capsys
+) -> None:
+    import shutil
+
+    images, id_map, entries = folder_with_bad_image
+    output = tmp_path / "out" / "submission.zip"
+    flags = ["--output", str(output), "--zip", "--score-thresh", "0.0"]
+    assert _predict_in_process(images, id_map, *flags) == 2
+    stderr = capsys.readouterr().err
+    assert entries[1]["file_name"] in stderr and "--resume" in stderr
+    assert not output.exists()
+    work = work_dir_for(output)
+    first = work / f"{entries[0]['id']}.json"
+    assert json.loads(first.read_text()), "the image before the bad one is kept"
+    assert not (work / f"{entries[1]['id']}.json").exists()
+
+    # a second run without --resume must not throw the shards away
+    assert _predict_in_process(images, id_map, *flags) == 2
+    assert str(work) in capsys.readouterr().err and first.exists()
+    # resuming with other thresholds would mix two runs: refused, naming what differs
+    changed = [*flags[:-1], "0.5", "--resume"]
+    assert _predict_in_process(images, id_map, *changed) == 2
+    assert "score_thresh" in capsys.readouterr().err and first.exists()
+
+    # mark the finished image's shard, fix the file, resume: only the missing images run
+    first.write_text("[]")
+    shutil.copy(synthetic_root / "test_release" / entries[1]["file_name"], images)
+    assert _predict_in_process(images, id_map, *flags, "--resume") == 0
+    results = read_submission(output)
+    ids = {r["image_id"] for r in results}
+    assert entries[0]["id"] not in ids, "a finished image was predicted again"
+    assert {entries[1]["id"], entries[2]["id"]} <= ids
+    assert validate_submission(results, entries).violations == []
+    assert not work.exists() and sorted(p.name for p in output.parent.iterdir()) == [output.name]
+
+
+def test_predict_skip_bad_lists_and_continues(
+    folder_with_bad_image, tmp_path: Path, capsys
+) -> None:
+    images, id_map, entries = folder_with_bad_image
+    output = tmp_path / "submission.json"
+    flags = ["--output", str(output), "--score-thresh", "0.0", "--skip-bad"]
+    assert _predict_in_process(images, id_map, *flags) == 0
+    assert entries[1]["file_name"] in capsys.readouterr().err
+    listed = skipped_list_path(output).read_text()
+    assert listed.startswith(entries[1]["file_name"] + "\t") and "unreadable" in listed
+    ids = {r["image_id"] for r in json.loads(output.read_text())}
+    assert ids == {entries[0]["id"], entries[2]["id"]}
+    assert work_dir_for(output).is_dir(), "kept so that --resume adds the skipped image later"
+
+
+def test_predict_formats_agree_with_submission(synthetic_root: Path, tmp_path: Path) -> None:
+    import csv
+
+    from cellseg_d2.data.io import read_tiff
+    from cellseg_d2.data.validate import load_id_map
+    from cellseg_d2.inference.export import export_paths
+
+    id_map = synthetic_root / "test_image_name_to_ids.json"
+    entries = load_id_map(id_map)
+    output, export = tmp_path / "sub.json", tmp_path / "export"
+    flags = ["--output", str(output), "--output-dir", str(export), "--score-thresh", "0.0"]
+    flags += ["--format", "coco,labels", "--format", "geojson,csv"]
+    assert _predict_in_process(synthetic_root / "test_release", id_map, *flags) == 0
+    results = json.loads(output.read_text())
+    rows = list(csv.DictReader((export / "cells.csv").open()))
+    kept = 0
+    for entry in entries:
+        paths = export_paths(export, entry["file_name"])
+        instances = read_tiff(paths["instances"])
+        classes = read_tiff(paths["classes"])
+        mine = sorted(
+            (r for r in results if r["image_id"] == entry["id"]), key=lambda r: -r["score"]
+        )
+        expected = np.zeros(instances.shape, np.int64)
+        expected_classes = np.zeros(instances.shape, np.int64)
+        for result in mine:  # the RLE results painted by descending score: higher score wins
+            free = decode_rle(result["segmentation"]) & (expected == 0)
+            if free.any():
+                expected[free] = expected.max() + 1
+                expected_classes[free] = result["category_id"]
+        assert np.array_equal(instances, expected)
+        assert np.array_equal(classes, expected_classes)
+        kept += int(instances.max())
+        features = json.loads(paths["geojson"].read_text())["features"]
+        assert len(features) == len(mine)
+    assert len(rows) == kept > 0
+    assert not work_dir_for(output).exists()
+
+
+def test_predict_tool_rejects_formats_without_destination(synthetic_root: Path) -> None:
+    tool = load_tool(PREDICT_TOOL)
+    base = ["--config-file", "c.yaml", "--input", "i", "--id-map", "m.json"]
+    with pytest.raises(SystemExit) as exit_info:
+        tool.parse_args([*base, "--format", "labels"])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit):
+        tool.parse_args([*base, "--output", "x.json", "--format", "csv"])
+    with pytest.raises(SystemExit):
+        tool.parse_args([*base, "--output", "x.json", "--format", "coco,tiff"])
+    args = tool.parse_args([*base, "--output", "x.json", "--format", "coco", "MODEL.DEVICE", "cpu"])
+    assert args.format == ["coco"] and args.opts == ["MODEL.DEVICE", "cpu"]
+
+
+class _InterruptedPredictor:
+    """Detects one square per image, then raises KeyboardInterrupt (a Ctrl-C) on a later call."""
+
+    batch_size = 1
+
+    def __init__(self, calls_before_interrupt: int) -> None:
+        self.calls_left = calls_before_interrupt
+
+    def __call__(self, images: list[np.ndarray]) -> list[list[Detection]]:
+        if self.calls_left == 0:
+            raise KeyboardInterrupt
+        self.calls_left -= 1
+        return [[Detection(0, 0.9, 2, 3, np.ones((5, 6), bool))] for _ in images]
+
+    def warn_detection_cap(self, num_images: int) -> None:
+        """One detection per image never reaches a cap."""
+
+
+def test_interrupted_run_keeps_shards_and_resumes(synthetic_root: Path, tmp_path: Path) -> None:
+    from cellseg_d2.data.validate import load_id_map
+    from cellseg_d2.inference.predict import predict_to_files
+
+    entries = load_id_map(synthetic_root / "test_image_name_to_ids.json")
+    output, export = tmp_path / "sub.json", tmp_path / "export"
+    kwargs = dict(
+        formats=["coco", "csv"],
+        fingerprint={"run": "a"},
+        output=output,
+        output_dir=export,
+        progress=False,
+    )
+    images = synthetic_root / "test_release"
+    with pytest.raises(KeyboardInterrupt):
+        predict_to_files(_InterruptedPredictor(2), images, entries, **kwargs)
+    work = work_dir_for(output)
+    assert sorted(p.name for p in work.glob("*.json") if p.name[0].isdigit()) == sorted(
+        f"{e['id']}.json" for e in entries[:2]
+    )
+    assert not output.exists() and not (export / "cells.csv").exists()
+    with pytest.raises(CellDataError, match="another run"):
+        predict_to_files(
+            _InterruptedPredictor(5), images, entries, resume=True, **{**kwargs, "fingerprint": {}}
+        )
+    summary = predict_to_files(_InterruptedPredictor(1), images, entries, resume=True, **kwargs)
+    assert (summary.resumed, summary.predicted) == (2, 1)
+    results = json.loads(output.read_text())
+    assert [r["image_id"] for r in results] == [e["id"] for e in entries]
+    assert len((export / "cells.csv").read_text().splitlines()) == 1 + len(entries)
+    assert not work.exists()

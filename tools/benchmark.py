@@ -7,6 +7,11 @@
 Prints a table (conversion cold/cached, loader images/s with elastic on/off and 0/2 workers,
 training s/iter of CellTrainer vs detectron2's DefaultTrainer run alternately, model vs end-to-end
 predict s/image, peak RSS, FLOPs, fp32 matmul peak and utilisation) and writes it as JSON.
+
+    python tools/benchmark.py --stream-images 10000 [--stream-formats coco,csv]
+
+measures only the memory of a streamed prediction run instead: N small images through the
+predict writers (a fixed set of detections stands in for the model), RSS sampled along the way.
 """
 
 from __future__ import annotations
@@ -18,29 +23,55 @@ import sys
 from detectron2.utils.logger import setup_logger
 
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
-from cellseg_d2.benchmark import format_benchmark, run_benchmark
+from cellseg_d2.benchmark import format_benchmark, measure_stream_memory, run_benchmark
 from cellseg_d2.config import load_cellseg_config
 from cellseg_d2.data.io import atomic_write
 from cellseg_d2.errors import CellSegError
+from cellseg_d2.inference.export import EXPORT_FORMATS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags; trailing ``KEY VALUE`` pairs override the config."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config-file", required=True, help="model config (YAML)")
-    parser.add_argument("--data", required=True, help="dataset root (train/, test_release/)")
+    parser.add_argument("--config-file", help="model config (YAML)")
+    parser.add_argument("--data", help="dataset root (train/, test_release/)")
     parser.add_argument("--iters", type=int, default=10, help="timed iterations (default 10)")
     parser.add_argument("--json", help="write the figures to this JSON file")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    parser.add_argument(
+        "--stream-images",
+        type=int,
+        help="instead: RSS growth while N images stream through the predict writers",
+    )
+    parser.add_argument(
+        "--stream-formats",
+        default=",".join(EXPORT_FORMATS),
+        help="formats written by --stream-images (default: all)",
+    )
     args = parser.parse_args(argv)
     if args.iters < 1:
         parser.error("--iters must be >= 1")
+    if args.stream_images is None and not (args.config_file and args.data):
+        parser.error("--config-file and --data are required (unless --stream-images)")
+    if args.stream_images is not None and args.stream_images < 10:
+        parser.error("--stream-images must be >= 10")
+    formats = tuple(args.stream_formats.split(","))
+    if not set(formats) <= set(EXPORT_FORMATS):
+        parser.error(f"--stream-formats: choose from {', '.join(EXPORT_FORMATS)}")
+    args.stream_formats = formats
     return args
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark, print the table, write the JSON atomically."""
     setup_logger(name="cellseg_d2")
+    if args.stream_images is not None:
+        report = {"stream": measure_stream_memory(args.stream_images, args.stream_formats)}
+        print(format_benchmark(report))
+        if args.json:
+            with atomic_write(args.json, "w") as handle:
+                json.dump(report, handle, indent=2)
+        return 0
     try:
         cfg = load_cellseg_config(args.config_file, args.opts)
         report = run_benchmark(cfg, args.data, iters=args.iters, loader_batches=args.iters)

@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Predict a folder of test images into a COCO-results submission (JSON, or a CodaBench zip).
+"""Predict a folder of test images into a COCO-results submission and/or per-image exports.
 
     python tools/predict.py --config-file configs/mask_rcnn_R_50_FPN_cells.yaml \
         --input datasets/cells/test_release --id-map datasets/cells/test_image_name_to_ids.json \
         --output output/submission.zip --zip MODEL.WEIGHTS output/x/model_best.pth
 
 The id map and the folder are checked against each other (missing, unlisted or wrongly sized
-images) before the model is built. Exit status: 0 ok, 2 bad input (the file is named).
+images) before the model is built. Results are stored image by image in a work folder beside the
+main output (<output>.partial/, or <output-dir>.partial/ without coco) and assembled at the end,
+so an interrupted run continues with --resume. Exit status: 0 ok, 2 bad input (the file is named),
+130 interrupted (finished images kept).
 """
 
 from __future__ import annotations
@@ -23,11 +26,38 @@ import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
 from cellseg_d2.data import CellDataError
 from cellseg_d2.data.validate import check_test_images, list_tiff_images
 from cellseg_d2.errors import CellSegError
-from cellseg_d2.inference import CellPredictor, predict_folder, write_submission
-from cellseg_d2.inference.predict import build_predict_config
+from cellseg_d2.inference import CellPredictor
+from cellseg_d2.inference.export import EXPORT_FORMATS
+from cellseg_d2.inference.predict import (
+    build_predict_config,
+    predict_to_files,
+    prediction_fingerprint,
+    work_dir_for,
+)
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
 logger = logging.getLogger("cellseg_d2.predict")
+
+FORMAT_HELP = (
+    "comma-separated (or repeated), any of: coco (the submission, --output; default), "
+    "labels (per image labels/<stem>_instances.tif, uint16/uint32 ids 1..n, higher score wins "
+    "on overlap, and labels/<stem>_classes.tif), geojson (per image geojson/<stem>.geojson, "
+    "QuPath detections), csv (cells.csv, one row per cell of the label image); all but coco go "
+    "to --output-dir"
+)
+
+
+def _formats(text: str) -> list[str]:
+    """Parse ``--format coco,labels``: a comma-separated list of known formats."""
+    formats = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in formats if name not in EXPORT_FORMATS]
+    if unknown or not formats:
+        raise argparse.ArgumentTypeError(
+            f"unknown format {', '.join(unknown) or repr(text)}; choose from "
+            f"{', '.join(EXPORT_FORMATS)}"
+        )
+    return formats
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,20 +66,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config-file", required=True, help="model config (YAML)")
     parser.add_argument("--input", required=True, help="folder of test images (.tif)")
     parser.add_argument("--id-map", required=True, help="test_image_name_to_ids.json")
-    parser.add_argument("--output", required=True, help="results .json, or .zip with --zip")
+    parser.add_argument("--output", help="submission: results .json, or .zip with --zip (coco)")
     parser.add_argument("--zip", action="store_true", help="write a zip holding test-results.json")
+    parser.add_argument("--format", type=_formats, action="extend", help=FORMAT_HELP)
+    parser.add_argument("--output-dir", help="folder for the labels, geojson and csv formats")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted or stopped run from its work folder, predicting only the "
+        "images it has not finished (refused if config, weights or thresholds differ)",
+    )
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="log and skip unreadable images (listed in <output>.skipped.txt) instead of "
+        "stopping with exit 2",
+    )
     parser.add_argument("--tta", action="store_true", help="flip/scale test-time augmentation")
     parser.add_argument("--score-thresh", type=float, help="MODEL.ROI_HEADS.SCORE_THRESH_TEST")
     parser.add_argument("--mask-thresh", type=float, help="MODEL.CELLSEG.MASK_THRESHOLD")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.format = list(dict.fromkeys(args.format or ["coco"]))
+    if "coco" in args.format and not args.output:
+        parser.error("the coco format needs --output")
+    if "coco" not in args.format and args.output:
+        parser.error("--output is the coco submission; add coco to --format or drop --output")
+    if set(args.format) - {"coco"} and not args.output_dir:
+        parser.error("the labels, geojson and csv formats need --output-dir")
+    return args
 
 
 def main(args: argparse.Namespace) -> int:
-    """Check inputs, predict, write the submission atomically."""
+    """Check inputs, predict image by image into the work folder, assemble the outputs."""
     setup_logger(name="cellseg_d2")
     setup_logger(name="detectron2")
+    main_output = args.output if "coco" in args.format else args.output_dir
     try:
         cfg = build_predict_config(args.config_file, args.opts, args.score_thresh, args.mask_thresh)
         input_dir = Path(args.input)
@@ -58,20 +111,43 @@ def main(args: argparse.Namespace) -> int:
         entries = check_test_images(args.id_map, list_tiff_images(input_dir))
         predictor = CellPredictor(cfg, tta=args.tta)
         start = time.perf_counter()
-        results = predict_folder(predictor, input_dir, entries, progress=not args.no_progress)
+        summary = predict_to_files(
+            predictor,
+            input_dir,
+            entries,
+            formats=args.format,
+            fingerprint=prediction_fingerprint(cfg, args.tta, args.format, entries),
+            output=args.output,
+            zip_output=args.zip,
+            output_dir=args.output_dir,
+            class_names=cfg.DATASETS.CLASS_NAMES,
+            resume=args.resume,
+            skip_bad=args.skip_bad,
+            progress=not args.no_progress,
+        )
         elapsed = time.perf_counter() - start
-        write_submission(results, args.output, zip_output=args.zip)
     except CellSegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: finished images are kept in {work_dir_for(main_output)}; "
+            "rerun the same command with --resume to continue",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     logger.info(
-        "%d detections on %d images in %.1f s (%.2f s/image) -> %s",
-        len(results),
-        len(entries),
+        "%d detections on %d images in %.1f s (%.2f s/image; %d resumed) -> %s",
+        summary.detections,
+        summary.predicted,
         elapsed,
-        elapsed / max(1, len(entries)),
-        args.output,
+        elapsed / max(1, summary.predicted),
+        summary.resumed,
+        ", ".join(str(path) for path in (args.output, args.output_dir) if path),
     )
+    if summary.skipped:
+        names = "\n  ".join(name for name, _ in summary.skipped)
+        print(f"skipped {len(summary.skipped)} unreadable image(s):\n  {names}", file=sys.stderr)
     return 0
 
 
