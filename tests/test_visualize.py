@@ -231,3 +231,25 @@ def test_cli_outline_style(dataset: tuple[Path, list[dict], list[dict]], tmp_pat
     height, width = _expected_size(entries, 3)
     written = cv2.imread(str(output), cv2.IMREAD_COLOR)
     assert written.shape == (height + len(entries) * (GAP + COUNT_BAR_HEIGHT), width, 3)
+
+
+def test_cli_names_classes_from_the_flag(
+    dataset: tuple[Path, list[dict], list[dict]], tmp_path: Path
+) -> None:
+    root, _, results = dataset
+    pred = tmp_path / "six.json"
+    write_submission([{**r, "category_id": 6} for r in results], pred, zip_output=False)
+    args = [
+        "--input", str(root / "test_release"),
+        "--id-map", str(root / "test_image_name_to_ids.json"),
+        "--pred", str(pred), "--num-images", "1", "--style", "outlines",
+    ]  # fmt: skip
+    tool = load_tool(TOOL)
+    assert tool.main([*args, "--output", str(tmp_path / "four.png")]) == 2  # category 6 of 4
+    figures = []
+    for names in ("a,b,c,d,e,f", "a,b,c,d,e,a_much_longer_sixth_name"):
+        output = tmp_path / f"{len(names)}.png"
+        assert tool.main([*args, "--output", str(output), "--class-names", names]) == 0
+        figures.append(cv2.imread(str(output), cv2.IMREAD_COLOR))
+    assert figures[0].shape == figures[1].shape
+    assert not np.array_equal(figures[0], figures[1])  # the count bars carry the names

@@ -27,6 +27,7 @@ import os
 import sys
 
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
+from cellseg_d2.data.io import add_class_names_argument
 from cellseg_d2.data.validate import load_id_map
 from cellseg_d2.errors import CellSegError
 from cellseg_d2.inference.predict import build_predict_config, predict_folder
@@ -67,6 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="boxes: filled masks, boxes and labels (default); outlines: class-coloured "
         "outlines only, plus per-class count bars",
     )
+    add_class_names_argument(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
     if args.val_root:
@@ -83,8 +85,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def predict_entries(args: argparse.Namespace, entries: list[dict]) -> list[dict]:
-    """Run the configured model on the images that will be drawn, as submission entries."""
+    """Run the configured model on the images that will be drawn, as submission entries;
+    the config's ``DATASETS.CLASS_NAMES`` become ``args.class_names``."""
     cfg = build_predict_config(args.config_file, args.opts)  # the model's own thresholds
+    args.class_names = tuple(cfg.DATASETS.CLASS_NAMES)
     drawn = sorted(entries, key=lambda entry: entry["id"])[: args.num_images]
     return predict_folder(CellPredictor(cfg), args.input, drawn, progress=False)
 
@@ -102,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             results = predict_entries(args, entries)
         else:
             results = read_submission(args.pred)
-        require_valid_submission(results, entries, args.pred or "the model's predictions")
+        source = args.pred or "the model's predictions"
+        require_valid_submission(results, entries, source, args.class_names)
         visualize_predictions(
             args.input,
             entries,
@@ -112,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             num_images=args.num_images,
             score_thresh=args.score_thresh,
             style=args.style,
+            class_names=args.class_names,
         )
     except CellSegError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import cv2
@@ -32,8 +32,8 @@ import numpy as np
 from pycocotools import mask as mask_util
 
 from cellseg_d2.data.convert import load_cell_train_dicts
-from cellseg_d2.data.datasets import THING_CLASSES, class_colors, split_of
-from cellseg_d2.data.io import CellDataError, atomic_write, read_image
+from cellseg_d2.data.datasets import class_colors, split_of
+from cellseg_d2.data.io import DEFAULT_CLASS_NAMES, CellDataError, atomic_write, read_image
 from cellseg_d2.data.rle import decode_rle
 from cellseg_d2.inference.scoring import ground_truth_folder, read_ground_truth_instances
 
@@ -97,10 +97,10 @@ def _class_color(category_id: int) -> tuple[int, int, int]:
     return class_colors(max(category_id, 1))[category_id - 1]
 
 
-def _class_name(category_id: int) -> str:
-    """Name of a 1-based class; ``classK`` beyond the known names."""
+def _class_name(category_id: int, class_names: Sequence[str]) -> str:
+    """Name of a 1-based class; ``classK`` beyond the given names."""
     k = category_id - 1
-    return THING_CLASSES[k] if 0 <= k < len(THING_CLASSES) else f"class{category_id}"
+    return class_names[k] if 0 <= k < len(class_names) else f"class{category_id}"
 
 
 def _draw_outlines(image_rgb: np.ndarray, instances: list[dict]) -> np.ndarray:
@@ -126,7 +126,12 @@ def _draw_outlines(image_rgb: np.ndarray, instances: list[dict]) -> np.ndarray:
     return canvas
 
 
-def _count_bars(predictions: list[dict], ground_truth: list[dict] | None, width: int) -> np.ndarray:
+def _count_bars(
+    predictions: list[dict],
+    ground_truth: list[dict] | None,
+    width: int,
+    class_names: Sequence[str],
+) -> np.ndarray:
     """A white strip with, per class, a grey ground-truth bar beside a class-colour prediction
     bar, heights proportional to the counts, and ``name gt/pred`` under them."""
     strip = np.full((COUNT_BAR_HEIGHT, width, 3), 255, np.uint8)
@@ -154,7 +159,7 @@ def _count_bars(predictions: list[dict], ground_truth: list[dict] | None, width:
                     color, cv2.FILLED,
                 )  # fmt: skip
         counts = f"{gt_counts[index]}/" if ground_truth is not None else ""
-        text = f"{_class_name(category_id)} {counts}{pred_counts[index]}"
+        text = f"{_class_name(category_id, class_names)} {counts}{pred_counts[index]}"
         cv2.putText(
             strip, text, (int(index * slot) + 2, COUNT_BAR_HEIGHT - 3), _FONT, _LABEL_SCALE,
             (0, 0, 0), 1, cv2.LINE_AA,
@@ -163,7 +168,11 @@ def _count_bars(predictions: list[dict], ground_truth: list[dict] | None, width:
 
 
 def _draw_instances(
-    image_rgb: np.ndarray, instances: list[dict], alpha: float, with_scores: bool
+    image_rgb: np.ndarray,
+    instances: list[dict],
+    alpha: float,
+    with_scores: bool,
+    class_names: Sequence[str],
 ) -> np.ndarray:
     """Paint masks (filled and outlined), boxes and labels of ``instances`` on a copy of the image.
 
@@ -206,7 +215,7 @@ def _draw_instances(
     taken = np.zeros((height, width), bool)
     for instance in reversed(ordered):
         x, y = (int(round(v)) for v in instance["bbox"][:2])
-        text = _class_name(instance["category_id"])
+        text = _class_name(instance["category_id"], class_names)
         if with_scores:
             text += f" {instance['score']:.2f}"
         color = _class_color(instance["category_id"])
@@ -227,6 +236,7 @@ def render_comparison(
     score_thresh: float = 0.5,
     alpha: float = 0.45,
     style: str = "boxes",
+    class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
 ) -> np.ndarray:
     """Draw one figure row: original | (ground truth |) predictions.
 
@@ -244,6 +254,7 @@ def render_comparison(
         alpha: opacity of the mask fill (``boxes`` style).
         style: one of :data:`STYLES`; ``outlines`` draws class-coloured outlines only and adds
             the per-class count strip.
+        class_names: the name of category id K is ``class_names[K - 1]`` (labels, count bars).
 
     Returns:
         An RGB uint8 array ``P * W + (P - 1) * GAP`` wide, ``P`` = 2 or 3 panels, ``H`` tall
@@ -262,12 +273,12 @@ def render_comparison(
         if outlines:
             gt_panel = _draw_outlines(rgb, ground_truth)
         else:
-            gt_panel = _draw_instances(rgb, ground_truth, alpha, with_scores=False)
+            gt_panel = _draw_instances(rgb, ground_truth, alpha, False, class_names)
         panels.append(_titled(gt_panel, f"ground truth ({len(ground_truth)})"))
     if outlines:
         prediction_panel = _draw_outlines(rgb, shown)
     else:
-        prediction_panel = _draw_instances(rgb, shown, alpha, with_scores=True)
+        prediction_panel = _draw_instances(rgb, shown, alpha, True, class_names)
     panels.append(_titled(prediction_panel, f"predictions ({len(shown)})"))
     gap = np.full((rgb.shape[0], GAP, 3), 255, np.uint8)
     row = [panels[0]]
@@ -277,7 +288,8 @@ def render_comparison(
     if not outlines:
         return drawn
     separator = np.full((GAP, drawn.shape[1], 3), 255, np.uint8)
-    return np.concatenate([drawn, separator, _count_bars(shown, ground_truth, drawn.shape[1])])
+    bars = _count_bars(shown, ground_truth, drawn.shape[1], class_names)
+    return np.concatenate([drawn, separator, bars])
 
 
 def compose_figure(rows: list[np.ndarray]) -> np.ndarray:
@@ -328,6 +340,7 @@ def visualize_predictions(
     num_images: int = 4,
     score_thresh: float = 0.5,
     style: str = "boxes",
+    class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
 ) -> np.ndarray:
     """Draw the first ``num_images`` images of an id map with their predictions into one PNG.
 
@@ -346,6 +359,7 @@ def visualize_predictions(
         num_images: number of rows (fewer when the map is shorter).
         score_thresh: smallest prediction score drawn.
         style: ``boxes`` or ``outlines`` (see :func:`render_comparison`).
+        class_names: names of category ids 1..N (``DATASETS.CLASS_NAMES``).
 
     Returns:
         The figure written, RGB uint8.
@@ -375,7 +389,14 @@ def visualize_predictions(
         predictions = predictions_by_image.get(entry["id"], [])
         try:
             rows.append(
-                render_comparison(image, predictions, ground_truth, score_thresh, style=style)
+                render_comparison(
+                    image,
+                    predictions,
+                    ground_truth,
+                    score_thresh,
+                    style=style,
+                    class_names=class_names,
+                )
             )
         except ValueError as exc:
             raise CellDataError(f"{path} (image_id {entry['id']}): {exc}") from exc
