@@ -6,13 +6,13 @@ What is read:
   K-th category by id). With ``--class-names``, every category name must be among them.
 - ``images``: each ``file_name`` is looked up under the image folder (``--images``; by default
   the JSON's folder, then its ``images/`` subfolder); it must be a relative path without ``..``.
-  Its ``height``/``width`` must equal the file's.
+  Its ``height``/``width`` must equal the file's. The image is named by the file's stem, or by
+  its relative path (``/`` becoming ``_``) when several files share a stem.
 - ``annotations``: ``segmentation`` as polygons (a list of ``[x1, y1, x2, y2, ...]``; several
-  polygons are one cell), compressed RLE (``counts`` a string) or uncompressed RLE (``counts``
-  a list of run lengths); decoded with pycocotools, the COCO reference code, so polygons are
-  filled exactly as COCO's own tools do (coordinates on the pixel grid, pixel (0, 0) covering
-  [0, 1) x [0, 1)). ``iscrowd: 1`` annotations mark a crowd region, not one cell: they are
-  skipped and counted.
+  polygons are one cell), filled by the pixel-centre rule of :mod:`.raster` (pixel (0, 0)
+  covers [0, 1) x [0, 1), COCO's convention); compressed RLE (``counts`` a string) or
+  uncompressed RLE (``counts`` a list of run lengths), checked and decoded with pycocotools.
+  ``iscrowd: 1`` annotations mark a crowd region, not one cell: they are skipped and counted.
 
 Refused, with the JSON and the annotation id named: a polygon with fewer than 3 points, an RLE
 whose ``size`` differs from the image's or whose counts do not add up to it, an unknown
@@ -22,7 +22,7 @@ whose ``size`` differs from the image's or whose counts do not add up to it, an 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
@@ -37,6 +37,7 @@ from cellseg_d2.data.importers.common import (
     paint_instances,
 )
 from cellseg_d2.data.importers.layout import image_size
+from cellseg_d2.data.importers.raster import rings_to_mask
 from cellseg_d2.data.io import CellDataError
 from cellseg_d2.data.rle import check_rle
 from cellseg_d2.data.validate import parse_json
@@ -106,11 +107,11 @@ def decode_segmentation(segmentation: object, height: int, width: int, where: st
         CellDataError: malformed polygons or RLE, an RLE of another size than the image.
     """
     if isinstance(segmentation, list):
-        polygons = _polygons(segmentation, where)
-        if not polygons:
-            return np.zeros((height, width), bool)
-        rle = mask_util.merge(mask_util.frPyObjects(polygons, height, width))
-        return mask_util.decode(rle).astype(bool)
+        rings = [np.asarray(p).reshape(-1, 2) for p in _polygons(segmentation, where)]
+        mask = np.zeros((height, width), bool)
+        top, left, crop = rings_to_mask(rings, [], height, width)
+        mask[top : top + crop.shape[0], left : left + crop.shape[1]] = crop
+        return mask
     if not isinstance(segmentation, dict) or "counts" not in segmentation:
         raise CellDataError(f"{where}: segmentation must be a polygon list or an RLE object")
     size = segmentation.get("size")
@@ -167,6 +168,19 @@ def _crop(mask: np.ndarray, category: int, where: str) -> Instance:
     return Instance(category, int(rows[0]), int(cols[0]), crop.copy(), where)
 
 
+def _image_names(entries: list[dict]) -> dict[int, str]:
+    """``{image id: name}``: the file's stem, or its relative path without suffix when two
+    images share a stem (``a/image.tif`` and ``b/image.tif`` become ``a/image``, ``b/image``)."""
+    paths = {
+        e["id"]: PurePosixPath(str(e.get("file_name", "")).replace("\\", "/")) for e in entries
+    }
+    stems = Counter(p.stem for p in paths.values())
+    return {
+        image_id: p.stem if stems[p.stem] == 1 else str(p.with_suffix(""))
+        for image_id, p in paths.items()
+    }
+
+
 def read_coco(
     source: Path, classes: ClassTable, summary: ImportSummary, *, images: Path | None = None
 ) -> Iterator[ImportedImage]:
@@ -205,6 +219,7 @@ def read_coco(
         len(data["annotations"]),
         classes.names,
     )
+    names = _image_names(data["images"])
     for entry in data["images"]:
         where = f"{source}: image id {entry['id']}"
         path = _image_path(folders, entry.get("file_name"), where)
@@ -233,5 +248,4 @@ def read_coco(
             mask = decode_segmentation(annotation.get("segmentation"), height, width, place)
             instances.append(_crop(mask, category, place))
         labels = paint_instances(instances, height, width, summary)
-        name = PurePosixPath(entry["file_name"].replace("\\", "/")).stem
-        yield ImportedImage(name, path, labels, f"{source}: {entry['file_name']}")
+        yield ImportedImage(names[entry["id"]], path, labels, f"{source}: {entry['file_name']}")

@@ -15,8 +15,7 @@ shared rule: ``--unclassified NAME``, ``--skip-unclassified``, or refused.
 
 Pixel convention: QuPath coordinates are in pixels of the full-resolution image with the
 *corner* of pixel (0, 0) at (0, 0), so its centre is at (0.5, 0.5). A pixel belongs to an
-object when its centre lies inside the polygon (and outside its holes); rasterised with
-``skimage.draw.polygon`` on the grid shifted by half a pixel.
+object when its centre lies inside the polygon and outside its holes (:mod:`.raster`).
 
 Validity: a polygon ring with fewer than 3 distinct points is refused (file and feature index
 named). An invalid geometry (a self-intersecting "bow-tie" ring, overlapping MultiPolygon
@@ -35,7 +34,6 @@ from pathlib import Path
 import numpy as np
 import shapely
 from shapely.geometry import MultiPolygon, Polygon
-from skimage.draw import polygon as fill_polygon
 
 from cellseg_d2.data.importers.common import (
     ClassTable,
@@ -45,6 +43,7 @@ from cellseg_d2.data.importers.common import (
     paint_instances,
 )
 from cellseg_d2.data.importers.layout import IMAGE_SUFFIXES, find_image, image_size
+from cellseg_d2.data.importers.raster import rings_to_mask
 from cellseg_d2.data.io import CellDataError
 from cellseg_d2.data.validate import parse_json
 
@@ -142,35 +141,17 @@ def _repair(shape: Polygon | MultiPolygon, summary: ImportSummary) -> Polygon | 
 def geometry_to_mask(
     shape: Polygon | MultiPolygon, height: int, width: int
 ) -> tuple[int, int, np.ndarray]:
-    """Rasterise a valid area: pixel (r, c) is in when its centre (c + 0.5, r + 0.5) is.
-
-    Why this way: ``skimage.draw.polygon`` fills the integer grid points inside a ring, so the
-    ring is shifted by -0.5 px to test pixel centres; holes are filled and then cleared.
+    """Rasterise a valid area with the pixel-centre rule (see :mod:`.raster`).
 
     Returns:
         ``(top, left, bool crop)`` cut to the image; an empty crop when no pixel centre is in.
     """
-    polygons = list(getattr(shape, "geoms", [shape]))
     if shape.is_empty:
         return 0, 0, np.zeros((0, 0), bool)
-    minx, miny, maxx, maxy = shape.bounds
-    top, left = max(0, math.floor(miny)), max(0, math.floor(minx))
-    bottom, right = min(height, math.ceil(maxy) + 1), min(width, math.ceil(maxx) + 1)
-    if bottom <= top or right <= left:
-        return 0, 0, np.zeros((0, 0), bool)
-    crop = np.zeros((bottom - top, right - left), bool)
-
-    def fill(ring: shapely.LinearRing, value: bool) -> None:
-        xy = np.asarray(ring.coords)
-        rows, cols = fill_polygon(xy[:, 1] - 0.5 - top, xy[:, 0] - 0.5 - left, crop.shape)
-        crop[rows, cols] = value
-
-    for polygon in polygons:
-        fill(polygon.exterior, True)
-    for polygon in polygons:
-        for hole in polygon.interiors:
-            fill(hole, False)
-    return top, left, crop
+    polygons = list(getattr(shape, "geoms", [shape]))
+    exteriors = [np.asarray(p.exterior.coords) for p in polygons]
+    holes = [np.asarray(h.coords) for p in polygons for h in p.interiors]
+    return rings_to_mask(exteriors, holes, height, width)
 
 
 def _instances(
