@@ -28,9 +28,10 @@ def star_polygon(
 
 
 def rasterise(geometry: shapely.Geometry, height: int, width: int) -> np.ndarray:
-    """HxW bool: pixels whose centre lies inside ``geometry`` (shapely, independent code)."""
+    """HxW bool: pixels whose centre lies inside ``geometry`` or on its outline (shapely,
+    independent code; the importers' rule for a centre exactly on an outer outline)."""
     ys, xs = np.mgrid[0:height, 0:width]
-    return shapely.contains_xy(geometry, xs + 0.5, ys + 0.5)
+    return shapely.intersects_xy(geometry, xs + 0.5, ys + 0.5)
 
 
 def polygon_mask(points: list[tuple[float, float]], height: int, width: int) -> np.ndarray:

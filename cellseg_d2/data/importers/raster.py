@@ -2,7 +2,10 @@
 
 The rule: coordinates are in pixels with the *corner* of pixel (0, 0) at (0, 0), so the centre
 of pixel (row r, column c) is at (x, y) = (c + 0.5, r + 0.5); a pixel belongs to a polygon when
-its centre lies inside the outer ring and outside every hole. This is QuPath's convention and
+its centre lies inside the outer ring and outside every hole. A centre exactly on an outer
+ring counts as inside (so an outline traced through the centres of a mask's boundary pixels,
+as OpenCV's ``findContours`` gives it, shifted by +0.5, fills back to the same pixels); a centre
+exactly on a hole's ring counts as outside. This is QuPath's convention and
 COCO's (pycocotools' polygon fill approximates the same rule on a 5x finer grid and differs by a
 few boundary pixels per cell; filling exactly here keeps a polygon and its rasterisation in
 agreement whichever format it came from). A ring that crosses itself is filled by the even-odd
