@@ -282,11 +282,10 @@ def safe_name(text: str) -> str:
     """A folder or file name built from a source name, safe for the layout and the id map.
 
     Runs of characters other than letters, digits, ``.``, ``_`` and ``-`` become ``_`` (path
-    separators included, so ``a/b`` becomes ``a_b``); a leading dot is replaced, since the
-    scanner ignores hidden names.
+    separators included, so ``a/b`` becomes ``a_b``); leading dots and underscores are dropped,
+    since the scanner ignores hidden names (and ``..`` must never be a folder name).
     """
-    name = _UNSAFE.sub("_", text).strip("_") or "image"
-    return "_" + name[1:] if name.startswith(".") else name
+    return _UNSAFE.sub("_", text).lstrip("._").rstrip("_") or "image"
 
 
 def label_dtype(max_id: int) -> np.dtype:
