@@ -21,8 +21,10 @@ Ids are kept: the value a cell has in the label image is its id in ``classK.tif`
 class is the one non-zero class value under its pixels (zeros are ignored, so a class image
 may be painted loosely); two different values under one cell, or one id given two classes in a
 table, is refused ("an id that appears in two classes"). A cell without a class follows the
-shared rule (``--unclassified``, ``--skip-unclassified``, or refused); with one class name and
-no class source, every cell is of that class.
+shared rule (``--unclassified``, ``--skip-unclassified``, or refused). Without a class source
+every cell is of the one class ``--class-names`` gives (more names are an error), or of the
+class ``cell`` without names. Without ``--class-names``, class numbers become ``type1``,
+``type2``, ... and class names are kept (sorted, as all collected names are).
 """
 
 from __future__ import annotations
