@@ -31,6 +31,7 @@ setup(
         "numpy",
         "scipy",
         "scikit-image",
+        "shapely>=2.0",
         "tqdm",
     ],
     extras_require={"dev": ["pytest>=7", "ruff>=0.6", "packaging"]},
