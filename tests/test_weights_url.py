@@ -68,6 +68,17 @@ def _files_under(folder: Path) -> set[Path]:
     return {path for path in folder.rglob("*") if not path.is_dir()}
 
 
+def test_iopath_alone_would_resolve_the_zoo_traversal_to_a_local_file(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The control: handed to detectron2's path handler, the name reaches ./model.pkl.
+    from detectron2.utils.file_io import PathManager
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model.pkl").write_bytes(b"local")
+    assert os.path.samefile(PathManager.get_local_path(ZOO_TRAVERSAL), tmp_path / "model.pkl")
+
+
 def test_zoo_traversal_to_a_local_pickle_is_refused(tmp_path: Path, home: Path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     marker = tmp_path / "payload_ran"
@@ -80,9 +91,11 @@ def test_zoo_traversal_to_a_local_pickle_is_refused(tmp_path: Path, home: Path, 
     assert not marker.exists() and network.urls == []
 
 
-def test_predict_tool_exits_2_on_the_zoo_traversal(dataset, tmp_path: Path, home: Path, capsys):
+def test_predict_tool_exits_2_on_the_zoo_traversal(
+    dataset, tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     root, _, _ = dataset
-    os.chdir(tmp_path)  # what /proc/self/cwd points at
+    monkeypatch.chdir(tmp_path)  # what /proc/self/cwd points at
     marker = tmp_path / "payload_ran"
     (tmp_path / "model.pkl").write_bytes(_payload_pickle(marker))
     output = tmp_path / "submission.json"
@@ -91,10 +104,7 @@ def test_predict_tool_exits_2_on_the_zoo_traversal(dataset, tmp_path: Path, home
     argv = ["--config-file", str(INSTANT_CONFIG), "--input", str(root / "test_release")]
     argv += ["--id-map", str(root / "test_image_name_to_ids.json"), "--output", str(output)]
     argv += ["--no-progress", "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ZOO_TRAVERSAL]
-    try:
-        assert tool.main(tool.parse_args(argv)) == 2
-    finally:
-        os.chdir(REPO_ROOT)
+    assert tool.main(tool.parse_args(argv)) == 2
     err = capsys.readouterr().err
     assert ZOO_TRAVERSAL in err and "Traceback" not in err
     assert not marker.exists()
