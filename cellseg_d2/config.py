@@ -173,7 +173,7 @@ def merge_config_file(cfg: CN, config_file: str | os.PathLike) -> None:
     path = Path(config_file)
     data = _read_config_tree(path, ())
     for key in COMMAND_LINE_ONLY_KEYS:
-        if _has_nested_key(data, key):
+        if _lookup(data, key) is not _MISSING:
             raise ConfigError(
                 f"{path}: {key} cannot be set in a config file; pass it on the command line "
                 f"({key} True) if you mean it"
@@ -181,17 +181,21 @@ def merge_config_file(cfg: CN, config_file: str | os.PathLike) -> None:
     version = data.get("VERSION", cfg.VERSION)
     if version != cfg.VERSION:
         raise ConfigError(f"{path}: VERSION {version} is not supported (expected {cfg.VERSION})")
+    keys = [key for key in _leaf_keys(data) if key != "VERSION"]
+    before = {key: _lookup(cfg, key) for key in keys}
     try:
         cfg.merge_from_other_cfg(type(cfg)(data))
     except (KeyError, ValueError, AssertionError, TypeError) as exc:
         raise ConfigError(f"{path}: {_reason(exc)}") from exc
+    _check_list_items(cfg, before, str(path))
 
 
 def merge_config_overrides(cfg: CN, opts: Sequence[Any]) -> None:
     """Merge command-line ``KEY VALUE`` pairs into ``cfg`` in place.
 
     Values are parsed as Python literals (``ast.literal_eval``, which evaluates no code) and must
-    have the type of the default they replace.
+    have the type of the default they replace (for a list of numbers or of strings, also each
+    item).
 
     Raises:
         ConfigError: an odd number of items, an unknown key or a value of the wrong type, naming
@@ -203,24 +207,81 @@ def merge_config_overrides(cfg: CN, opts: Sequence[Any]) -> None:
             f"config overrides must be KEY VALUE pairs, got {len(opts)} items: "
             f"'{opts[-1]}' has no value"
         )
+    before = {str(key): _lookup(cfg, str(key)) for key in opts[0::2]}
     try:
         cfg.merge_from_list(opts)
     except (KeyError, ValueError, AssertionError, TypeError) as exc:
         raise ConfigError(f"command-line override: {_reason(exc)}") from exc
+    _check_list_items(cfg, before, "command-line override")
+
+
+def _check_list_items(cfg: CN, before: dict[str, Any], where: str) -> None:
+    """Refuse a list whose items are not of the kind the replaced list held.
+
+    detectron2's merge checks only the outer type, so ``MODEL.PIXEL_MEAN ["a", "b", "c"]`` would
+    pass and fail later with a traceback deep in the model.
+
+    Args:
+        cfg: the config after the merge.
+        before: each merged key with its value before the merge (``_MISSING`` if none).
+        where: the file or "command-line override", for the message.
+    """
+    for key, old in before.items():
+        kind = _item_kind(old)
+        new = _lookup(cfg, key)
+        if kind is None or not isinstance(new, (list, tuple)):
+            continue
+        for item in _leaves(new):
+            if _item_kind([item]) != kind:
+                raise ConfigError(
+                    f"{where}: {key} must be a list of {kind}s (like {list(old)!r}), but its "
+                    f"item {item!r} is not a {kind}"
+                )
+
+
+_MISSING = object()
+
+
+def _lookup(cfg: dict, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _leaf_keys(data: dict, prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            keys += _leaf_keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def _leaves(value: Any) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        return [leaf for item in value for leaf in _leaves(item)]
+    return [value]
+
+
+def _item_kind(value: Any) -> str | None:
+    """ "number" or "string" for a non-empty (nested) list of only those; else None."""
+    if not isinstance(value, (list, tuple)):
+        return None
+    leaves = _leaves(value)
+    if leaves and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in leaves):
+        return "number"
+    if leaves and all(isinstance(x, str) for x in leaves):
+        return "string"
+    return None
 
 
 def _reason(exc: BaseException) -> str:
     # KeyError's str() adds quotes around its message.
     return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-
-
-def _has_nested_key(data: dict, dotted: str) -> bool:
-    node: Any = data
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
 
 
 def _read_config_tree(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
@@ -233,7 +294,7 @@ def _read_config_tree(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
         cycle = " -> ".join(str(p) for p in (*chain[chain.index(resolved) :], resolved))
         raise ConfigError(f"{path}: circular _BASE_: {cycle}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasSafeLoader)
     except yaml.MarkedYAMLError as exc:
         line = f", line {exc.problem_mark.line + 1}" if exc.problem_mark else ""
         problem = exc.problem or exc.context or "malformed YAML"
@@ -266,6 +327,28 @@ def _read_config_tree(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
         _merge_into(_read_config_tree(base_path, (*chain, resolved)), merged, path, "")
     _merge_into(data, merged, path, "")
     return merged
+
+
+class _NoAliasSafeLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` without aliases (``*name``).
+
+    NOTE: aliases let a few hundred bytes stand for an exponentially large tree ("billion
+    laughs"); loading shares the nodes, but merging and checking the config walk every copy and
+    hang. No config needs them, so the first alias is refused with its line.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        """Compose as PyYAML does, refusing an alias."""
+        if self.check_event(yaml.events.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"found the alias *{event.anchor}: YAML aliases and anchors are refused in config "
+                "files (write the value out)",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
 
 
 def _merge_into(src: dict, dst: dict, path: Path, prefix: str) -> None:

@@ -1,4 +1,5 @@
-"""Weights that cannot run code, https-only downloads, stale temp files, used OUTPUT_DIRs."""
+"""Weights that cannot run code or leave the model random, https-only downloads, stale temp
+files, used or unusable OUTPUT_DIRs."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from detectron2.modeling import build_model
 
+from cellseg_d2.config import load_cellseg_config
 from cellseg_d2.engine import checkpoint as checkpoint_module
 from cellseg_d2.engine.checkpoint import (
     AtomicDetectionCheckpointer,
+    WeightsMismatchError,
     WeightsUnavailableError,
     check_output_dir,
     fetch_weights,
@@ -102,7 +106,7 @@ def test_pkl_loads_with_the_opt_in_or_from_the_zoo(tmp_path: Path, monkeypatch) 
     # A detectron2:// name is trusted without the opt-in (served here from a local copy).
     fresh = torch.nn.Linear(2, 2)
     monkeypatch.setattr(checkpoint_module, "fetch_weights", lambda weights: str(path))
-    AtomicDetectionCheckpointer(fresh).load("detectron2://ImageNetPretrained/MSRA/weights.pkl")
+    AtomicDetectionCheckpointer(fresh).load("detectron2://ImageNetPretrained/MSRA/R-50.pkl")
     assert np.allclose(fresh.weight.detach().numpy(), expected)
 
 
@@ -194,3 +198,111 @@ def test_train_tool_refuses_a_used_output_dir(synthetic_root: Path, tmp_path: Pa
     final = (out / "model_final.pth").read_bytes()
     assert tool.run(tool.parse_args([*common, "--resume", *opts])) == 0  # nothing left to train
     assert (out / "model_final.pth").read_bytes() == final
+
+
+def test_output_dir_that_is_a_file_exits_2(synthetic_root: Path, tmp_path: Path, capsys) -> None:
+    tool = load_tool(TOOLS / "train_net.py")
+    taken = tmp_path / "run.txt"
+    taken.write_text("notes")
+    for output_dir, eval_only in ((taken, False), (taken / "sub", False), (taken, True)):
+        argv = ["--config-file", str(INSTANT_CONFIG), *(["--eval-only"] if eval_only else [])]
+        argv += ["MODEL.DEVICE", "cpu", "DATASETS.CELLS_ROOT", str(synthetic_root)]
+        assert tool.run(tool.parse_args([*argv, "OUTPUT_DIR", str(output_dir)])) == 2
+        err = capsys.readouterr().err
+        assert str(output_dir) in err and "is a file" in err and "Traceback" not in err
+    assert taken.read_text() == "notes"
+
+
+STEM = "backbone.bottom_up.stem.conv1.weight"
+
+
+def _misfit_weights(tmp_path: Path, kind: str) -> tuple[Path, dict[str, torch.Tensor]]:
+    """The instant model's weights with no key in common with it, or with a one-channel stem."""
+    state = build_model(load_cellseg_config(INSTANT_CONFIG, ["MODEL.DEVICE", "cpu"])).state_dict()
+    state = {key: value + 1.0 for key, value in state.items()}  # unlike a fresh model
+    if kind == "foreign":
+        state = {f"other_net.{key}": value for key, value in state.items()}
+    else:
+        state[STEM] = state[STEM][:, :1].clone()
+    path = tmp_path / f"{kind}.pth"
+    torch.save({"model": state}, path)
+    return path, state
+
+
+def test_misfit_weights_are_an_error_where_the_model_is_used_as_it_is(tmp_path: Path) -> None:
+    model = build_model(load_cellseg_config(INSTANT_CONFIG, ["MODEL.DEVICE", "cpu"]))
+    total = len(model.state_dict())
+    path, _ = _misfit_weights(tmp_path, "foreign")
+    with pytest.raises(WeightsMismatchError) as info:
+        AtomicDetectionCheckpointer(model).load(str(path))
+    assert str(path) in str(info.value)
+    assert f"{total} of {total} model tensors not found in it, 0 with another shape" in str(
+        info.value
+    )
+    path, _ = _misfit_weights(tmp_path, "stem")
+    with pytest.raises(WeightsMismatchError) as info:
+        AtomicDetectionCheckpointer(model, strict_fit=True).load(str(path))
+    message = str(info.value)
+    assert str(path) in message and f"0 of {total} model tensors not found in it, 1 with" in message
+    assert STEM in message and "(64, 1, 7, 7)" in message and "(64, 3, 7, 7)" in message
+
+
+def test_misfit_weights_only_warn_when_training_starts(tmp_path: Path, caplog) -> None:
+    model = build_model(load_cellseg_config(INSTANT_CONFIG, ["MODEL.DEVICE", "cpu"]))
+    total, fresh_stem = len(model.state_dict()), model.state_dict()[STEM].clone()
+    path, state = _misfit_weights(tmp_path, "stem")
+    log = logging.getLogger("cellseg_d2.engine.checkpoint")
+    log.addHandler(caplog.handler)
+    try:
+        AtomicDetectionCheckpointer(model, strict_fit=False).load(str(path))
+    finally:
+        log.removeHandler(caplog.handler)
+    assert f"0 of {total} model tensors not found in it, 1 with another shape" in caplog.text
+    assert str(path) in caplog.text and STEM in caplog.text
+    loaded = model.state_dict()
+    assert torch.equal(loaded[STEM], fresh_stem)  # kept its initialisation
+    assert all(torch.equal(loaded[key], state[key]) for key in loaded if key != STEM)
+
+
+def _predict_argv(root: Path, output: Path, weights: Path) -> list[str]:
+    argv = ["--config-file", str(INSTANT_CONFIG), "--input", str(root / "test_release")]
+    argv += ["--id-map", str(root / "test_image_name_to_ids.json"), "--output", str(output)]
+    return [*argv, "--no-progress", "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", str(weights)]
+
+
+def test_predict_and_eval_only_exit_2_on_misfit_weights(
+    dataset, synthetic_root: Path, tmp_path: Path, capsys
+) -> None:
+    root, _, _ = dataset
+    stem, _ = _misfit_weights(tmp_path, "stem")
+    output = tmp_path / "submission.json"
+    output.write_text("[]")  # an earlier submission, kept
+    predict = load_tool(TOOLS / "predict.py")
+    assert predict.main(predict.parse_args(_predict_argv(root, output, stem))) == 2
+    err = capsys.readouterr().err
+    assert str(stem) in err and "1 with another shape" in err and "Traceback" not in err
+    assert output.read_text() == "[]"
+
+    foreign, _ = _misfit_weights(tmp_path, "foreign")
+    train_net = load_tool(TOOLS / "train_net.py")
+    argv = ["--config-file", str(INSTANT_CONFIG), "--eval-only", "MODEL.DEVICE", "cpu"]
+    argv += ["DATASETS.CELLS_ROOT", str(synthetic_root), "DATASETS.VAL_FRACTION", "0.25"]
+    argv += ["MODEL.WEIGHTS", str(foreign), "OUTPUT_DIR", str(tmp_path / "eval")]
+    assert train_net.run(train_net.parse_args(argv)) == 2
+    err = capsys.readouterr().err
+    assert str(foreign) in err and "model tensors not found in it" in err
+    assert not (tmp_path / "eval" / "inference").exists()
+
+
+def test_training_from_misfit_weights_warns_and_trains(synthetic_root: Path, tmp_path: Path):
+    foreign, _ = _misfit_weights(tmp_path, "foreign")
+    tool = load_tool(TOOLS / "train_net.py")
+    out = tmp_path / "run"
+    argv = ["--config-file", str(INSTANT_CONFIG), "MODEL.DEVICE", "cpu"]
+    argv += ["DATASETS.CELLS_ROOT", str(synthetic_root), "DATASETS.VAL_FRACTION", "0.25"]
+    argv += ["SOLVER.MAX_ITER", "1", "SOLVER.IMS_PER_BATCH", "1", "MODEL.WEIGHTS", str(foreign)]
+    assert tool.run(tool.parse_args([*argv, "OUTPUT_DIR", str(out)])) == 0
+    log = (out / "log.txt").read_text()
+    assert f"MODEL.WEIGHTS '{foreign}' fits the model only partly" in log
+    assert "model tensors not found in it" in log
+    assert (out / "model_final.pth").is_file()

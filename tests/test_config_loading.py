@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -187,4 +188,64 @@ def test_every_config_tool_exits_2_naming_the_key(tool_name: str, tmp_path: Path
     argv = ["--config-file", str(INSTANT_CONFIG), *extra, "MODEL.NO_SUCH_KEY", "1"]
     err = _bad_override_exit(tool_name, argv, capsys)
     assert "MODEL.NO_SUCH_KEY" in err and "Traceback" not in err
+    assert earlier.read_text() == "[]"
+
+
+def _alias_bomb(tmp_path: Path) -> Path:
+    """A "billion laughs" config: nine levels of nine aliases, 9**9 numbers once expanded."""
+    levels = ["&l0 [" + ", ".join(["1.0"] * 9) + "]"]
+    levels += [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    return _write(
+        tmp_path / "bomb.yaml",
+        f'_BASE_: "{INSTANT_CONFIG}"\nMODEL:\n  PIXEL_MEAN: [{", ".join(levels)}]\n',
+    )
+
+
+def test_yaml_alias_bomb_is_refused_naming_the_file(tmp_path: Path, capsys) -> None:
+    bomb = _alias_bomb(tmp_path)
+    assert bomb.stat().st_size < 1000
+    with pytest.raises(ConfigError, match="alias") as info:
+        load_cellseg_config(bomb)
+    assert str(bomb) in str(info.value) and "line 3" in str(info.value)
+    earlier = _write(tmp_path / "out" / "metrics.json", '{"iteration": 7}')
+    argv = ["--config-file", str(bomb), "OUTPUT_DIR", str(earlier.parent)]
+    err = _bad_override_exit("train_net.py", argv, capsys)
+    assert str(bomb) in err and "alias" in err and "Traceback" not in err
+    assert earlier.read_text() == '{"iteration": 7}'
+
+
+def test_anchors_without_aliases_still_load(tmp_path: Path) -> None:
+    config = _write(tmp_path / "c.yaml", "SOLVER:\n  MAX_ITER: &n 7\n")
+    assert load_cellseg_config(config).SOLVER.MAX_ITER == 7
+
+
+@pytest.mark.parametrize(
+    ("text", "opts", "key", "item"),
+    [
+        ("", ["MODEL.PIXEL_MEAN", '["a","b","c"]'], "MODEL.PIXEL_MEAN", "'a'"),
+        ('MODEL:\n  PIXEL_MEAN: ["a", "b", "c"]\n', [], "MODEL.PIXEL_MEAN", "'a'"),
+        ("", ["MODEL.PIXEL_STD", "[1.0, True, 1.0]"], "MODEL.PIXEL_STD", "True"),
+        ("MODEL:\n  ANCHOR_GENERATOR:\n    SIZES: [[8], [x]]\n", [], "SIZES", "'x'"),
+        ("", ["DATASETS.CLASS_NAMES", "['tumour', 2]"], "DATASETS.CLASS_NAMES", "2"),
+    ],
+)
+def test_list_items_of_the_wrong_type_name_the_key(
+    tmp_path: Path, text: str, opts: list[str], key: str, item: str
+) -> None:
+    config = _write(tmp_path / "c.yaml", f'_BASE_: "{INSTANT_CONFIG}"\n{text}')
+    with pytest.raises(ConfigError, match=re.escape(key)) as info:
+        load_cellseg_config(config, opts)
+    message = str(info.value)
+    assert f"item {item} is not a" in message
+    assert (str(config) in message) != bool(opts)  # the file, or "command-line override"
+    ok = load_cellseg_config(INSTANT_CONFIG, ["MODEL.PIXEL_MEAN", "[1, 2.5, 3]"])
+    assert list(ok.MODEL.PIXEL_MEAN) == [1, 2.5, 3]
+
+
+def test_predict_tool_exits_2_on_a_pixel_mean_of_strings(tmp_path: Path, capsys) -> None:
+    earlier = _write(tmp_path / "out.json", "[]")
+    argv = ["--config-file", str(INSTANT_CONFIG), "--input", str(tmp_path), "--id-map", "m.json"]
+    argv += ["--output", str(earlier), "MODEL.PIXEL_MEAN", '["a","b","c"]']
+    err = _bad_override_exit("predict.py", argv, capsys)
+    assert "MODEL.PIXEL_MEAN" in err and "Traceback" not in err
     assert earlier.read_text() == "[]"

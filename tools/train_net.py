@@ -82,8 +82,10 @@ def run(args: argparse.Namespace) -> int:
     """Launch ``main`` on the requested processes; map user errors to exit codes."""
     try:
         cfg = build_config(args)
-        if not args.eval_only:
-            check_output_dir(cfg.OUTPUT_DIR, resume=args.resume, overwrite=args.overwrite)
+        # Evaluation writes only its results into OUTPUT_DIR: it needs a usable folder, and
+        # checkpoints there are no reason to stop.
+        resume = args.resume or args.eval_only
+        check_output_dir(cfg.OUTPUT_DIR, resume=resume, overwrite=args.overwrite)
         if args.num_gpus * args.num_machines > 1:
             prepare_for_launch(cfg, resume=args.resume, eval_only=args.eval_only)
         launch(

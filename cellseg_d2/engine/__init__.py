@@ -1,6 +1,6 @@
 """Training: ``CellTrainer`` and the pieces it is built from."""
 
-from .checkpoint import AtomicDetectionCheckpointer, WeightsUnavailableError, fetch_weights
+from .checkpoint import AtomicDetectionCheckpointer, WeightsMismatchError
 from .trainer import (
     CellTrainer,
     TrainingDivergedError,
@@ -12,11 +12,13 @@ from .trainer import (
     prepare_for_launch,
     warn_if_untrained_frozen_bn,
 )
+from .weights_url import WeightsUnavailableError, fetch_weights
 
 __all__ = [
     "AtomicDetectionCheckpointer",
     "CellTrainer",
     "TrainingDivergedError",
+    "WeightsMismatchError",
     "WeightsUnavailableError",
     "adapt_config_to_machine",
     "apply_epoch_schedule",

@@ -1,16 +1,20 @@
-"""Checkpointing that survives a kill, and weight loading that cannot run code.
+"""Checkpointing that survives a kill, and weight loading that cannot run code or mislead.
 
 Weights are data, but ``.pkl`` files and arbitrary ``torch.load`` calls unpickle, and unpickling
 runs whatever code the file names. So (see README, "Trust"):
 
+- ``MODEL.WEIGHTS`` is checked and fetched by :mod:`.weights_url` (https only, no ``..`` in a
+  URL, ``detectron2://`` only for names in detectron2's zoo catalogue, downloads into the private
+  cache :func:`weights_cache_dir` under a name derived there).
 - ``.pth`` and other torch files load with ``torch.load(weights_only=True)``: tensors and plain
   containers only; a file that needs more is refused with its name.
 - ``.pkl`` files (detectron2's pickled format) load only from detectron2's own model zoo
   (``detectron2://...`` or ``https://dl.fbaipublicfiles.com/detectron2/...``), or when the user
   passes ``MODEL.CELLSEG.TRUST_PICKLE True`` on the command line (which also lifts the
   ``weights_only`` restriction).
-- URLs are fetched only over ``https://`` (or as ``detectron2://`` zoo names), into the private
-  per-user cache :func:`weights_cache_dir`, never iopath's world-writable ``/tmp`` fallback.
+- Weights that leave model tensors unset (not found, or of another shape) are an error where a
+  model is used as it is (prediction, evaluation: ``strict_fit``) and a warning where training
+  starts from them.
 """
 
 from __future__ import annotations
@@ -19,20 +23,20 @@ import logging
 import os
 import pickle
 import re
-import stat
 from pathlib import Path
 from typing import Any
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.utils.file_io import PathManager
 from fvcore.common.checkpoint import _IncompatibleKeys
 
 from ..data.io import atomic_write
-from ..errors import CellSegError, ConfigError
+from ..errors import ConfigError
+from .weights_url import WeightsUnavailableError, fetch_weights, is_zoo_weights, weights_cache_dir
 
 __all__ = [
     "AtomicDetectionCheckpointer",
+    "WeightsMismatchError",
     "WeightsUnavailableError",
     "check_output_dir",
     "fetch_weights",
@@ -42,97 +46,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Where detectron2's own model zoo lives; ``.pkl`` files from here are trusted.
-ZOO_PREFIXES: tuple[str, ...] = ("detectron2://", "https://dl.fbaipublicfiles.com/detectron2/")
-#: The only URL schemes weights are downloaded from.
-ALLOWED_URL_PREFIXES: tuple[str, ...] = ("https://", "detectron2://")
 TRUST_KEY = "MODEL.CELLSEG.TRUST_PICKLE"
 
 # NOTE: the names atomic_write gives its temporary files (".<name>.<random>.tmp"), for the
 # checkpoint files only: a kill during a save leaves one of these behind.
 _STALE_TEMP = re.compile(r"^\.(?:.+\.pth|last_checkpoint)\.[A-Za-z0-9_]+\.tmp$")
 _CHECKPOINT_FILE = re.compile(r"^(?:last_checkpoint|model_.+\.pth)$")
-
-
-class WeightsUnavailableError(CellSegError, RuntimeError):
-    """``MODEL.WEIGHTS`` names a file or URL that cannot be read (e.g. an offline machine) or that
-    is refused because loading it could run code."""
-
-
-def weights_cache_dir() -> Path:
-    """The private download cache: ``$XDG_CACHE_HOME/cellseg_d2`` (``~/.cache/cellseg_d2``).
-
-    Created with mode 0700; a folder owned by someone else is refused, and one of ours that
-    others can read or write is made private again. A shared cache would let another user
-    replace a file we later load.
-
-    Raises:
-        WeightsUnavailableError: the folder cannot be created, is not ours, or is not writable.
-    """
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
-    folder = Path(base).expanduser() / "cellseg_d2"
-    try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = folder.lstat()
-        if not stat.S_ISDIR(info.st_mode):
-            raise OSError("not a folder")
-        if info.st_uid != os.getuid():
-            raise OSError(f"owned by uid {info.st_uid}, not by this user")
-        if info.st_mode & 0o077:
-            folder.chmod(0o700)
-        if not os.access(folder, os.W_OK):
-            raise OSError("not writable")
-    except OSError as exc:
-        raise WeightsUnavailableError(
-            f"weights cache {folder} cannot be used: {exc}; set XDG_CACHE_HOME to a private "
-            "folder of yours"
-        ) from exc
-    return folder
-
-
-def fetch_weights(weights: str) -> str:
-    """Return a local path for ``MODEL.WEIGHTS``, downloading (and caching) URLs once.
-
-    Only ``https://`` URLs and ``detectron2://`` zoo names are downloaded, into
-    :func:`weights_cache_dir`; ``http://``, ``ftp://``, ``file://`` and other schemes are refused.
-
-    Raises:
-        WeightsUnavailableError: with the file named and the two ways forward, instead of the
-            socket or HTTP traceback a download failure would otherwise show.
-    """
-    if "://" in weights and not weights.startswith(ALLOWED_URL_PREFIXES):
-        scheme = weights.split("://", 1)[0]
-        raise WeightsUnavailableError(
-            _weights_hint(
-                weights,
-                f"{scheme}:// is refused: weights are downloaded only over https:// "
-                "(or as detectron2:// model-zoo names)",
-            )
-        )
-    try:
-        if "://" in weights:
-            local = PathManager.get_local_path(weights, cache_dir=str(weights_cache_dir()))
-        else:
-            local = PathManager.get_local_path(weights)
-    except WeightsUnavailableError:
-        raise
-    except Exception as exc:  # URLError, HTTPError, OSError, iopath errors
-        raise WeightsUnavailableError(
-            _weights_hint(weights, f"{type(exc).__name__}: {exc}")
-        ) from exc
-    if not os.path.isfile(local):
-        raise WeightsUnavailableError(_weights_hint(weights, f"FileNotFoundError: {local}"))
-    return local
-
-
-def _weights_hint(weights: str, reason: str) -> str:
-    return (
-        f"cannot read MODEL.WEIGHTS '{weights}': {reason}\n"
-        "  - offline? download the file elsewhere, copy it here and pass "
-        "MODEL.WEIGHTS /path/to/file\n"
-        "  - or train from random initialisation with "
-        "configs/mask_rcnn_R_50_FPN_scratch_cells.yaml (GroupNorm, no weights needed)"
-    )
 
 
 def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
@@ -159,14 +78,17 @@ def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
 
 
 def check_output_dir(output_dir: str, resume: bool, overwrite: bool) -> None:
-    """Refuse to train into a folder that holds checkpoints unless the user said what to do.
+    """Refuse an ``OUTPUT_DIR`` that cannot be used, or that holds checkpoints unless the user
+    said what to do.
 
     Without ``--resume`` training starts at iteration 0 and its saves replace the old run's
     ``model_*.pth`` and ``last_checkpoint`` one by one: hours of training silently lost.
 
     Raises:
-        ConfigError: ``output_dir`` holds a checkpoint and neither ``resume`` nor ``overwrite``.
+        ConfigError: ``output_dir`` is a file (or lies under one) or is not writable, or holds
+            a checkpoint and neither ``resume`` nor ``overwrite`` is given.
     """
+    _check_folder_usable(output_dir)
     if resume or overwrite or not os.path.isdir(output_dir):
         return
     found = sorted(name for name in os.listdir(output_dir) if _CHECKPOINT_FILE.match(name))
@@ -176,6 +98,22 @@ def check_output_dir(output_dir: str, resume: bool, overwrite: bool) -> None:
             f"OUTPUT_DIR {output_dir} already holds checkpoints ({shown}): pass --resume to "
             "continue that run, or --overwrite to train anew and replace them (or choose "
             "another OUTPUT_DIR)"
+        )
+
+
+def _check_folder_usable(output_dir: str) -> None:
+    """Refuse an ``OUTPUT_DIR`` that is a file, lies under a file or cannot be written."""
+    path = Path(output_dir or ".").absolute()
+    existing = next(p for p in (path, *path.parents) if os.path.lexists(p))
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"cannot be created: {existing} is a file"
+        raise ConfigError(
+            f"OUTPUT_DIR {output_dir} {where}, not a folder: choose another OUTPUT_DIR"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"OUTPUT_DIR {output_dir} cannot be written ({existing} is not writable): choose "
+            "another OUTPUT_DIR"
         )
 
 
@@ -190,6 +128,11 @@ CLASS_LAYERS = (
 def is_class_layer(key: str) -> bool:
     """Whether a state-dict key belongs to a class-specific layer (also under ``module.``)."""
     return key.removeprefix("module.").startswith(CLASS_LAYERS)
+
+
+class WeightsMismatchError(WeightsUnavailableError):
+    """``MODEL.WEIGHTS`` is readable but does not fit the model: using it as it is would predict
+    with randomly initialised tensors."""
 
 
 def _num_classes(model: torch.nn.Module) -> int:
@@ -216,6 +159,7 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         save_dir: str = "",
         *,
         trust_pickle: bool = False,
+        strict_fit: bool = True,
         save_to_disk: bool | None = None,
         **checkpointables: Any,
     ) -> None:
@@ -225,11 +169,15 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
             model: the model to save and load.
             save_dir: the checkpoint folder (``OUTPUT_DIR``); empty for load-only use.
             trust_pickle: ``MODEL.CELLSEG.TRUST_PICKLE``: unpickle weights from anywhere.
+            strict_fit: refuse weights that leave any model tensor unset (prediction and
+                evaluation); False only warns (a training start, where a backbone-only
+                checkpoint is normal and the class layers may be for another class count).
             save_to_disk: as detectron2 (default: only the main process saves).
             **checkpointables: objects whose ``state_dict`` is saved with the model.
         """
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.trust_pickle = trust_pickle
+        self.strict_fit = strict_fit
         self._source = ""
         if self.save_dir and self.save_to_disk:
             remove_stale_temp_files(self.save_dir)
@@ -238,14 +186,18 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         """Load ``path`` (a local file or an allowed URL) through :func:`fetch_weights`.
 
         The original name is kept while loading, so ``_load_file`` knows whether a ``.pkl``
-        came from detectron2's model zoo.
+        came from detectron2's model zoo and errors name what the user wrote.
+
+        Raises:
+            WeightsUnavailableError: a refused or unreadable name or file.
+            WeightsMismatchError: with ``strict_fit``, weights that do not fit the model.
         """
         if not path:
             return super().load(path, *args, **kwargs)
         base, sep, query = path.partition("?")  # detectron2's "?matching_heuristics=True"
         self._source = base
         try:
-            return super().load(fetch_weights(base) + sep + query, *args, **kwargs)
+            return super().load(fetch_weights(path) + sep + query, *args, **kwargs)
         finally:
             self._source = ""
 
@@ -257,7 +209,7 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
                 file ``weights_only`` refuses or cannot read, naming the file.
         """
         source = self._source or filename
-        trusted = self.trust_pickle or source.startswith(ZOO_PREFIXES)
+        trusted = self.trust_pickle or is_zoo_weights(source)
         if filename.endswith(".pkl") and not trusted:
             raise WeightsUnavailableError(
                 f"refusing to unpickle MODEL.WEIGHTS '{source}': .pkl files can run code when "
@@ -291,13 +243,17 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
             self.tag_last_checkpoint(basename)
 
     def _load_model(self, checkpoint: dict[str, Any]) -> _IncompatibleKeys:
-        """Load as detectron2 does, but start the class-specific layers afresh when the
-        checkpoint was trained for another number of classes (e.g. COCO's 80).
+        """Load as detectron2 does, then check how well the weights fit the model.
 
-        fvcore already skips tensors whose shape differs from the model's, so those layers keep
-        the initialisation ``build_model`` gave them; this only replaces its one warning per
-        tensor with a single line that says which layers and why. Shape mismatches anywhere else
-        are still reported as detectron2 reports them (they point at a wrong config).
+        fvcore skips tensors whose shape differs from the model's, so those keep the
+        initialisation ``build_model`` gave them, as do tensors the checkpoint lacks. The class
+        layers of a checkpoint trained for another number of classes (e.g. COCO's 80) are the
+        expected case when training starts: one line says they start afresh.
+
+        Raises:
+            WeightsMismatchError: with ``strict_fit``, any model tensor not found in the
+                checkpoint or of another shape there (the class layers included), naming the
+                file and the counts.
         """
         incompatible = super()._load_model(checkpoint)
         reinit = sorted(
@@ -315,6 +271,8 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
             incompatible.missing_keys[:] = [
                 key for key in incompatible.missing_keys if key.rsplit(".", 1)[0] not in reinit
             ]
+        self._check_fit(incompatible, reinit)
+        if reinit:
             self.logger.info(
                 "Re-initialised %s: the checkpoint's class layers are for another number of "
                 "classes than MODEL.ROI_HEADS.NUM_CLASSES=%d, so they start from their "
@@ -323,6 +281,42 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
                 _num_classes(self.model),
             )
         return incompatible
+
+    def _check_fit(self, incompatible: _IncompatibleKeys, reinit: list[str]) -> None:
+        """Count the model tensors the weights left unset; raise or warn (see ``strict_fit``)."""
+        wrong = {key: (tuple(ckpt), tuple(own)) for key, ckpt, own in incompatible.incorrect_shapes}
+        not_found = [key for key in incompatible.missing_keys if key not in wrong]
+        if not (not_found or wrong or (reinit and self.strict_fit)):
+            return
+        source = self._source or "the checkpoint"
+        counts = (
+            f"{len(not_found)} of {len(self.model.state_dict())} model tensors not found in "
+            f"it, {len(wrong)} with another shape"
+        )
+        examples = [f"{key} (not found)" for key in not_found[:2]]
+        examples += [f"{key} (file {ckpt}, model {own})" for key, (ckpt, own) in wrong.items()]
+        detail = f" (e.g. {', '.join(examples[:3])})" if examples else ""
+        if not self.strict_fit:
+            logger.warning(
+                "MODEL.WEIGHTS '%s' fits the model only partly: %s%s; those start from their "
+                "initialisation (expected for a backbone-only checkpoint such as ImageNet "
+                "weights).",
+                source,
+                counts,
+                detail,
+            )
+            return
+        if reinit:
+            counts += (
+                f"; its class layers ({', '.join(reinit)}) are for another number of classes "
+                f"than MODEL.ROI_HEADS.NUM_CLASSES={_num_classes(self.model)}"
+            )
+        raise WeightsMismatchError(
+            f"MODEL.WEIGHTS '{source}' does not fit the model: {counts}{detail}. Used as it is, "
+            "those tensors would be random. Check that the config is the one the weights were "
+            "trained with (MODEL.RESNETS.DEPTH, MODEL.ROI_HEADS.NUM_CLASSES, "
+            "DATASETS.CLASS_NAMES, ...), or name the right weights file"
+        )
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         """Point ``last_checkpoint`` at ``last_filename_basename``, atomically."""

@@ -33,7 +33,8 @@ from detectron2.utils.logger import setup_logger
 from ..data.datasets import register_cell_datasets_from_config
 from ..data.mapper import CellDatasetMapper
 from ..modeling import CellRCNNWithTTA
-from .checkpoint import AtomicDetectionCheckpointer, fetch_weights
+from .checkpoint import AtomicDetectionCheckpointer
+from .weights_url import fetch_weights
 
 __all__ = [
     "CellTrainer",
@@ -272,6 +273,7 @@ class CellTrainer(DefaultTrainer):
             model,
             cfg.OUTPUT_DIR,
             trust_pickle=cfg.MODEL.CELLSEG.TRUST_PICKLE,
+            strict_fit=False,  # a training start may use backbone-only weights: warn only
             trainer=weakref.proxy(self),
         )
         self.start_iter = 0
@@ -434,8 +436,11 @@ def evaluate_weights(cfg: CfgNode) -> dict[str, Any]:
     ``OUTPUT_DIR/inference/<dataset>/coco_instances_results.json``.
     """
     model = CellTrainer.build_model(cfg)
-    # No save_dir: a training may be writing checkpoints into OUTPUT_DIR meanwhile.
-    checkpointer = AtomicDetectionCheckpointer(model, trust_pickle=cfg.MODEL.CELLSEG.TRUST_PICKLE)
+    # No save_dir: a training may be writing checkpoints into OUTPUT_DIR meanwhile. strict_fit:
+    # weights that leave model tensors random are refused (WeightsMismatchError), not evaluated.
+    checkpointer = AtomicDetectionCheckpointer(
+        model, trust_pickle=cfg.MODEL.CELLSEG.TRUST_PICKLE, strict_fit=True
+    )
     checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
     results = CellTrainer.test(cfg, model)
     if cfg.TEST.AUG.ENABLED:

@@ -337,13 +337,15 @@ class CellPredictor:
         """Build the model in eval mode and load ``MODEL.WEIGHTS`` (random weights when empty).
 
         Raises:
-            WeightsUnavailableError: the weights cannot be read.
+            WeightsUnavailableError: the weights cannot be read, or (``WeightsMismatchError``)
+                leave model tensors unset: predicting with them would use random values.
         """
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg).eval()
         if cfg.MODEL.WEIGHTS:
             trust = cfg.MODEL.CELLSEG.TRUST_PICKLE
-            AtomicDetectionCheckpointer(self.model, trust_pickle=trust).load(cfg.MODEL.WEIGHTS)
+            checkpointer = AtomicDetectionCheckpointer(self.model, trust_pickle=trust)
+            checkpointer.load(cfg.MODEL.WEIGHTS)  # strict_fit: weights that do not fit stop here
         else:
             logger.warning("MODEL.WEIGHTS is empty: predicting with a randomly initialised model")
         self.mask_threshold = float(getattr(self.model, "mask_threshold", 0.5))
