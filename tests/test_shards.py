@@ -67,7 +67,10 @@ def test_check_csv_shard() -> None:
     assert check_csv_shard("", ENTRY, 4, "7.csv") == 0
     bad = {
         "columns": ("img.tif,7,1\n", "3 columns"),
-        "image": (row.replace("img.tif", "other.tif").format(id=1, cls=1), "not this shard's"),
+        "image": (
+            row.replace("img.tif", "other.tif").format(id=1, cls=1),
+            "image 'other.tif' / '7' is not this",
+        ),
         "id": (row.format(id=2, cls=1), "cell id '2' where 1 comes next"),
         "class": (row.format(id=1, cls=5), "class_id '5' is not a class"),
         "digits": (row.format(id=1, cls="²"), "class_id '²'"),

@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 MAX_RESULT_CHARS = 64 << 20
 _CHUNK_CHARS = 1 << 20
 _WHITESPACE = " \t\n\r"
+_AFTER_ITEM = _WHITESPACE + ",]"
 
 
 def iter_json_list(stream: TextIO, source: str) -> Iterator[object]:
@@ -74,6 +75,8 @@ def iter_json_list(stream: TextIO, source: str) -> Iterator[object]:
         raise CellDataError(f"{source}: not a JSON list")
     pos += 1
     expect_item = next_char() != "]"
+    if not expect_item:
+        pos += 1
     while expect_item:
         next_char()
         while True:
@@ -86,8 +89,9 @@ def iter_json_list(stream: TextIO, source: str) -> Iterator[object]:
                 if fill():
                     continue
                 raise CellDataError(f"{source}: malformed JSON: {exc}") from exc
-            if end == len(buffer) and fill():
-                continue  # a number cut by the buffer's end: parse again with what follows
+            cut = end == len(buffer) or buffer[end] not in _AFTER_ITEM
+            if cut and fill():
+                continue  # a number cut by the buffer's end ("2" of "2.5"): parse it again
             break
         pos = end
         yield item
