@@ -91,16 +91,18 @@ class _GatedPredictor:
         """One detection per image never reaches a cap."""
 
 
-def _stream(synthetic_root: Path, out: Path, predictor: _GatedPredictor, **kwargs):
+def _stream(
+    synthetic_root: Path, out: Path, predictor: _GatedPredictor, formats=("coco", "csv"), **kwargs
+):
     return predict_to_files(
         predictor,
         synthetic_root / "test_release",
         load_id_map(synthetic_root / "test_image_name_to_ids.json"),
-        formats=["coco", "csv"],
         fingerprint={"run": "gated"},
         class_names=["a", "b", "c", "d"],
         output=out / "sub.json",
         output_dir=out / "export",
+        formats=list(formats),
         progress=False,
         **kwargs,
     )
@@ -164,7 +166,8 @@ def test_run_removes_stale_temps_of_its_outputs(synthetic_root: Path, tmp_path: 
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"\0" * 1000)
     (work_dir_for(out / "sub.json") / "fingerprint.json").write_text(json.dumps({"run": "gated"}))
-    _stream(synthetic_root, out, _GatedPredictor(gated=False), resume=True)
+    formats = ("coco", "csv", "labels")
+    _stream(synthetic_root, out, _GatedPredictor(gated=False), formats, resume=True)
     assert not [path for path in stale if path.exists()]
     assert foreign.exists()
 
