@@ -84,8 +84,8 @@ def iter_json_list(stream: TextIO, source: str) -> Iterator[object]:
                 item, end = decoder.raw_decode(buffer, pos)
             except json.JSONDecodeError as exc:
                 if len(buffer) - pos > MAX_RESULT_CHARS:
-                    raise CellDataError(f"{source}: a result longer than {MAX_RESULT_CHARS:,} "
-                                        "characters") from exc  # fmt: skip
+                    too_long = f"a result longer than {MAX_RESULT_CHARS:,} characters"
+                    raise CellDataError(f"{source}: {too_long}") from exc
                 if fill():
                     continue
                 raise CellDataError(f"{source}: malformed JSON: {exc}") from exc
