@@ -20,6 +20,7 @@ from cellseg_d2.inference.export import (
     detections_to_label_images,
     export_paths,
     mask_to_polygons,
+    spreadsheet_safe,
     write_geojson,
     write_label_images,
 )
@@ -182,3 +183,26 @@ def test_cell_table_rows_one_per_kept_cell() -> None:
         assert int(row["bbox_x0"]) == xs.min() and int(row["bbox_x1"]) == xs.max() + 1
         assert abs(float(row["centroid_x"]) - xs.mean()) < 1e-3
     assert cell_table_rows(detections_to_label_images([], 8, 8), image, "x.tif", 1, []) == ""
+
+
+def test_spreadsheet_safe_quotes_formula_starts_only() -> None:
+    for text in ("=1+1", "+x", "-y", "@SUM(A1)", "\tz", "\rw", "\0v"):
+        assert spreadsheet_safe(text) == "'" + text
+    for text in ("cell.tif", "", "a=b", "'=already", " =x"):
+        assert spreadsheet_safe(text) == text
+
+
+def test_cell_table_quotes_names_that_spreadsheets_would_run() -> None:
+    square = np.ones((6, 6), bool)
+    detections = [Detection(k, 0.9 - 0.1 * k, 10 * k, 10 * k, square) for k in range(4)]
+    labels = detections_to_label_images(detections, 48, 48)
+    image = np.full((48, 48, 3), 9, np.uint8)
+    names = ['=HYPERLINK("http://x")', "+cmd", "-2+3", "@SUM(1)"]
+    image_name = "=cmd|' /C calc'!A0.tif"
+    text = cell_table_rows(labels, image, image_name, 3, names)
+    rows = list(csv.DictReader(io.StringIO(",".join(CSV_COLUMNS) + "\n" + text)))
+    assert [row["class_name"] for row in rows] == ["'" + name for name in names]
+    assert {row["image"] for row in rows} == {"'" + image_name}
+    # numbers are left as numbers
+    assert [row["score"] for row in rows] == ["0.9", "0.8", "0.7", "0.6"]
+    assert all(float(row["centroid_x"]) > 0 for row in rows)

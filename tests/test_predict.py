@@ -17,7 +17,6 @@ from detectron2.structures import Boxes, Instances
 from cellseg_d2.data import CellDataError, decode_rle, label_image_to_instances
 from cellseg_d2.data.synthetic import synthesize_image
 from cellseg_d2.inference import read_submission, validate_submission
-from cellseg_d2.inference.predict import skipped_list_path, work_dir_for
 from cellseg_d2.inference.predictor import (
     CellPredictor,
     Detection,
@@ -26,6 +25,7 @@ from cellseg_d2.inference.predictor import (
     raw_instances_to_detections,
     tile_windows,
 )
+from cellseg_d2.inference.shards import skipped_list_path, work_dir_for
 
 from .conftest import INSTANT_CONFIG, REPO_ROOT, instant_cfg, load_tool
 
@@ -507,6 +507,7 @@ def test_interrupted_run_keeps_shards_and_resumes(synthetic_root: Path, tmp_path
     kwargs = dict(
         formats=["coco", "csv"],
         fingerprint={"run": "a"},
+        class_names=["a", "b", "c", "d"],
         output=output,
         output_dir=export,
         progress=False,
@@ -529,3 +530,22 @@ def test_interrupted_run_keeps_shards_and_resumes(synthetic_root: Path, tmp_path
     assert [r["image_id"] for r in results] == [e["id"] for e in entries]
     assert len((export / "cells.csv").read_text().splitlines()) == 1 + len(entries)
     assert not work.exists()
+
+
+def test_predict_refuses_huge_id_map_before_reading_it(
+    synthetic_root: Path, tmp_path: Path, capsys
+) -> None:
+    from cellseg_d2.inference.predict import MAX_ID_MAP_BYTES
+
+    id_map = tmp_path / "ids.json"
+    with open(id_map, "wb") as handle:  # sparse: 2 GiB long, nothing stored or read
+        handle.truncate(2 << 30)
+    output = tmp_path / "sub.json"
+    output.write_text("earlier")
+    flags = ["--output", str(output)]
+    assert _predict_in_process(synthetic_root / "test_release", id_map, *flags) == 2
+    err = capsys.readouterr().err
+    assert f"{id_map}: the id map has 2,147,483,648 bytes, more than the " in err
+    assert f"{MAX_ID_MAP_BYTES:,}" in err and "Traceback" not in err
+    assert output.read_text() == "earlier"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.json", "sub.json"]

@@ -6,10 +6,12 @@
         --output output/submission.zip --zip MODEL.WEIGHTS output/x/model_best.pth
 
 The id map and the folder are checked against each other (missing, unlisted or wrongly sized
-images) before the model is built. Results are stored image by image in a work folder beside the
+images), and the destinations (an --output that is a folder, export names that would collide)
+before the model is built; the outputs are then locked (<output>.lock) until the run ends, so a
+second run into them is refused. Results are stored image by image in a work folder beside the
 main output (<output>.partial/, or <output-dir>.partial/ without coco) and assembled at the end,
-so an interrupted run continues with --resume. Exit status: 0 ok, 2 bad input (the file is named),
-130 interrupted (finished images kept).
+each shard checked, so an interrupted run continues with --resume. Exit status: 0 ok, 2 bad input
+or output in use (the file is named), 130 interrupted (finished images kept).
 """
 
 from __future__ import annotations
@@ -28,12 +30,10 @@ from cellseg_d2.data.validate import check_test_images, list_tiff_images
 from cellseg_d2.errors import CellSegError
 from cellseg_d2.inference import CellPredictor
 from cellseg_d2.inference.export import EXPORT_FORMATS
-from cellseg_d2.inference.predict import (
-    build_predict_config,
-    predict_to_files,
-    prediction_fingerprint,
-    work_dir_for,
-)
+from cellseg_d2.inference.outputs import check_output_paths, claim_outputs
+from cellseg_d2.inference.predict import MAX_ID_MAP_BYTES, build_predict_config, predict_to_files
+from cellseg_d2.inference.shards import prediction_fingerprint, work_dir_for
+from cellseg_d2.utils.files import check_file_size
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -103,29 +103,35 @@ def main(args: argparse.Namespace) -> int:
     setup_logger(name="cellseg_d2")
     setup_logger(name="detectron2")
     main_output = args.output if "coco" in args.format else args.output_dir
+    output = Path(args.output) if args.output else None
+    output_dir = Path(args.output_dir) if args.output_dir else None
     try:
+        check_output_paths(output, output_dir)
         cfg = build_predict_config(args.config_file, args.opts, args.score_thresh, args.mask_thresh)
         input_dir = Path(args.input)
         if not input_dir.is_dir():
             raise CellDataError(f"{input_dir}: input folder not found")
+        check_file_size(args.id_map, MAX_ID_MAP_BYTES, "id map")
         entries = check_test_images(args.id_map, list_tiff_images(input_dir))
-        predictor = CellPredictor(cfg, tta=args.tta)
-        start = time.perf_counter()
-        summary = predict_to_files(
-            predictor,
-            input_dir,
-            entries,
-            formats=args.format,
-            fingerprint=prediction_fingerprint(cfg, args.tta, args.format, entries),
-            output=args.output,
-            zip_output=args.zip,
-            output_dir=args.output_dir,
-            class_names=cfg.DATASETS.CLASS_NAMES,
-            resume=args.resume,
-            skip_bad=args.skip_bad,
-            progress=not args.no_progress,
-        )
-        elapsed = time.perf_counter() - start
+        # Claimed before the model is built: a second run into this output stops at once.
+        with claim_outputs(entries, args.format, output, output_dir):
+            predictor = CellPredictor(cfg, tta=args.tta)
+            start = time.perf_counter()
+            summary = predict_to_files(
+                predictor,
+                input_dir,
+                entries,
+                formats=args.format,
+                fingerprint=prediction_fingerprint(cfg, args.tta, args.format, entries),
+                class_names=cfg.DATASETS.CLASS_NAMES,
+                output=output,
+                zip_output=args.zip,
+                output_dir=output_dir,
+                resume=args.resume,
+                skip_bad=args.skip_bad,
+                progress=not args.no_progress,
+            )
+            elapsed = time.perf_counter() - start
     except CellSegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -40,6 +40,7 @@ from .predictor import Detection
 __all__ = [
     "CSV_COLUMNS",
     "EXPORT_FORMATS",
+    "FORMULA_TRIGGERS",
     "GEOJSON_OBJECT_TYPE",
     "LabelImages",
     "cell_table_rows",
@@ -48,6 +49,7 @@ __all__ = [
     "detections_to_label_images",
     "export_paths",
     "mask_to_polygons",
+    "spreadsheet_safe",
     "write_geojson",
     "write_label_images",
 ]
@@ -92,6 +94,22 @@ def class_color(index: int) -> list[int]:
 def _class_name(index: int, class_names: Sequence[str]) -> str:
     """The name of the 0-based class ``index`` (``classK`` when the config names fewer)."""
     return class_names[index] if index < len(class_names) else f"class{index + 1}"
+
+
+#: First characters that make a spreadsheet read a cell as a formula (OWASP, CSV injection).
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "\0")
+
+
+def spreadsheet_safe(text: str) -> str:
+    """A text cell of the per-cell table that no spreadsheet runs as a formula.
+
+    Why: image and class names come from the user's files and config; a name such as
+    ``=HYPERLINK(...)`` or ``@SUM(...)`` opened from the CSV in Excel or LibreOffice would be a
+    live formula. As OWASP recommends, a cell starting with ``=``, ``+``, ``-``, ``@``, tab,
+    carriage return (or NUL) gets a leading single quote, which spreadsheets show as text; the
+    csv module quotes the rest. Numbers are never passed here (``-0.5`` stays a number).
+    """
+    return "'" + text if text.startswith(FORMULA_TRIGGERS) else text
 
 
 def export_paths(output_dir: str | os.PathLike, file_name: str) -> dict[str, Path]:
@@ -280,7 +298,8 @@ def cell_table_rows(
 ) -> str:
     """One image's rows of the per-cell table (:data:`CSV_COLUMNS`, no header) as CSV text.
 
-    Measured on the non-overlapping label image (what a biologist's table tools measure), with
+    Image and class names pass :func:`spreadsheet_safe`. Measured on the non-overlapping label
+    image (what a biologist's table tools measure), with
     ``skimage.measure.regionprops_table``; intensities are the means of the image as the model
     reads it (8-bit, see ``read_image``), per RGB channel.
 
@@ -313,11 +332,11 @@ def cell_table_rows(
         det = labels.kept[int(table["label"][row]) - 1]
         writer.writerow(
             [
-                image_name,
+                spreadsheet_safe(image_name),
                 image_id,
                 int(table["label"][row]),
                 det.category + 1,
-                _class_name(det.category, class_names),
+                spreadsheet_safe(_class_name(det.category, class_names)),
                 f"{det.score:.6g}",
                 int(table["area"][row]),
                 f"{table['centroid-1'][row]:.6g}",
