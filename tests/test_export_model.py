@@ -26,6 +26,7 @@ from cellseg_d2.data import register_cell_datasets
 from cellseg_d2.data.synthetic import synthesize_image
 from cellseg_d2.engine.trainer import CellTrainer
 from cellseg_d2.inference.exported import METADATA_FILE, ExportedPredictor, file_sha256
+from cellseg_d2.inference.model_export import compare_with_eager
 from cellseg_d2.inference.predictor import CellPredictor
 from cellseg_d2.modeling.export import raw_inference
 
@@ -173,6 +174,12 @@ def test_runs_in_a_fresh_process_without_detectron2(
     assert len(got) == len(want) > 0
     for a, b in zip(got, want):
         assert a[0] == b[0] and abs(a[1] - b[1]) <= SCORE_TOL and a[2:] == b[2:]
+
+
+def test_export_time_comparison_reports_equal(exported: Path, eager: CellPredictor) -> None:
+    report = compare_with_eager(eager.cfg, eager.model, exported)
+    assert report["eager_detections"] == report["exported_detections"] > 0
+    assert report["equal"] == 1.0 and report["scores"] <= 1e-4
 
 
 def test_metadata_fields(exported: Path, trained: Path) -> None:

@@ -210,7 +210,8 @@ def test_predictor_flips_to_rgb_and_tiles(tmp_path: Path) -> None:
 
 
 def _fake_raw(window: tuple[int, int, int, int]) -> tuple:
-    """What :class:`FakeGraph` gives a tile of the test image, and the tile's input and output sizes."""
+    """What :class:`FakeGraph` gives a tile of the test image, with the tile's input and
+    output sizes."""
     height, width = window[2] - window[0], window[3] - window[1]
     size = resized_shape(height, width, 64, 128)
     boxes, classes, scores, masks = FakeGraph()(torch.full((3, *size), 102.0))

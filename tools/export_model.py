@@ -13,6 +13,7 @@ is named).
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from detectron2.utils.logger import setup_logger
@@ -24,12 +25,14 @@ from cellseg_d2.errors import CellSegError
 from cellseg_d2.inference.exported import MODEL_FILES
 from cellseg_d2.inference.model_export import (
     check_export_target,
+    compare_with_eager,
     export_model_folder,
     load_model_for_export,
 )
 from cellseg_d2.modeling.export import MIN_ONNX_OPSET, ONNX_OPSET
 
 EXIT_BAD_INPUT = 2
+logger = logging.getLogger("cellseg_d2.export_model")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,9 +65,14 @@ def main(args: argparse.Namespace) -> int:
         export_model_folder(
             cfg, model, args.format, args.output, opset=args.opset, overwrite=args.overwrite
         )
+        report = compare_with_eager(cfg, model, args.output)
     except CellSegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if report["equal"]:
+        logger.info("exported == eager on an image of another size: %s", report)
+    else:
+        logger.warning("exported and eager outputs DIFFER on a test image: %s", report)
     return 0
 
 

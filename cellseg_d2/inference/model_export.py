@@ -26,7 +26,13 @@ from .. import __version__
 from ..data.datasets import class_colors
 from ..data.synthetic import synthesize_image
 from ..engine.checkpoint import AtomicDetectionCheckpointer
-from ..modeling.export import MIN_ONNX_OPSET, ONNX_OPSET, export_onnx, export_torchscript
+from ..modeling.export import (
+    MIN_ONNX_OPSET,
+    ONNX_OPSET,
+    export_onnx,
+    export_torchscript,
+    raw_inference,
+)
 from .exported import (
     EMBEDDED_KEY,
     FORMAT_VERSION,
@@ -35,6 +41,7 @@ from .exported import (
     MODEL_FILES,
     OUTPUT_NAMES,
     ExportedModelError,
+    ExportedPredictor,
     file_sha256,
     resize_image,
     resized_shape,
@@ -43,12 +50,16 @@ from .exported import (
 __all__ = [
     "build_metadata",
     "check_export_target",
+    "compare_with_eager",
     "export_model_folder",
     "load_model_for_export",
     "sample_input",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Largest differences between exported and eager outputs that count as equal.
+TOLERANCES = {"boxes": 1e-3, "classes": 0.0, "scores": 1e-4, "mask_probs": 1e-4}
 
 
 def load_model_for_export(cfg: CfgNode) -> torch.nn.Module:
@@ -241,6 +252,40 @@ def export_model_folder(
         raise
     logger.info("Exported %s model (%d classes) to %s", fmt, num_classes, output)
     return output
+
+
+def compare_with_eager(
+    cfg: CfgNode, model: torch.nn.Module, folder: str | os.PathLike
+) -> dict[str, float]:
+    """Run the eager model and the exported folder on one synthetic image of a size the export
+    did not trace with, and return how far apart their raw outputs are.
+
+    Why: an export is only useful if it computes what the model computes; this catches a graph
+    that does not generalise to other sizes or an operator exported wrongly, at export time.
+    Outputs are compared in order (both run the same NMS), so a tie broken differently shows
+    as a large difference; the tests match detections as sets instead.
+
+    Returns:
+        ``eager_detections``, ``exported_detections``, when those agree the largest absolute
+        differences ``boxes`` (px), ``classes``, ``scores`` and ``mask_probs``, and ``equal``:
+        1.0 when all are within :data:`TOLERANCES`, else 0.0.
+    """
+    side = int(cfg.INPUT.MIN_SIZE_TEST)
+    rgb, _ = synthesize_image(np.random.default_rng(1), side + side // 3, side - side // 8)
+    sample = sample_input(cfg, np.ascontiguousarray(rgb[:, :, 2::-1]))
+    with torch.no_grad():
+        reference = raw_inference(model.eval(), sample)
+    exported = ExportedPredictor(folder).runner(sample)
+    report = {"eager_detections": len(reference[0]), "exported_detections": len(exported[0])}
+    if len(reference[0]) == len(exported[0]):
+        for name, ours, theirs in zip(
+            ("boxes", "classes", "scores", "mask_probs"), exported, reference
+        ):
+            diff = (ours.float() - theirs.float()).abs()
+            report[name] = float(diff.max()) if diff.numel() else 0.0
+    within = all(report.get(name, float("inf")) <= tol for name, tol in TOLERANCES.items())
+    report["equal"] = float(within)
+    return report
 
 
 def _umask() -> int:

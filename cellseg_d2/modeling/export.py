@@ -17,10 +17,12 @@ the default :data:`ONNX_OPSET` is 17 (checked equal to eager in ``tests/test_exp
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 
 import torch
 from detectron2.export import TracingAdapter
@@ -94,7 +96,7 @@ def export_torchscript(
         extra_files: name -> text stored inside the file (``torch.jit.load(_extra_files=...)``).
     """
     adapter = tracing_adapter(model, sample)
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_tracer():
         traced = torch.jit.trace(adapter, (sample,), check_trace=False)
     torch.jit.save(traced, str(path), _extra_files=extra_files or {})
 
@@ -136,7 +138,7 @@ def export_onnx(
     dynamic.update({name: {0: "detections"} for name in output_names})
     buffer = io.BytesIO()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _quiet_tracer():
             torch.onnx.export(
                 adapter,
                 (sample,),
@@ -153,6 +155,20 @@ def export_onnx(
     for key, value in (metadata_props or {}).items():
         onnx.helper.set_model_props(proto, {**_props(proto), key: value})
     onnx.save(proto, str(path))
+
+
+@contextlib.contextmanager
+def _quiet_tracer() -> Iterator[None]:
+    """Silence tracer warnings for the duration of an export.
+
+    NOTE: detectron2's R-CNN code triggers a dozen ``TracerWarning``s (Python bools and loops
+    over tensors) on paths that do not depend on the input; the exported files are checked
+    against the eager model in the tests, and ``export_model_folder`` compares them again on an
+    image of another size at every export.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        yield
 
 
 def _props(proto: object) -> dict[str, str]:
