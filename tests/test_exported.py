@@ -33,7 +33,7 @@ from cellseg_d2.inference.exported import (
     resize_image,
     resized_shape,
 )
-from cellseg_d2.inference.model_export import build_metadata
+from cellseg_d2.inference.model_export import build_metadata, check_export_target
 
 #: The fake graph's boxes as fractions of the input (x0, y0, x1, y1).
 FRACTIONS = torch.tensor([[0.1, 0.2, 0.5, 0.6], [0.25, 0.0, 1.0, 0.5]])
@@ -228,7 +228,8 @@ def _fake_raw(window: tuple[int, int, int, int]) -> tuple:
         ("truncated_rehashed", "model.ts", "not a loadable TorchScript"),
         ("no_model", "model.ts", "not found"),
         ("class_count", "model.ts", "predicts 4 classes"),
-        ("colors", METADATA_FILE, "one colour per class"),
+        ("colors", METADATA_FILE, "not one colour per class"),
+        ("sizes", METADATA_FILE, "positive integers"),
     ],
 )
 def test_corrupted_folder_names_the_file(tmp_path: Path, damage: str, named: str, match: str):
@@ -250,6 +251,10 @@ def test_corrupted_folder_names_the_file(tmp_path: Path, damage: str, named: str
         _edit_metadata(folder, class_names=["a", "b", "c"], class_colors=[[1, 2, 3]] * 3)
     elif damage == "colors":
         _edit_metadata(folder, class_colors=[[1, 2, 3]])
+    elif damage == "sizes":
+        meta = json.loads((folder / METADATA_FILE).read_text())
+        meta["input"]["min_size"] = "800"
+        (folder / METADATA_FILE).write_text(json.dumps(meta))
     with pytest.raises(ExportedModelError, match=match) as info:
         ExportedPredictor(folder)
     assert isinstance(info.value, CellSegError) and str(folder / named) in str(info.value)
@@ -263,3 +268,18 @@ def test_truncated_onnx_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ExportedModelError, match="not a loadable ONNX model") as info:
         ExportedPredictor(folder)
     assert str(model) in str(info.value)
+
+
+def test_export_target_checks_protect_other_folders(tmp_path: Path) -> None:
+    assert check_export_target("onnx", tmp_path / "new", None, False) == 17
+    assert check_export_target("torchscript", tmp_path / "new", None, False) is None
+    with pytest.raises(ExportedModelError, match="opset 11"):
+        check_export_target("onnx", tmp_path / "new", 11, False)
+    folder = _write_folder(tmp_path / "model")
+    with pytest.raises(ExportedModelError, match="--overwrite"):
+        check_export_target("torchscript", folder, None, False)
+    assert check_export_target("onnx", folder, 16, True) == 16  # an export: may be replaced
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(ExportedModelError, match="notes.txt"):
+        check_export_target("torchscript", folder, None, True)
+    assert (folder / "notes.txt").read_text() == "mine"

@@ -67,6 +67,8 @@ OUTPUT_NAMES = ("boxes", "classes", "scores", "mask_probs")
 #: Name of the JSON embedded in the model file itself (TorchScript extra file, ONNX metadata
 #: property) with the facts that must agree with ``metadata.json``.
 EMBEDDED_KEY = "cellseg_d2.json"
+#: metadata.json is a few kB (the config is the largest part); anything huge is not ours.
+MAX_METADATA_BYTES = 16 << 20
 _REQUIRED = ("format", "model_file", "model_sha256", "class_names", "input", "score_threshold")
 _REQUIRED_INPUT = ("format", "min_size", "max_size")
 
@@ -91,12 +93,15 @@ def read_metadata(model_dir: str | os.PathLike) -> dict[str, Any]:
 
     Raises:
         ExportedModelError: the folder or file is missing, not JSON, of an unknown
-            ``format_version``, lacks a field, or its class names and colours disagree.
+            ``format_version``, lacks a field, has a field of the wrong type, or its class
+            names and colours disagree.
     """
     path = Path(model_dir) / METADATA_FILE
     if not Path(model_dir).is_dir():
         raise ExportedModelError(f"{model_dir}: exported model folder not found")
     try:
+        if path.stat().st_size > MAX_METADATA_BYTES:
+            raise ExportedModelError(f"{path}: larger than {MAX_METADATA_BYTES} bytes")
         meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ExportedModelError(
@@ -114,20 +119,29 @@ def read_metadata(model_dir: str | os.PathLike) -> dict[str, Any]:
             f"{FORMAT_VERSION}); export the model again with this version"
         )
     missing = [key for key in _REQUIRED if key not in meta]
-    missing += [f"input.{k}" for k in _REQUIRED_INPUT if k not in meta.get("input", {})]
+    inputs = meta.get("input")
+    if not isinstance(inputs, dict):
+        inputs = {}
+    missing += [f"input.{k}" for k in _REQUIRED_INPUT if k not in inputs]
     if missing:
         raise ExportedModelError(f"{path}: missing field(s) {', '.join(missing)}")
+    problems = []
     if meta["format"] not in MODEL_FILES:
-        raise ExportedModelError(
-            f"{path}: format {meta['format']!r} is not one of {', '.join(MODEL_FILES)}"
-        )
-    if meta["input"]["format"] not in ("BGR", "RGB"):
-        raise ExportedModelError(f"{path}: input.format must be BGR or RGB")
+        problems.append(f"format {meta['format']!r} is not one of {', '.join(MODEL_FILES)}")
+    if inputs["format"] not in ("BGR", "RGB"):
+        problems.append("input.format must be BGR or RGB")
+    sizes = (inputs["min_size"], inputs["max_size"])
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
+        problems.append("input.min_size and input.max_size must be positive integers")
+    if not isinstance(meta["score_threshold"], (int, float)):
+        problems.append("score_threshold must be a number")
     names, colors = meta["class_names"], meta.get("class_colors", [])
-    if not names or (colors and len(colors) != len(names)):
-        raise ExportedModelError(
-            f"{path}: {len(names)} class_names but {len(colors)} class_colors; one colour per class"
-        )
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        problems.append("class_names must be a non-empty list of names")
+    elif not isinstance(colors, list) or (colors and len(colors) != len(names)):
+        problems.append(f"{len(names)} class_names but not one colour per class in class_colors")
+    if problems:
+        raise ExportedModelError(f"{path}: {'; '.join(problems)}")
     return meta
 
 
@@ -304,6 +318,11 @@ class ExportedPredictor:
             int(tiling.get("tile_size", 0)),
             int(tiling.get("overlap", 0)),
         )
+        if self.tile_above > 0 and not 0 <= self.tile_overlap < self.tile_size:
+            raise ExportedModelError(
+                f"{self.model_dir / METADATA_FILE}: tiling.overlap must be at least 0 and "
+                "smaller than tiling.tile_size"
+            )
         self._inputs_at_cap = 0
 
     def raw_outputs(self, image: np.ndarray) -> tuple[tuple[torch.Tensor, ...], tuple[int, int]]:

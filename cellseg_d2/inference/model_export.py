@@ -162,7 +162,8 @@ def check_export_target(
     Raises:
         ExportedModelError: unknown format, an opset below
             :data:`~cellseg_d2.modeling.export.MIN_ONNX_OPSET`, or ``output`` exists (without
-            ``overwrite``) or is not a folder.
+            ``overwrite``), is not a folder, or holds files an export does not write (so that
+            ``overwrite`` never deletes anything else).
     """
     if fmt not in MODEL_FILES:
         raise ExportedModelError(f"unknown export format {fmt!r}; choose from {list(MODEL_FILES)}")
@@ -171,6 +172,14 @@ def check_export_target(
         raise ExportedModelError(f"{output}: already exists; pass --overwrite to replace it")
     if output.exists() and not output.is_dir():
         raise ExportedModelError(f"{output}: exists and is not a folder")
+    if output.exists():
+        ours = {METADATA_FILE, *MODEL_FILES.values()}
+        others = sorted(entry.name for entry in output.iterdir() if entry.name not in ours)
+        if others:
+            raise ExportedModelError(
+                f"{output}: not an exported model folder (it holds {', '.join(others[:3])}); "
+                "--overwrite replaces only a folder this tool wrote"
+            )
     opset = (opset or ONNX_OPSET) if fmt == "onnx" else None
     if opset is not None and opset < MIN_ONNX_OPSET:
         raise ExportedModelError(
@@ -244,12 +253,18 @@ def export_model_folder(
         meta = build_metadata(cfg, fmt, file_sha256(model_path), opset, class_colors(num_classes))
         (work / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         work.chmod(0o777 & ~_umask())
-        if output.exists():
-            shutil.rmtree(output)
+        old = None
+        if output.exists():  # move the old export aside, then swap the new one in
+            old = Path(
+                tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=output.parent)
+            )
+            os.replace(output, old / output.name)
         os.replace(work, output)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     logger.info("Exported %s model (%d classes) to %s", fmt, num_classes, output)
     return output
 
