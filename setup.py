@@ -34,5 +34,10 @@ setup(
         "shapely>=2.0",
         "tqdm",
     ],
-    extras_require={"dev": ["pytest>=7", "ruff>=0.6", "packaging"]},
+    extras_require={
+        # running exported ONNX models (tools/export_model.py --format onnx writes them)
+        "export": ["onnx", "onnxruntime"],
+        # the tests export and run ONNX models too
+        "dev": ["pytest>=7", "ruff>=0.6", "packaging", "onnx", "onnxruntime"],
+    },
 )

@@ -4,8 +4,15 @@ Importing the package registers every component the configs name (``CellRCNN`` i
 ``META_ARCH_REGISTRY``, and any later head), as detectron2's own projects do in their package
 ``__init__``: ``import cellseg_d2`` is all a user needs before ``build_model(cfg)``. Datasets are
 not registered here; that happens in the tools' ``setup()`` (see ``cellseg_d2.data``).
+
+NOTE: where detectron2 is not installed, the package still imports, so that an exported model
+runs there (``cellseg_d2.inference.exported``); nothing is registered then.
 """
 
-from . import modeling  # noqa: F401  (registers CellRCNN)
+try:
+    from . import modeling  # noqa: F401  (registers CellRCNN)
+except ModuleNotFoundError as _exc:  # only a missing detectron2 is tolerated
+    if _exc.name != "detectron2":
+        raise
 
 __version__ = "0.1.0"
