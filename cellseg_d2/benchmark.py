@@ -34,6 +34,8 @@ from detectron2.engine import DefaultTrainer
 from detectron2.utils.analysis import FlopCountAnalysis
 from detectron2.utils.events import EventStorage
 
+from cellseg_d2.utils.layout import ID_MAP_NAME, TEST_DIR, TRAIN_DIR
+
 from .data.convert import load_cell_train_dicts
 from .data.datasets import register_cell_datasets
 from .data.io import read_image, write_tiff
@@ -109,7 +111,7 @@ def _time_conversion(data_root: Path) -> dict[str, float]:
     """Seconds to convert the training set cold (copy without cache) and to load it cached."""
     with tempfile.TemporaryDirectory(prefix="cellseg_bench_") as tmp:
         copy = Path(tmp) / "data"
-        shutil.copytree(data_root / "train", copy / "train")
+        shutil.copytree(data_root / TRAIN_DIR, copy / TRAIN_DIR)
         start = time.perf_counter()
         dicts = load_cell_train_dicts(copy)
         cold = time.perf_counter() - start
@@ -201,9 +203,9 @@ def _inference_figures(
     paste: ``model_forward_s_per_image``), and end-to-end prediction (read, infer, paste, RLE,
     write: ``predict_s_per_image``).
     """
-    entries = sorted(load_id_map(data_root / "test_image_name_to_ids.json"), key=lambda e: e["id"])
+    entries = sorted(load_id_map(data_root / ID_MAP_NAME), key=lambda e: e["id"])
     entries = entries[:max_images]
-    image_dir = data_root / "test_release"
+    image_dir = data_root / TEST_DIR
     _reset_peak_rss()
     if cfg.MODEL.DEVICE.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()

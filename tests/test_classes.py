@@ -9,14 +9,11 @@ from pathlib import Path
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from cellseg_d2.data import (
-    CellDataError,
-    register_cell_datasets,
-    register_cell_datasets_from_config,
-)
+from cellseg_d2.data import register_cell_datasets, register_cell_datasets_from_config
 from cellseg_d2.data.io import read_image
 from cellseg_d2.data.synthetic import generate_synthetic_dataset
 from cellseg_d2.engine import CellTrainer
+from cellseg_d2.errors import CellDataError
 from cellseg_d2.inference.predictor import CellPredictor
 
 from .conftest import SHARED_DATA, instant_cfg

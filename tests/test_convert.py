@@ -26,9 +26,11 @@ from cellseg_d2.data.convert import (
     prepare_cell_dataset,
     write_coco_subset,
 )
-from cellseg_d2.data.io import DEFAULT_CLASS_NAMES, CellDataError, read_instance_mask, write_tiff
+from cellseg_d2.data.io import read_instance_mask, write_tiff
 from cellseg_d2.data.rle import decode_rle, encode_mask, label_image_to_instances
 from cellseg_d2.data.validate import TrainFolder, scan_dataset
+from cellseg_d2.errors import CellDataError
+from cellseg_d2.utils.layout import DEFAULT_CLASS_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

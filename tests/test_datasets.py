@@ -16,10 +16,11 @@ from detectron2.structures import Boxes, BoxMode, Instances
 
 from cellseg_d2.config import get_cellseg_cfg
 from cellseg_d2.data import register_cell_datasets, register_cell_datasets_from_config, split_of
-from cellseg_d2.data.io import DEFAULT_CLASS_NAMES, CellDataError
 from cellseg_d2.data.rle import decode_rle
 from cellseg_d2.data.synthetic import generate_synthetic_dataset
 from cellseg_d2.engine import CellTrainer
+from cellseg_d2.errors import CellDataError
+from cellseg_d2.utils.layout import DEFAULT_CLASS_NAMES
 
 from .conftest import instant_cfg
 

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import tifffile
 
-from cellseg_d2.data.io import class_file_name, read_image, read_instance_mask
+from cellseg_d2.data.io import read_image, read_instance_mask
 from cellseg_d2.data.synthetic import (
     DENSE_MIN_CELLS,
     generate_synthetic_dataset,
     synthesize_image,
 )
+from cellseg_d2.utils.layout import class_file_name
 
 REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "make_synthetic_dataset.py"

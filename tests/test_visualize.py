@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from cellseg_d2.data.datasets import class_colors
-from cellseg_d2.data.io import CellDataError, read_image
+from cellseg_d2.data.io import read_image
+from cellseg_d2.errors import CellDataError
 from cellseg_d2.inference.submission import group_by_image, write_submission
 from cellseg_d2.inference.visualize import (
     GAP,
@@ -17,6 +17,7 @@ from cellseg_d2.inference.visualize import (
     render_comparison,
     visualize_predictions,
 )
+from cellseg_d2.utils.layout import class_colors
 
 from .conftest import load_tool
 
@@ -178,9 +179,9 @@ def test_cli_draws_validation_images_with_ground_truth(
 
 
 def test_outline_style_draws_class_coloured_outlines_and_count_bars() -> None:
-    from cellseg_d2.data.datasets import THING_COLORS
     from cellseg_d2.data.rle import encode_mask
     from cellseg_d2.inference.visualize import COUNT_BAR_HEIGHT
+    from cellseg_d2.utils.layout import THING_COLORS
 
     height, width = 70, 80
     image = np.full((height, width, 3), 100, np.uint8)

@@ -23,8 +23,8 @@ import argparse
 import logging
 import sys
 
-from cellseg_d2.data.io import CellDataError, add_class_names_argument
 from cellseg_d2.data.validate import load_id_map
+from cellseg_d2.errors import CellDataError
 from cellseg_d2.inference.metrics import evaluate_histology, format_histology
 from cellseg_d2.inference.scoring import (
     evaluate_submission,
@@ -33,6 +33,7 @@ from cellseg_d2.inference.scoring import (
     write_scores_json,
 )
 from cellseg_d2.inference.submission import read_submission, require_valid_submission
+from cellseg_d2.utils.cli import add_class_names_argument
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

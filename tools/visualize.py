@@ -27,7 +27,6 @@ import os
 import sys
 
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
-from cellseg_d2.data.io import add_class_names_argument
 from cellseg_d2.data.validate import load_id_map
 from cellseg_d2.errors import CellSegError
 from cellseg_d2.inference.predict import build_predict_config, predict_folder
@@ -38,6 +37,8 @@ from cellseg_d2.inference.submission import (
     require_valid_submission,
 )
 from cellseg_d2.inference.visualize import STYLES, validation_id_map, visualize_predictions
+from cellseg_d2.utils.cli import add_class_names_argument
+from cellseg_d2.utils.layout import TRAIN_DIR
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.val_root:
         if args.input or args.id_map or args.gt:
             parser.error("--val-root replaces --input, --id-map and --gt")
-        args.input = args.gt = os.path.join(args.val_root, "train")
+        args.input = args.gt = os.path.join(args.val_root, TRAIN_DIR)
     elif not (args.input and args.id_map):
         parser.error("give --input and --id-map, or --val-root")
     if args.opts and not args.config_file:

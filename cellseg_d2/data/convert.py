@@ -39,13 +39,9 @@ from pathlib import Path
 
 from detectron2.structures import BoxMode
 
-from cellseg_d2.data.io import DEFAULT_CLASS_NAMES, CellDataError, atomic_write, check_class_names
 from cellseg_d2.data.rle import label_image_to_instances
 from cellseg_d2.data.validate import (
     DEFAULT_MIN_IMAGE_SIZE,
-    IMAGE_FILE_NAME,
-    TEST_DIR,
-    TRAIN_DIR,
     DatasetFiles,
     TrainFolder,
     raise_if_strict,
@@ -53,14 +49,23 @@ from cellseg_d2.data.validate import (
     read_train_sample,
     scan_dataset,
 )
+from cellseg_d2.errors import CellDataError
+from cellseg_d2.utils.files import atomic_write
+from cellseg_d2.utils.layout import (
+    CACHE_DIR,
+    DEFAULT_CLASS_NAMES,
+    IMAGE_FILE_NAME,
+    TEST_DIR,
+    TRAIN_DIR,
+    check_class_names,
+    coco_categories,
+)
 
 __all__ = [
-    "CACHE_DIR",
     "CONVERSION_VERSION",
     "CONVERT_WORKERS_ENV",
     "DatasetSummary",
     "check_has_instances",
-    "coco_categories",
     "coco_to_test_dicts",
     "coco_to_train_dicts",
     "format_summary",
@@ -77,7 +82,6 @@ logger = logging.getLogger(__name__)
 #: Bump whenever the cache content changes for the same inputs; old caches are then rebuilt.
 CONVERSION_VERSION = 2
 #: The project's cache folder under a dataset root (hidden, so scanning ignores it).
-CACHE_DIR = ".cellseg_cache"
 TRAIN_JSON_NAME = "instances_train.json"
 TEST_JSON_NAME = "test_images.json"
 #: Environment variable: number of conversion worker processes (default 2; 1 = no pool).
@@ -122,11 +126,6 @@ def _fingerprint(root: Path, paths: Iterable[Path]) -> str:
             f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
         )
     return digest.hexdigest()
-
-
-def coco_categories(class_names: Sequence[str]) -> list[dict]:
-    """COCO categories of the class names: ``classK.tif`` is COCO id K (detectron2 id K - 1)."""
-    return [{"id": index + 1, "name": name} for index, name in enumerate(class_names)]
 
 
 def _train_key(files: DatasetFiles, min_area: int, class_names: Sequence[str]) -> dict:

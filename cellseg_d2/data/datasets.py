@@ -18,7 +18,6 @@ The class names (``DATASETS.CLASS_NAMES``) become ``thing_classes``; ``classK.ti
 
 from __future__ import annotations
 
-import colorsys
 import hashlib
 import json
 import logging
@@ -30,7 +29,6 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from cellseg_d2.data.convert import (
-    CACHE_DIR,
     TEST_JSON_NAME,
     TRAIN_JSON_NAME,
     coco_to_train_dicts,
@@ -38,45 +36,24 @@ from cellseg_d2.data.convert import (
     load_train_coco,
     write_coco_subset,
 )
-from cellseg_d2.data.io import DEFAULT_CLASS_NAMES, CellDataError, check_class_names
-from cellseg_d2.data.validate import TEST_DIR, TRAIN_DIR
+from cellseg_d2.errors import CellDataError
+from cellseg_d2.utils.layout import (
+    CACHE_DIR,
+    DEFAULT_CLASS_NAMES,
+    TEST_DIR,
+    TRAIN_DIR,
+    check_class_names,
+    class_colors,
+)
 
 __all__ = [
-    "THING_CLASSES",
-    "THING_COLORS",
     "check_num_classes",
-    "class_colors",
     "register_cell_datasets",
     "register_cell_datasets_from_config",
     "split_of",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Numbered labels of the four default classes, for the tools that read no config (submission
-#: checks, figures); registered datasets carry the configured names in ``thing_classes``.
-THING_CLASSES: list[str] = [f"class{k}" for k in range(1, len(DEFAULT_CLASS_NAMES) + 1)]
-#: One clearly distinct RGB colour per class for visualizations (the first four classes).
-THING_COLORS: list[tuple[int, int, int]] = [
-    (230, 25, 75),
-    (60, 180, 75),
-    (0, 130, 200),
-    (245, 130, 48),
-]
-
-
-def class_colors(num_classes: int) -> list[tuple[int, int, int]]:
-    """``num_classes`` distinct RGB colours: :data:`THING_COLORS`, then hues spread evenly.
-
-    Why: ``thing_colors`` must have one entry per class, and any number of classes is allowed.
-    """
-    extra = num_classes - len(THING_COLORS)
-    colors = list(THING_COLORS[:num_classes])
-    for k in range(max(extra, 0)):
-        # Golden-ratio hue steps keep successive colours far apart on the colour wheel.
-        red, green, blue = colorsys.hsv_to_rgb((0.11 + 0.618 * k) % 1.0, 0.75, 0.9)
-        colors.append((round(red * 255), round(green * 255), round(blue * 255)))
-    return colors
 
 
 def check_num_classes(cfg: CfgNode) -> tuple[str, ...]:

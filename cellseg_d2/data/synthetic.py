@@ -56,7 +56,17 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .io import atomic_write, class_file_name, write_tiff
+from cellseg_d2.data.io import write_tiff
+from cellseg_d2.utils.files import atomic_write
+from cellseg_d2.utils.layout import (
+    DEFAULT_CLASS_NAMES,
+    ID_MAP_NAME,
+    IMAGE_FILE_NAME,
+    TEST_DIR,
+    TEST_GT_DIR,
+    TRAIN_DIR,
+    class_file_name,
+)
 
 __all__ = [
     "CLASS_NAMES",
@@ -71,7 +81,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Class ids (as in ``classK.tif``) and what they imitate; classes above 4 repeat these looks.
-CLASS_NAMES: dict[int, str] = {1: "epithelial", 2: "lymphocyte", 3: "neutrophil", 4: "macrophage"}
+CLASS_NAMES: dict[int, str] = dict(enumerate(DEFAULT_CLASS_NAMES, start=1))
 #: Most classes the generator paints.
 MAX_CLASSES = 16
 #: Every image whose index in its split is a multiple of this is dense.
@@ -481,8 +491,8 @@ def _validate(num_train: int, num_test: int, seed: int, min_size: int, max_size:
 
 def _prepare_output(output: Path, overwrite: bool) -> None:
     """Refuse to mix with an earlier dataset, or remove its parts when ``overwrite`` is set."""
-    parts = [output / "train", output / "test_release", output / "test_gt"]
-    parts.append(output / "test_image_name_to_ids.json")
+    parts = [output / TRAIN_DIR, output / TEST_DIR, output / TEST_GT_DIR]
+    parts.append(output / ID_MAP_NAME)
     existing = [p for p in parts if p.exists()]
     if existing and not overwrite:
         names = ", ".join(p.name for p in existing)
@@ -571,11 +581,11 @@ def generate_synthetic_dataset(
             rgba, labels = synthesize_image(rng, height, width, dense, required, num_classes)
             name = str(uuid.UUID(int=names.getrandbits(128), version=4))
             if split == "train":
-                write_tiff(output / "train" / name / "image.tif", rgba, compression="lzw")
-                _write_masks(output / "train" / name, labels)
+                write_tiff(output / TRAIN_DIR / name / IMAGE_FILE_NAME, rgba, compression="lzw")
+                _write_masks(output / TRAIN_DIR / name, labels)
             else:
-                write_tiff(output / "test_release" / f"{name}.tif", rgba, compression="lzw")
-                _write_masks(output / "test_gt" / name, labels)
+                write_tiff(output / TEST_DIR / f"{name}.tif", rgba, compression="lzw")
+                _write_masks(output / TEST_GT_DIR / name, labels)
                 id_map.append(
                     {"file_name": f"{name}.tif", "id": i + 1, "height": height, "width": width}
                 )
@@ -598,10 +608,10 @@ def generate_synthetic_dataset(
             stats["instances_per_class"],
             stats["max_cells_per_image"],
         )
-    (output / "train").mkdir(parents=True, exist_ok=True)
-    (output / "test_release").mkdir(parents=True, exist_ok=True)
-    (output / "test_gt").mkdir(parents=True, exist_ok=True)
-    with atomic_write(output / "test_image_name_to_ids.json", "w") as handle:
+    (output / TRAIN_DIR).mkdir(parents=True, exist_ok=True)
+    (output / TEST_DIR).mkdir(parents=True, exist_ok=True)
+    (output / TEST_GT_DIR).mkdir(parents=True, exist_ok=True)
+    with atomic_write(output / ID_MAP_NAME, "w") as handle:
         json.dump(id_map, handle, indent=2)
         handle.write("\n")
     return {

@@ -28,7 +28,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 from fvcore.common.checkpoint import _IncompatibleKeys
 
-from ..data.io import atomic_write
+from cellseg_d2.utils.files import atomic_write
+
 from ..errors import CellSegError, ConfigError
 
 __all__ = [

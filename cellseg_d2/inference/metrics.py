@@ -40,8 +40,8 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from pycocotools import mask as mask_util
 
-from cellseg_d2.data.io import CellDataError
 from cellseg_d2.data.rle import encode_mask
+from cellseg_d2.errors import CellDataError
 from cellseg_d2.inference.submission import group_by_image
 
 __all__ = [

@@ -32,10 +32,13 @@ import numpy as np
 from pycocotools import mask as mask_util
 
 from cellseg_d2.data.convert import load_cell_train_dicts
-from cellseg_d2.data.datasets import class_colors, split_of
-from cellseg_d2.data.io import DEFAULT_CLASS_NAMES, CellDataError, atomic_write, read_image
+from cellseg_d2.data.datasets import split_of
+from cellseg_d2.data.io import read_image
 from cellseg_d2.data.rle import decode_rle
+from cellseg_d2.errors import CellDataError
 from cellseg_d2.inference.scoring import ground_truth_folder, read_ground_truth_instances
+from cellseg_d2.utils.files import atomic_write
+from cellseg_d2.utils.layout import DEFAULT_CLASS_NAMES, class_color, class_name
 
 __all__ = [
     "COUNT_BAR_HEIGHT",
@@ -91,18 +94,6 @@ def _put_label(
     cv2.putText(canvas, text, (x + 1, y - 1), _FONT, scale, _WHITE, 1, cv2.LINE_AA)
 
 
-def _class_color(category_id: int) -> tuple[int, int, int]:
-    """RGB colour of a 1-based class: the registered datasets' ``thing_colors`` for any number
-    of classes (:func:`~cellseg_d2.data.datasets.class_colors`)."""
-    return class_colors(max(category_id, 1))[category_id - 1]
-
-
-def _class_name(category_id: int, class_names: Sequence[str]) -> str:
-    """Name of a 1-based class; ``classK`` beyond the given names."""
-    k = category_id - 1
-    return class_names[k] if 0 <= k < len(class_names) else f"class{category_id}"
-
-
 def _draw_outlines(image_rgb: np.ndarray, instances: list[dict]) -> np.ndarray:
     """Each instance's outline (1 px, no anti-aliasing) in its class colour on a copy."""
     canvas = image_rgb.copy()
@@ -122,7 +113,7 @@ def _draw_outlines(image_rgb: np.ndarray, instances: list[dict]) -> np.ndarray:
         contours, _ = cv2.findContours(
             crop.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE, offset=(x, y)
         )
-        cv2.drawContours(canvas, contours, -1, _class_color(instance["category_id"]), 1)
+        cv2.drawContours(canvas, contours, -1, class_color(instance["category_id"] - 1), 1)
     return canvas
 
 
@@ -149,7 +140,7 @@ def _count_bars(
         x = int(index * slot + slot / 2)
         for left, count, color in (
             (x - bar, gt_counts[index], _GT_BAR),
-            (x, pred_counts[index], _class_color(category_id)),
+            (x, pred_counts[index], class_color(category_id - 1)),
         ):
             if ground_truth is None and color == _GT_BAR:
                 continue
@@ -159,7 +150,7 @@ def _count_bars(
                     color, cv2.FILLED,
                 )  # fmt: skip
         counts = f"{gt_counts[index]}/" if ground_truth is not None else ""
-        text = f"{_class_name(category_id, class_names)} {counts}{pred_counts[index]}"
+        text = f"{class_name(category_id - 1, class_names)} {counts}{pred_counts[index]}"
         cv2.putText(
             strip, text, (int(index * slot) + 2, COUNT_BAR_HEIGHT - 3), _FONT, _LABEL_SCALE,
             (0, 0, 0), 1, cv2.LINE_AA,
@@ -190,7 +181,7 @@ def _draw_instances(
                 f"a mask of size {list(segmentation['size'])} does not fit the "
                 f"{height}x{width} image"
             )
-        color = _class_color(instance["category_id"])
+        color = class_color(instance["category_id"] - 1)
         rle = {"size": segmentation["size"], "counts": segmentation["counts"].encode()}
         x, y, w, h = (int(v) for v in mask_util.toBbox(rle))
         if w == 0 or h == 0:
@@ -209,16 +200,16 @@ def _draw_instances(
         x, y, w, h = instance["bbox"]
         top_left = (int(round(x)), int(round(y)))
         bottom_right = (int(round(x + w)) - 1, int(round(y + h)) - 1)
-        cv2.rectangle(canvas, top_left, bottom_right, _class_color(instance["category_id"]))
+        cv2.rectangle(canvas, top_left, bottom_right, class_color(instance["category_id"] - 1))
     # Labels go to the most confident first; one that would cover another is left out, so a
     # dense image keeps readable labels instead of a solid band of text.
     taken = np.zeros((height, width), bool)
     for instance in reversed(ordered):
         x, y = (int(round(v)) for v in instance["bbox"][:2])
-        text = _class_name(instance["category_id"], class_names)
+        text = class_name(instance["category_id"] - 1, class_names)
         if with_scores:
             text += f" {instance['score']:.2f}"
-        color = _class_color(instance["category_id"])
+        color = class_color(instance["category_id"] - 1)
         _put_label(canvas, text, x, y - 1, color, _LABEL_SCALE, taken)
     return canvas
 

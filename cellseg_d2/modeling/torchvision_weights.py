@@ -47,7 +47,7 @@ from typing import Any
 import torch
 import yaml
 
-from ..data.io import atomic_write
+from cellseg_d2.utils.files import atomic_write
 
 __all__ = [
     "TORCHVISION_PIXEL_MEAN",
