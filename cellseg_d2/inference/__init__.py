@@ -1,5 +1,6 @@
 """Inference side: prediction, submission files (write, read, validate), scoring and figures."""
 
+from cellseg_d2.inference.figures import compose_figure, render_comparison, write_png
 from cellseg_d2.inference.predict import build_predict_config, iter_batches, predict_folder
 from cellseg_d2.inference.predictor import (
     CellPredictor,
@@ -25,12 +26,7 @@ from cellseg_d2.inference.submission import (
     validate_submission,
     write_submission,
 )
-from cellseg_d2.inference.visualize import (
-    compose_figure,
-    render_comparison,
-    visualize_predictions,
-    write_png,
-)
+from cellseg_d2.inference.visualize import visualize_predictions
 
 __all__ = [
     "build_predict_config",
