@@ -22,7 +22,7 @@ from cellseg_d2.engine import CellTrainer
 from cellseg_d2.errors import CellDataError
 from cellseg_d2.utils.layout import DEFAULT_CLASS_NAMES
 
-from .conftest import instant_cfg
+from tests.conftest import instant_cfg
 
 SPLITS = ("train", "val", "trainval", "test")
 
