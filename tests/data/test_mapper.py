@@ -10,7 +10,6 @@ from detectron2.data import transforms as T
 
 from cellseg_d2.data import read_image
 from cellseg_d2.data.mapper import CellDatasetMapper, Rot90Transform
-
 from tests.conftest import instant_cfg
 
 

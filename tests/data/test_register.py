@@ -21,7 +21,6 @@ from cellseg_d2.data.synthetic import generate_synthetic_dataset
 from cellseg_d2.engine import CellTrainer
 from cellseg_d2.errors import CellDataError
 from cellseg_d2.utils.layout import DEFAULT_CLASS_NAMES
-
 from tests.conftest import instant_cfg
 
 SPLITS = ("train", "val", "trainval", "test")
