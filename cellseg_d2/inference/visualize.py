@@ -32,7 +32,7 @@ import numpy as np
 from pycocotools import mask as mask_util
 
 from cellseg_d2.data.convert import load_cell_train_dicts
-from cellseg_d2.data.datasets import split_of
+from cellseg_d2.data.splits import split_of
 from cellseg_d2.data.io import read_image
 from cellseg_d2.data.rle import decode_rle
 from cellseg_d2.errors import CellDataError
