@@ -37,9 +37,9 @@ from detectron2.utils.events import EventStorage
 from cellseg_d2.utils.layout import ID_MAP_NAME, TEST_DIR, TRAIN_DIR
 
 from .data.convert import load_cell_train_dicts
-from .data.register import register_cell_datasets
 from .data.io import read_image, write_tiff
 from .data.mapper import CellDatasetMapper
+from .data.register import register_cell_datasets
 from .data.rle import decode_rle, label_image_to_instances
 from .data.synthetic import synthesize_image
 from .data.validate import load_id_map

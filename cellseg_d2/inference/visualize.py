@@ -32,9 +32,9 @@ import numpy as np
 from pycocotools import mask as mask_util
 
 from cellseg_d2.data.convert import load_cell_train_dicts
-from cellseg_d2.data.splits import split_of
 from cellseg_d2.data.io import read_image
 from cellseg_d2.data.rle import decode_rle
+from cellseg_d2.data.splits import split_of
 from cellseg_d2.errors import CellDataError
 from cellseg_d2.inference.scoring import ground_truth_folder, read_ground_truth_instances
 from cellseg_d2.utils.files import atomic_write
