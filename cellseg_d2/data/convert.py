@@ -31,7 +31,7 @@ import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -74,7 +74,6 @@ __all__ = [
     "load_test_coco",
     "load_train_coco",
     "prepare_cell_dataset",
-    "write_coco_subset",
 ]
 
 logger = logging.getLogger(__name__)
@@ -517,44 +516,6 @@ def load_cell_test_dicts(
         CellDataError: no test set, or an id-map or image problem, naming the file.
     """
     return coco_to_test_dicts(load_test_coco(root, min_size, class_names), root)
-
-
-def write_coco_subset(coco: dict, image_ids: Collection[int], path: str | os.PathLike) -> Path:
-    """Write the images ``image_ids`` of ``coco`` with their annotations as a COCO JSON.
-
-    Why: a validation split needs its own ``json_file`` so COCOEvaluator reads ground truth
-    instead of converting the dataset dicts again. Ids are kept, so predictions made on the
-    split's dataset dicts match. The file is left alone when it already holds exactly this
-    subset of this source, so repeated registrations do not rewrite it.
-
-    Args:
-        coco: a COCO dict from :func:`load_train_coco`.
-        image_ids: COCO image ids to keep.
-        path: destination JSON.
-
-    Returns:
-        ``path`` as a Path.
-    """
-    path = Path(path)
-    keep = set(image_ids)
-    source = coco.get("info", {}).get("cellseg", {})
-    key = {
-        "source_fingerprint": source.get("fingerprint"),
-        "source_min_area": source.get("min_area"),
-        "source_class_names": source.get("class_names"),
-        "conversion_version": source.get("conversion_version"),
-        "image_ids_sha1": hashlib.sha1(json.dumps(sorted(keep)).encode()).hexdigest(),
-    }
-    if _read_cache(path, key) is not None:
-        return path
-    subset = {
-        "info": {"description": "cellseg-d2 split of instances_train.json", "cellseg": key},
-        "images": [image for image in coco["images"] if image["id"] in keep],
-        "annotations": [a for a in coco["annotations"] if a["image_id"] in keep],
-        "categories": coco["categories"],
-    }
-    _write_json(path, subset)
-    return path
 
 
 def prepare_cell_dataset(

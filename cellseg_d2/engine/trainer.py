@@ -30,8 +30,8 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..data.datasets import register_cell_datasets_from_config
 from ..data.mapper import CellDatasetMapper
+from ..data.register import register_cell_datasets_from_config
 from ..modeling import CellRCNNWithTTA
 from .checkpoint import AtomicDetectionCheckpointer, fetch_weights
 

@@ -32,7 +32,7 @@ from cellseg_d2.errors import CellDataError
 from cellseg_d2.utils.files import atomic_write, sha256_file
 
 from ..config import load_cellseg_config
-from ..data.datasets import check_num_classes
+from ..data.register import check_num_classes
 from ..engine.trainer import adapt_config_to_machine
 from .export import (
     CSV_COLUMNS,

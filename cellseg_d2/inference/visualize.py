@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from cellseg_d2.data.convert import TRAIN_JSON_NAME
-from cellseg_d2.data.datasets import split_of
 from cellseg_d2.data.io import read_image, read_image_size
+from cellseg_d2.data.splits import split_of
 from cellseg_d2.data.validate import scan_dataset
 from cellseg_d2.errors import CellDataError
 from cellseg_d2.inference.figures import compose_figure, render_comparison, write_png

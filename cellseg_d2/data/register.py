@@ -6,19 +6,21 @@ Nothing registers at import time: the tools call :func:`register_cell_datasets_f
 Splits (``<prefix>_`` + name):
 
 - ``trainval``: every training image.
-- ``train`` / ``val``: a split of ``trainval`` by a hash of each folder name, so it is the same
-  on every machine and an image added later never moves the others. With ``num_folds`` the val
-  set is fold ``fold`` of a ``num_folds``-way partition built from the same hash.
+- ``train`` / ``val``: a split of ``trainval`` by a hash of each folder name
+  (:func:`~cellseg_d2.data.splits.split_of`), with optional cross-validation folds.
 - ``test``: the images of ``test_release/`` with the ids of the id map (no annotations); only
   when ``test_release/`` exists.
 
-Registration is lazy: the catalog functions read the conversion cache (converting on first use).
-The class names (``DATASETS.CLASS_NAMES``) become ``thing_classes``; ``classK.tif`` is class K.
+Registration does the file work, once and in plain sight: it loads the conversion cache
+(converting the folder when the cache is missing or stale) and writes each split's COCO JSON,
+the ``json_file`` COCOEvaluator reads. The catalog functions it registers only read those files,
+so asking the catalog for a dataset never writes anything, and the dataset dicts always match
+their ``json_file``. The class names (``DATASETS.CLASS_NAMES``) become ``thing_classes``;
+``classK.tif`` is class K.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -31,9 +33,15 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from cellseg_d2.data.convert import (
     TEST_JSON_NAME,
     TRAIN_JSON_NAME,
+    coco_to_test_dicts,
     coco_to_train_dicts,
-    load_cell_test_dicts,
+    load_test_coco,
     load_train_coco,
+)
+from cellseg_d2.data.splits import (
+    assign_splits,
+    check_split_args,
+    split_json_name,
     write_coco_subset,
 )
 from cellseg_d2.errors import CellDataError
@@ -50,7 +58,6 @@ __all__ = [
     "check_num_classes",
     "register_cell_datasets",
     "register_cell_datasets_from_config",
-    "split_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -79,96 +86,78 @@ def check_num_classes(cfg: CfgNode) -> tuple[str, ...]:
     return names
 
 
-def _hash_fraction(seed: int, name: str) -> float:
-    """Map ``(seed, name)`` to [0, 1) uniformly and reproducibly (unlike Python's ``hash``)."""
-    digest = hashlib.sha1(f"{seed}:{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
+def _read_registered(path: Path, expected_key: dict | None) -> dict:
+    """Read a COCO file that registration wrote or confirmed, as it was then.
 
-
-def _check_split_args(val_fraction: float, fold: int | None, num_folds: int | None) -> None:
-    """Raise ``ValueError`` for split arguments that cannot work."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if num_folds is None:
-        if fold is not None:
-            raise ValueError(f"fold={fold} needs num_folds")
-        return
-    if num_folds < 2:
-        raise ValueError(f"num_folds must be >= 2 (or None to disable folds), got {num_folds}")
-    if fold is None or not 0 <= fold < num_folds:
-        raise ValueError(f"fold must be in 0..{num_folds - 1} for num_folds={num_folds}: {fold}")
-
-
-def split_of(
-    name: str,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    fold: int | None = None,
-    num_folds: int | None = None,
-) -> str:
-    """Say whether the training folder ``name`` belongs to ``"train"`` or ``"val"``.
-
-    Why a hash of the name and not a shuffle of the list: the decision for one image depends on
-    that image alone, so adding or removing images never moves the others between splits.
-
-    Args:
-        name: training folder name.
-        val_fraction: share of images in val (about; exact only for large sets). Ignored with
-            folds.
-        seed: changes the split.
-        fold: with ``num_folds``, the fold used as val.
-        num_folds: number of folds; fold ``k`` holds the images whose hash falls in
-            ``[k / num_folds, (k + 1) / num_folds)``, so the folds partition the data.
-
-    Returns:
-        ``"train"`` or ``"val"``.
+    ``expected_key`` is the file's ``info["cellseg"]`` at registration, for the cache files that
+    every registration of the root shares (another registration with other class names or
+    ``min_area`` rewrites them); None for the split files, whose names encode their settings.
 
     Raises:
-        ValueError: ``val_fraction`` outside [0, 1), ``num_folds`` < 2, or ``fold`` out of range.
+        CellDataError: the file is gone, unreadable or was rewritten since registration.
     """
-    _check_split_args(val_fraction, fold, num_folds)
-    position = _hash_fraction(seed, name)
-    if num_folds is None:
-        return "val" if position < val_fraction else "train"
-    return "val" if int(position * num_folds) == fold else "train"
+    again = "register the datasets again (registration writes it)"
+    try:
+        with open(path, encoding="utf-8") as handle:
+            coco = json.load(handle)
+    except FileNotFoundError:
+        raise CellDataError(f"{path}: missing; {again}") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CellDataError(f"{path}: unreadable ({exc}); {again}") from exc
+    info = coco.get("info") if isinstance(coco, dict) else None
+    key = info.get("cellseg") if isinstance(info, dict) else None
+    if key is None or (expected_key is not None and key != expected_key):
+        raise CellDataError(
+            f"{path}: rewritten since the datasets were registered (other data, class names or "
+            f"min area); {again}"
+        )
+    return coco
 
 
-def _split_loader(
+def _loader(
+    path: Path,
+    expected_key: dict | None,
+    to_dicts: Callable[[dict, str], list[dict]],
     root: str,
     split: str,
-    split_args: dict,
-    min_area: int,
-    class_names: tuple[str, ...],
-    json_file: Path,
 ) -> Callable[[], list[dict]]:
-    """The catalog function of ``train``, ``val`` or ``trainval``: cache -> dicts -> split.
-
-    It also (re)writes the split's ``json_file`` when the data changed, before returning, so
-    COCOEvaluator, which detectron2 builds after the data loader, reads matching ground truth.
-    Data without a single instance raise :class:`CellDataError` (see
-    :func:`~cellseg_d2.data.convert.check_has_instances`), before detectron2 sees them.
-    """
+    """The catalog function of one split: read its COCO file, turn it into dataset dicts."""
 
     def load() -> list[dict]:
-        coco = load_train_coco(root, min_area, class_names=class_names)
-        dicts = coco_to_train_dicts(coco, root)
-        if split != "trainval":
-            splits = [split_of(d["folder"], **split_args) for d in dicts]
-            if dicts and "train" not in splits:
-                # A tiny dataset can hash entirely into val; training needs at least one image.
-                logger.warning(
-                    "every image of %s fell into the validation split: training on all %d "
-                    "images, with no validation set",
-                    root,
-                    len(dicts),
-                )
-                splits = ["train"] * len(dicts)
-            dicts = [d for d, name in zip(dicts, splits) if name == split]
-            write_coco_subset(coco, [d["image_id"] for d in dicts], json_file)
+        dicts = to_dicts(_read_registered(path, expected_key), root)
         logger.info("%s: %d images from %s", split, len(dicts), root)
         return dicts
 
     return load
+
+
+def _train_splits(
+    root: str,
+    split_args: dict,
+    min_area: int,
+    class_names: tuple[str, ...],
+) -> dict[str, tuple[Path, Callable[[], list[dict]]]]:
+    """Load (or convert) the training cache and write the ``train`` and ``val`` split files.
+
+    Returns:
+        ``{split: (json_file, catalog function)}`` for ``train``, ``val`` and ``trainval``.
+    """
+    cache = Path(root) / CACHE_DIR
+    coco = load_train_coco(root, min_area, class_names=class_names)
+    folders = [image["folder"] for image in coco["images"]]
+    assigned = assign_splits(folders, **split_args, source=root)
+    splits = {}
+    for split in ("train", "val"):
+        ids = [image["id"] for image, name in zip(coco["images"], assigned) if name == split]
+        path = cache / split_json_name(
+            split, **split_args, min_area=min_area, class_names=class_names
+        )
+        write_coco_subset(coco, ids, path)
+        splits[split] = (path, _loader(path, None, coco_to_train_dicts, root, split))
+    trainval = cache / TRAIN_JSON_NAME
+    key = coco["info"]["cellseg"]
+    splits["trainval"] = (trainval, _loader(trainval, key, coco_to_train_dicts, root, "trainval"))
+    return splits
 
 
 def _register(name: str, loader: Callable[[], list[dict]], **metadata: object) -> None:
@@ -194,14 +183,16 @@ def register_cell_datasets(
     """Register ``<prefix>_train``, ``_val``, ``_trainval`` and (with a test set) ``_test``.
 
     Registering again (same or other arguments) replaces the earlier registration, so tools and
-    tests can call it freely. Nothing is read until a dataset is requested from the catalog.
+    tests can call it freely. Registration loads the conversion caches (converting the folder
+    on first use, which decodes every training and test image once) and writes the ``train`` and
+    ``val`` COCO files under ``<root>/.cellseg_cache/``, whose names encode the split arguments,
+    so different splits never share a file; a file that already holds the right content is
+    left alone. The catalog functions only read these files.
 
     Metadata of every split: ``thing_classes`` (``class_names``), ``thing_colors``,
     ``thing_dataset_id_to_contiguous_id`` ({1: 0, ..., N: N - 1}, which COCOEvaluator needs to
     map predictions back to the COCO ids), ``evaluator_type="coco"``, ``json_file``,
-    ``image_root`` and ``root``. The ``json_file`` of ``train``/``val`` is written under
-    ``<root>/.cellseg_cache/`` when the split is first loaded; its name encodes the split
-    arguments, so different splits never share a file.
+    ``image_root`` and ``root``.
 
     Args:
         root: dataset root (``train/``, ``test_release/``, ``test_image_name_to_ids.json``).
@@ -212,7 +203,7 @@ def register_cell_datasets(
         num_folds: number of cross-validation folds; None or 0 disables folds.
         min_area: instances with fewer pixels are dropped at conversion.
         class_names: name K is the class of ``classK.tif``; a ``classK.tif`` with K above their
-            count is an error when the data are loaded.
+            count is an error.
 
     Returns:
         The registered dataset names.
@@ -220,18 +211,30 @@ def register_cell_datasets(
     Raises:
         ValueError: invalid split arguments.
         CellDataError: ``root`` holds neither ``train/`` nor ``test_release/``; invalid
-            class names.
+            class names; any problem with the data (naming the file), or no training image
+            holds a cell. Nothing is registered then.
     """
     class_names = check_class_names(class_names)
     num_folds = num_folds or None
-    _check_split_args(val_fraction, fold, num_folds)
+    check_split_args(val_fraction, fold, num_folds)
     root_path = Path(root).resolve()
     root = str(root_path)
     has_train = (root_path / TRAIN_DIR).is_dir()
     has_test = (root_path / TEST_DIR).is_dir()
     if not has_train and not has_test:
         raise CellDataError(f"{root}: holds neither {TRAIN_DIR}/ nor {TEST_DIR}/")
-    annotations = root_path / CACHE_DIR
+    # All file work first, so that bad data register nothing.
+    splits: dict[str, tuple[Path, Callable[[], list[dict]], Path]] = {}
+    if has_train:
+        split_args = {"val_fraction": val_fraction, "seed": seed, "fold": fold}
+        split_args["num_folds"] = num_folds
+        for split, (path, loader) in _train_splits(root, split_args, min_area, class_names).items():
+            splits[split] = (path, loader, root_path / TRAIN_DIR)
+    if has_test:
+        coco = load_test_coco(root, class_names=class_names)
+        path = root_path / CACHE_DIR / TEST_JSON_NAME
+        loader = _loader(path, coco["info"]["cellseg"], coco_to_test_dicts, root, "test")
+        splits["test"] = (path, loader, root_path / TEST_DIR)
     common = {
         "thing_classes": list(class_names),
         "thing_colors": class_colors(len(class_names)),
@@ -240,37 +243,9 @@ def register_cell_datasets(
         "root": root,
     }
     names = []
-    if has_train:
-        split_args = {
-            "val_fraction": val_fraction,
-            "seed": seed,
-            "fold": fold,
-            "num_folds": num_folds,
-        }
-        tag_args = {**split_args, "min_area": min_area, "class_names": list(class_names)}
-        tag = hashlib.sha1(json.dumps(tag_args).encode()).hexdigest()
-        for split in ("train", "val", "trainval"):
-            json_file = annotations / (
-                TRAIN_JSON_NAME if split == "trainval" else f"instances_{split}_{tag[:10]}.json"
-            )
-            name = f"{prefix}_{split}"
-            _register(
-                name,
-                _split_loader(root, split, split_args, min_area, class_names, json_file),
-                json_file=str(json_file),
-                image_root=str(root_path / TRAIN_DIR),
-                **common,
-            )
-            names.append(name)
-    if has_test:
-        name = f"{prefix}_test"
-        _register(
-            name,
-            lambda: load_cell_test_dicts(root, class_names=class_names),
-            json_file=str(annotations / TEST_JSON_NAME),
-            image_root=str(root_path / TEST_DIR),
-            **common,
-        )
+    for split, (path, loader, image_root) in splits.items():
+        name = f"{prefix}_{split}"
+        _register(name, loader, json_file=str(path), image_root=str(image_root), **common)
         names.append(name)
     logger.info("Registered %s from %s", ", ".join(names), root)
     return names
