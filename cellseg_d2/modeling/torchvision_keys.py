@@ -34,8 +34,11 @@ VARIANT_MARKERS = {
 
 _FPN = {"inner": "lateral", "layer": "output"}
 
+#: A rule's replacement: detectron2's key from the match of torchvision's.
+_Rename = Callable[[re.Match[str]], str]
 
-def _rename_rules(variant: str) -> list[tuple[str, Callable[[re.Match[str]], str]]]:
+
+def _rename_rules(variant: str) -> list[tuple[str, _Rename]]:
     """(pattern, replacement) pairs from torchvision to detectron2 names; first match wins."""
     rpn_conv = (
         (lambda m: f"proposal_generator.rpn_head.conv.{m[2]}")
@@ -112,7 +115,7 @@ def _rename_rules(variant: str) -> list[tuple[str, Callable[[re.Match[str]], str
 
 
 @functools.cache
-def _compiled_rules(variant: str) -> tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...]:
+def _compiled_rules(variant: str) -> tuple[tuple[re.Pattern[str], _Rename], ...]:
     return tuple((re.compile(pattern), rename) for pattern, rename in _rename_rules(variant))
 
 
