@@ -366,7 +366,8 @@ class CellTrainer(DefaultTrainer):
         )
         if not cfg.TEST.HISTOLOGY_METRICS:
             return coco
-        from ..inference.metrics import HistologyEvaluator  # inference imports engine
+        # lazy: evaluation.histology imports inference.submission, whose package imports engine
+        from cellseg_d2.evaluation.evaluator import HistologyEvaluator
 
         return DatasetEvaluators([coco, HistologyEvaluator(dataset_name)])
 

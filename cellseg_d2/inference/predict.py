@@ -72,7 +72,7 @@ def build_predict_config(
     flags (``MODEL.ROI_HEADS.SCORE_THRESH_TEST``, ``MODEL.CELLSEG.MASK_THRESHOLD``), adapted to
     this machine (CPU without CUDA).
 
-    The class names must match the head (:func:`~cellseg_d2.data.datasets.check_num_classes`):
+    The class names must match the head (:func:`~cellseg_d2.data.register.check_num_classes`):
     the outputs name classes by ``DATASETS.CLASS_NAMES``, so a mismatch stops before any work.
     """
     cfg = load_cellseg_config(config_file, opts)

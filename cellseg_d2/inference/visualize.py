@@ -188,7 +188,7 @@ def validation_id_map(
     """Id-map entries for the validation images of a dataset root, for drawing them with their
     ground truth (``train/`` is then both the image folder and the ground-truth folder).
 
-    The split is the one training uses (:func:`~cellseg_d2.data.datasets.split_of`, the same
+    The split is the one training uses (:func:`~cellseg_d2.data.splits.split_of`, the same
     fraction, seed and folds), so the figure shows exactly the images the model was validated
     on; ids are the COCO image ids the converter gives (1..N in the scan's folder order), so
     the evaluator's predictions on the split match them. Nothing is converted or written: the
