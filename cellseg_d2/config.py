@@ -20,6 +20,7 @@ import yaml
 from detectron2.config import CfgNode as CN
 
 from .errors import ConfigError
+from .utils.layout import DEFAULT_CLASS_NAMES
 
 __all__ = [
     "ConfigError",
@@ -66,7 +67,7 @@ def add_cellseg_config(cfg: CN) -> None:
     _c.DATASETS.MIN_INSTANCE_AREA = 4
     # Class names in order: name K is the class of classK.tif (K = 1..N); N must equal
     # MODEL.ROI_HEADS.NUM_CLASSES. Default: the four MoNuSAC 2020 classes.
-    _c.DATASETS.CLASS_NAMES = ["epithelial", "lymphocyte", "neutrophil", "macrophage"]
+    _c.DATASETS.CLASS_NAMES = list(DEFAULT_CLASS_NAMES)
 
     # ---- Augmentation (CellDatasetMapper) ----
     _c.INPUT.ELASTIC = CN()
@@ -110,7 +111,7 @@ def add_cellseg_config(cfg: CN) -> None:
     # ---- Test ----
     # Evaluate every this many epochs (0 = use TEST.EVAL_PERIOD in iterations).
     _c.TEST.EVAL_PERIOD_EPOCHS = 0.0
-    # Also compute PQ/DQ/SQ, AJI and F1 at IoU > 0.5 (cellseg_d2.inference.metrics) when evaluating.
+    # Also compute PQ/DQ/SQ, AJI and F1 at IoU > 0.5 (cellseg_d2.evaluation.histology) when evaluating.
     _c.TEST.HISTOLOGY_METRICS = False
     # Images per forward pass in tools/predict.py.
     _c.TEST.IMS_PER_BATCH = 1

@@ -2,16 +2,16 @@
 
 Every tool maps :class:`CellSegError` to exit status 2 and prints its message, which names the
 file or config key and says what is wrong; anything else is a bug and keeps its traceback. The
-concrete types live beside the code that raises them and derive from this base:
-``cellseg_d2.data.io.CellDataError`` (data files), ``cellseg_d2.engine.WeightsUnavailableError``
-(``MODEL.WEIGHTS``) and :class:`ConfigError` (config files and overrides).
+types below derive from this base: :class:`CellDataError` (data files), :class:`ConfigError`
+(config files and overrides) and ``WeightsUnavailableError`` (``MODEL.WEIGHTS``, beside the
+checkpointer).
 
 NOTE: this module imports nothing from the package, so every module can import it.
 """
 
 from __future__ import annotations
 
-__all__ = ["CellSegError", "ConfigError"]
+__all__ = ["CellDataError", "CellSegError", "ConfigError"]
 
 
 class CellSegError(Exception):
@@ -21,3 +21,10 @@ class CellSegError(Exception):
 class ConfigError(CellSegError, ValueError):
     """A config file or a ``KEY VALUE`` override that cannot be used: missing or malformed file,
     an unsafe YAML tag, a refused ``_BASE_``, an unknown key or a value of the wrong type."""
+
+
+class CellDataError(CellSegError, ValueError):
+    """A problem with the user's data: the message names the file and says what is wrong.
+
+    The tools turn it into exit status 2, so scripts can tell bad input from a crash.
+    """

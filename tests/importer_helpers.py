@@ -15,7 +15,8 @@ import shapely
 from shapely.geometry import Polygon
 
 from cellseg_d2.data.convert import prepare_cell_dataset
-from cellseg_d2.data.io import class_index_of, read_instance_mask
+from cellseg_d2.data.io import read_instance_mask
+from cellseg_d2.utils.layout import class_index_of
 
 
 def star_polygon(

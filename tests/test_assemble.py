@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import cellseg_d2.inference.assemble as assemble_module
-from cellseg_d2.data import CellDataError
+from cellseg_d2.errors import CellDataError
 from cellseg_d2.inference.assemble import assemble_outputs, iter_json_list
 from cellseg_d2.inference.outputs import staging_path
 from cellseg_d2.inference.predictor import Detection, detections_to_results

@@ -151,8 +151,8 @@ def test_shipped_configs_load_as_detectron2_loads_them(path: Path) -> None:
 
 
 def test_error_types_share_the_base_the_tools_catch() -> None:
-    from cellseg_d2.data import CellDataError
     from cellseg_d2.engine import WeightsUnavailableError
+    from cellseg_d2.errors import CellDataError
 
     for error in (ConfigError, CellDataError, WeightsUnavailableError):
         assert issubclass(error, CellSegError)

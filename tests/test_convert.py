@@ -24,11 +24,12 @@ from cellseg_d2.data.convert import (
     load_cell_train_dicts,
     load_train_coco,
     prepare_cell_dataset,
-    write_coco_subset,
 )
-from cellseg_d2.data.io import DEFAULT_CLASS_NAMES, CellDataError, read_instance_mask, write_tiff
+from cellseg_d2.data.io import read_instance_mask, write_tiff
 from cellseg_d2.data.rle import decode_rle, encode_mask, label_image_to_instances
 from cellseg_d2.data.validate import TrainFolder, scan_dataset
+from cellseg_d2.errors import CellDataError
+from cellseg_d2.utils.layout import DEFAULT_CLASS_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -269,20 +270,6 @@ def test_pool_conversion_equals_serial(tmp_path: Path, monkeypatch: pytest.Monke
     serial = load_train_coco(root)
     assert pooled["images"] == serial["images"] and pooled["annotations"] == serial["annotations"]
     assert len(serial["images"]) == 10 and len(serial["annotations"]) > 10
-
-
-def test_write_coco_subset(dataset: Path) -> None:
-    coco = load_train_coco(dataset)
-    path = write_coco_subset(coco, [2], dataset / convert.CACHE_DIR / "sub.json")
-    subset = json.loads(path.read_text())
-    assert [i["id"] for i in subset["images"]] == [2]
-    assert {a["image_id"] for a in subset["annotations"]} == {2}
-    assert subset["categories"] == coco["categories"]
-    stamp = path.stat().st_mtime_ns
-    write_coco_subset(coco, [2], path)
-    assert path.stat().st_mtime_ns == stamp  # same subset of the same source: not rewritten
-    write_coco_subset(coco, [1, 2], path)
-    assert len(json.loads(path.read_text())["images"]) == 2
 
 
 # ---- bad input ------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from cellseg_d2.data.synthetic import synthesize_image
 from cellseg_d2.inference.export import (
     CSV_COLUMNS,
     cell_table_rows,
-    class_color,
     detections_to_label_images,
     export_paths,
     mask_to_polygons,
@@ -25,6 +24,7 @@ from cellseg_d2.inference.export import (
     write_label_images,
 )
 from cellseg_d2.inference.predictor import Detection, detections_to_results
+from cellseg_d2.utils.layout import class_color
 
 CLASS_NAMES = ["epithelial", "lymphocyte", "neutrophil", "macrophage"]
 

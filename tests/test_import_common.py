@@ -20,7 +20,8 @@ from cellseg_d2.data.importers.common import (
 )
 from cellseg_d2.data.importers.metadata import pixel_size_of
 from cellseg_d2.data.importers.raster import rings_to_mask
-from cellseg_d2.data.io import CellDataError, write_tiff
+from cellseg_d2.data.io import write_tiff
+from cellseg_d2.errors import CellDataError
 
 from .importer_helpers import no_leftovers
 

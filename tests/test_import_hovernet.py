@@ -10,7 +10,7 @@ import scipy.io
 from PIL import Image
 
 from cellseg_d2.data.importers import ImportOptions, import_dataset
-from cellseg_d2.data.io import CellDataError
+from cellseg_d2.errors import CellDataError
 
 from .importer_helpers import dataset_info, no_leftovers, prepare, read_cells
 

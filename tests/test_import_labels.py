@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from cellseg_d2.data.importers import ImportOptions, import_dataset
-from cellseg_d2.data.io import CellDataError, read_instance_mask, write_tiff
+from cellseg_d2.data.io import read_instance_mask, write_tiff
+from cellseg_d2.errors import CellDataError
 
 from .importer_helpers import dataset_info, no_leftovers, prepare, read_cells
 

@@ -12,7 +12,7 @@ import tifffile
 from shapely.geometry import MultiPolygon, Polygon
 
 from cellseg_d2.data.importers import ImportOptions, import_dataset
-from cellseg_d2.data.io import CellDataError
+from cellseg_d2.errors import CellDataError
 
 from .importer_helpers import (
     dataset_info,

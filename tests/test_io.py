@@ -10,13 +10,13 @@ import tifffile
 
 from cellseg_d2.data.io import (
     MAX_PIXELS_ENV,
-    CellDataError,
-    atomic_write,
     read_image,
     read_image_size,
     read_instance_mask,
     write_tiff,
 )
+from cellseg_d2.errors import CellDataError
+from cellseg_d2.utils.files import atomic_write
 
 
 def _tif(path: Path, array: np.ndarray, **kwargs) -> Path:

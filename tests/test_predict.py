@@ -14,8 +14,9 @@ import torch
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
-from cellseg_d2.data import CellDataError, decode_rle, label_image_to_instances
+from cellseg_d2.data import decode_rle, label_image_to_instances
 from cellseg_d2.data.synthetic import synthesize_image
+from cellseg_d2.errors import CellDataError
 from cellseg_d2.inference import read_submission, validate_submission
 from cellseg_d2.inference.predictor import (
     CellPredictor,

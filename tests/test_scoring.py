@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellseg_d2.data.io import CellDataError
 from cellseg_d2.data.rle import decode_rle, encode_mask
 from cellseg_d2.data.synthetic import generate_synthetic_dataset
 from cellseg_d2.data.validate import load_id_map
+from cellseg_d2.errors import CellDataError
 from cellseg_d2.inference.scoring import (
     evaluate_submission,
     format_scores,

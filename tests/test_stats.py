@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellseg_d2.data.io import CellDataError, write_tiff
+from cellseg_d2.data.io import write_tiff
 from cellseg_d2.data.stats import (
     compute_dataset_stats,
     format_stats,
     stats_from_coco,
     write_stats_json,
 )
+from cellseg_d2.errors import CellDataError
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "dataset_stats.py"
 NAMES = ("tumour", "immune", "stroma", "giant")

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellseg_d2.data.io import CellDataError
 from cellseg_d2.data.rle import encode_mask
+from cellseg_d2.errors import CellDataError
 from cellseg_d2.inference.submission import (
     MAX_SUBMISSION_MB_ENV,
     RESULTS_FILE_NAME,

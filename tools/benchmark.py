@@ -25,9 +25,9 @@ from detectron2.utils.logger import setup_logger
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
 from cellseg_d2.benchmark import format_benchmark, measure_stream_memory, run_benchmark
 from cellseg_d2.config import load_cellseg_config
-from cellseg_d2.data.io import atomic_write
 from cellseg_d2.errors import CellSegError
 from cellseg_d2.inference.export import EXPORT_FORMATS
+from cellseg_d2.utils.files import atomic_write
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

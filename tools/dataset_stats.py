@@ -19,8 +19,9 @@ import logging
 import sys
 
 from cellseg_d2.config import default_cells_root
-from cellseg_d2.data.io import CellDataError, add_class_names_argument
 from cellseg_d2.data.stats import compute_dataset_stats, format_stats, write_stats_json
+from cellseg_d2.errors import CellDataError
+from cellseg_d2.utils.cli import add_class_names_argument
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -12,7 +12,7 @@ generator writes it). Figures are in percent, as detectron2 prints them, with th
 raised to the densest image (pycocotools' ``summarize`` stops at 100). Below the AP table come
 panoptic quality PQ (with DQ and SQ, per class and their mean mPQ), aggregated Jaccard index
 AJI and F1/precision/recall at IoU > 0.5, of the detections scoring at least ``--score-thresh``
-(see :mod:`cellseg_d2.inference.metrics`); ``--json`` holds them under ``histology``. The
+(see :mod:`cellseg_d2.evaluation.histology`); ``--json`` holds them under ``histology``. The
 submission is
 validated first; exit status 2 means violations or unreadable input, with the file named.
 """
@@ -23,9 +23,9 @@ import argparse
 import logging
 import sys
 
-from cellseg_d2.data.io import CellDataError, add_class_names_argument
 from cellseg_d2.data.validate import load_id_map
-from cellseg_d2.inference.metrics import evaluate_histology, format_histology
+from cellseg_d2.errors import CellDataError
+from cellseg_d2.evaluation.histology import evaluate_histology, format_histology
 from cellseg_d2.inference.scoring import (
     evaluate_submission,
     format_scores,
@@ -33,6 +33,7 @@ from cellseg_d2.inference.scoring import (
     write_scores_json,
 )
 from cellseg_d2.inference.submission import read_submission, require_valid_submission
+from cellseg_d2.utils.cli import add_class_names_argument
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -20,7 +20,7 @@ from detectron2.utils.logger import setup_logger
 
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
 from cellseg_d2.config import load_cellseg_config
-from cellseg_d2.data.datasets import check_num_classes
+from cellseg_d2.data.register import check_num_classes
 from cellseg_d2.errors import CellSegError
 from cellseg_d2.inference.exported import MODEL_FILES
 from cellseg_d2.inference.model_export import (

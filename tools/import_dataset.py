@@ -29,8 +29,8 @@ import sys
 from pathlib import Path
 
 from cellseg_d2.data.importers import FORMATS, ImportOptions, import_dataset
-from cellseg_d2.data.io import CellDataError, parse_class_names
-from cellseg_d2.errors import CellSegError
+from cellseg_d2.errors import CellDataError, CellSegError
+from cellseg_d2.utils.layout import parse_class_names
 
 
 def _class_names(text: str) -> tuple[str, ...]:

@@ -25,9 +25,8 @@ from pathlib import Path
 from detectron2.utils.logger import setup_logger
 
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
-from cellseg_d2.data import CellDataError
 from cellseg_d2.data.validate import check_test_images, list_tiff_images
-from cellseg_d2.errors import CellSegError
+from cellseg_d2.errors import CellDataError, CellSegError
 from cellseg_d2.inference import CellPredictor
 from cellseg_d2.inference.export import EXPORT_FORMATS
 from cellseg_d2.inference.outputs import check_output_paths, claim_outputs

@@ -19,9 +19,10 @@ import argparse
 import logging
 import sys
 
-from cellseg_d2.data.io import CellDataError, add_class_names_argument
 from cellseg_d2.data.validate import load_id_map
+from cellseg_d2.errors import CellDataError
 from cellseg_d2.inference.submission import format_report, read_submission, validate_submission
+from cellseg_d2.utils.cli import add_class_names_argument
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

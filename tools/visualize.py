@@ -10,7 +10,9 @@ Example::
 Predictions come from a submission (``--pred``) or from a model run on the drawn images
 (``--config-file`` with ``MODEL.WEIGHTS`` among the trailing ``KEY VALUE`` overrides).
 ``--val-root DIR`` draws the validation images of a dataset root (the split training uses)
-beside their ground truth.
+beside their ground truth, with the dataset's own settings: the config's ``DATASETS.*`` (class
+names, validation fraction, split seed, folds) with ``--config-file``, else ``--class-names`` or
+the class names its training cache recorded; the cache is only read, never written.
 One row per image (the first ``--num-images`` of the id map by id): original | ground truth
 (with ``--gt``) | predictions at or above ``--score-thresh``, masks in class colours with boxes,
 class names and scores; ``--style outlines`` draws only class-coloured cell outlines and adds a
@@ -26,10 +28,12 @@ import logging
 import os
 import sys
 
+from detectron2.config import CfgNode
+
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
-from cellseg_d2.data.io import add_class_names_argument
 from cellseg_d2.data.validate import load_id_map
 from cellseg_d2.errors import CellSegError
+from cellseg_d2.inference.figures import STYLES
 from cellseg_d2.inference.predict import build_predict_config, predict_folder
 from cellseg_d2.inference.predictor import CellPredictor
 from cellseg_d2.inference.submission import (
@@ -37,7 +41,13 @@ from cellseg_d2.inference.submission import (
     read_submission,
     require_valid_submission,
 )
-from cellseg_d2.inference.visualize import STYLES, validation_id_map, visualize_predictions
+from cellseg_d2.inference.visualize import (
+    recorded_class_names,
+    validation_id_map,
+    visualize_predictions,
+)
+from cellseg_d2.utils.cli import add_class_names_argument
+from cellseg_d2.utils.layout import DEFAULT_CLASS_NAMES, TRAIN_DIR
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,10 +58,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--val-root",
         help="instead of --input/--id-map/--gt: draw the validation images of this dataset root "
-        "beside their ground truth (split from --val-fraction and --split-seed)",
+        "beside their ground truth (the config's DATASETS split and class names, else the "
+        "flags, else the class names its training cache recorded; the cache is never written)",
     )
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="DATASETS.VAL_FRACTION")
-    parser.add_argument("--split-seed", type=int, default=0, help="DATASETS.SPLIT_SEED")
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        help="DATASETS.VAL_FRACTION (default: the config's, else 0.1)",
+    )
+    parser.add_argument(
+        "--split-seed", type=int, help="DATASETS.SPLIT_SEED (default: the config's, else 0)"
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--pred", help="submission: results JSON or zip")
     source.add_argument("--config-file", help="predict with this config (and MODEL.WEIGHTS)")
@@ -69,12 +86,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "outlines only, plus per-class count bars",
     )
     add_class_names_argument(parser)
+    parser.set_defaults(class_names=None)  # None: not given (see dataset_settings)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
     if args.val_root:
         if args.input or args.id_map or args.gt:
             parser.error("--val-root replaces --input, --id-map and --gt")
-        args.input = args.gt = os.path.join(args.val_root, "train")
+        args.input = args.gt = os.path.join(args.val_root, TRAIN_DIR)
     elif not (args.input and args.id_map):
         parser.error("give --input and --id-map, or --val-root")
     if args.opts and not args.config_file:
@@ -84,11 +102,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def predict_entries(args: argparse.Namespace, entries: list[dict]) -> list[dict]:
-    """Run the configured model on the images that will be drawn, as submission entries;
-    the config's ``DATASETS.CLASS_NAMES`` become ``args.class_names``."""
-    cfg = build_predict_config(args.config_file, args.opts)  # the model's own thresholds
-    args.class_names = tuple(cfg.DATASETS.CLASS_NAMES)
+def dataset_settings(args: argparse.Namespace, cfg: CfgNode | None) -> None:
+    """Settle the class names and, with ``--val-root``, the split: the dataset's own settings.
+
+    Why: a figure of a dataset must follow the settings it was trained with, or it draws other
+    images than the validation split, or stops on a sixth class. Class names: the config's
+    ``DATASETS.CLASS_NAMES``, else ``--class-names``, else (``--val-root``) the names the
+    dataset's training cache recorded (read only), else the default four. Split: the flags, else
+    the config's ``DATASETS.VAL_FRACTION``/``SPLIT_SEED``/``NUM_FOLDS``/``FOLD``, else 0.1 and
+    seed 0. Sets ``args.class_names`` and ``args.split`` (keyword arguments of
+    :func:`validation_id_map`)."""
+    datasets = cfg.DATASETS if cfg is not None else None
+    if datasets is not None:
+        args.class_names = tuple(datasets.CLASS_NAMES)
+    elif args.class_names is None:
+        args.class_names = recorded_class_names(args.val_root) if args.val_root else None
+    args.class_names = args.class_names or DEFAULT_CLASS_NAMES
+    if not args.val_root:
+        return
+    num_folds = int(datasets.NUM_FOLDS) if datasets is not None else 0
+    fraction = datasets.VAL_FRACTION if datasets is not None else 0.1
+    seed = datasets.SPLIT_SEED if datasets is not None else 0
+    args.split = {
+        "val_fraction": float(fraction if args.val_fraction is None else args.val_fraction),
+        "seed": int(seed if args.split_seed is None else args.split_seed),
+        "fold": int(datasets.FOLD) if num_folds else None,
+        "num_folds": num_folds or None,
+        "class_names": args.class_names,
+    }
+
+
+def predict_entries(args: argparse.Namespace, cfg: CfgNode, entries: list[dict]) -> list[dict]:
+    """Run the configured model on the images that will be drawn, as submission entries."""
     drawn = sorted(entries, key=lambda entry: entry["id"])[: args.num_images]
     return predict_folder(CellPredictor(cfg), args.input, drawn, progress=False)
 
@@ -98,12 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        # The model's own thresholds and the dataset's settings come from the config.
+        cfg = build_predict_config(args.config_file, args.opts) if args.config_file else None
+        dataset_settings(args, cfg)
         if args.val_root:
-            entries = validation_id_map(args.val_root, args.val_fraction, args.split_seed)
+            entries = validation_id_map(args.val_root, **args.split)
         else:
             entries = load_id_map(args.id_map)
-        if args.config_file:
-            results = predict_entries(args, entries)
+        if cfg is not None:
+            results = predict_entries(args, cfg, entries)
         else:
             results = read_submission(args.pred)
         source = args.pred or "the model's predictions"

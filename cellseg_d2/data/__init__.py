@@ -10,22 +10,14 @@ from cellseg_d2.data.convert import (
     load_test_coco,
     load_train_coco,
     prepare_cell_dataset,
-    write_coco_subset,
 )
-from cellseg_d2.data.datasets import (
-    register_cell_datasets,
-    register_cell_datasets_from_config,
-    split_of,
-)
-from cellseg_d2.data.io import (
-    DEFAULT_CLASS_NAMES,
-    CellDataError,
-    read_image,
-    read_instance_mask,
-    write_tiff,
-)
+from cellseg_d2.data.io import read_image, read_instance_mask, write_tiff
+from cellseg_d2.data.register import register_cell_datasets, register_cell_datasets_from_config
 from cellseg_d2.data.rle import decode_rle, encode_mask, label_image_to_instances
+from cellseg_d2.data.splits import split_of, write_coco_subset
 from cellseg_d2.data.validate import scan_dataset
+from cellseg_d2.errors import CellDataError
+from cellseg_d2.utils.layout import DEFAULT_CLASS_NAMES
 
 __all__ = [
     "DEFAULT_CLASS_NAMES",

@@ -31,7 +31,7 @@ import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -39,13 +39,9 @@ from pathlib import Path
 
 from detectron2.structures import BoxMode
 
-from cellseg_d2.data.io import DEFAULT_CLASS_NAMES, CellDataError, atomic_write, check_class_names
 from cellseg_d2.data.rle import label_image_to_instances
 from cellseg_d2.data.validate import (
     DEFAULT_MIN_IMAGE_SIZE,
-    IMAGE_FILE_NAME,
-    TEST_DIR,
-    TRAIN_DIR,
     DatasetFiles,
     TrainFolder,
     raise_if_strict,
@@ -53,14 +49,23 @@ from cellseg_d2.data.validate import (
     read_train_sample,
     scan_dataset,
 )
+from cellseg_d2.errors import CellDataError
+from cellseg_d2.utils.files import atomic_write
+from cellseg_d2.utils.layout import (
+    CACHE_DIR,
+    DEFAULT_CLASS_NAMES,
+    IMAGE_FILE_NAME,
+    TEST_DIR,
+    TRAIN_DIR,
+    check_class_names,
+    coco_categories,
+)
 
 __all__ = [
-    "CACHE_DIR",
     "CONVERSION_VERSION",
     "CONVERT_WORKERS_ENV",
     "DatasetSummary",
     "check_has_instances",
-    "coco_categories",
     "coco_to_test_dicts",
     "coco_to_train_dicts",
     "format_summary",
@@ -69,7 +74,6 @@ __all__ = [
     "load_test_coco",
     "load_train_coco",
     "prepare_cell_dataset",
-    "write_coco_subset",
 ]
 
 logger = logging.getLogger(__name__)
@@ -77,7 +81,6 @@ logger = logging.getLogger(__name__)
 #: Bump whenever the cache content changes for the same inputs; old caches are then rebuilt.
 CONVERSION_VERSION = 2
 #: The project's cache folder under a dataset root (hidden, so scanning ignores it).
-CACHE_DIR = ".cellseg_cache"
 TRAIN_JSON_NAME = "instances_train.json"
 TEST_JSON_NAME = "test_images.json"
 #: Environment variable: number of conversion worker processes (default 2; 1 = no pool).
@@ -122,11 +125,6 @@ def _fingerprint(root: Path, paths: Iterable[Path]) -> str:
             f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
         )
     return digest.hexdigest()
-
-
-def coco_categories(class_names: Sequence[str]) -> list[dict]:
-    """COCO categories of the class names: ``classK.tif`` is COCO id K (detectron2 id K - 1)."""
-    return [{"id": index + 1, "name": name} for index, name in enumerate(class_names)]
 
 
 def _train_key(files: DatasetFiles, min_area: int, class_names: Sequence[str]) -> dict:
@@ -518,44 +516,6 @@ def load_cell_test_dicts(
         CellDataError: no test set, or an id-map or image problem, naming the file.
     """
     return coco_to_test_dicts(load_test_coco(root, min_size, class_names), root)
-
-
-def write_coco_subset(coco: dict, image_ids: Collection[int], path: str | os.PathLike) -> Path:
-    """Write the images ``image_ids`` of ``coco`` with their annotations as a COCO JSON.
-
-    Why: a validation split needs its own ``json_file`` so COCOEvaluator reads ground truth
-    instead of converting the dataset dicts again. Ids are kept, so predictions made on the
-    split's dataset dicts match. The file is left alone when it already holds exactly this
-    subset of this source, so repeated registrations do not rewrite it.
-
-    Args:
-        coco: a COCO dict from :func:`load_train_coco`.
-        image_ids: COCO image ids to keep.
-        path: destination JSON.
-
-    Returns:
-        ``path`` as a Path.
-    """
-    path = Path(path)
-    keep = set(image_ids)
-    source = coco.get("info", {}).get("cellseg", {})
-    key = {
-        "source_fingerprint": source.get("fingerprint"),
-        "source_min_area": source.get("min_area"),
-        "source_class_names": source.get("class_names"),
-        "conversion_version": source.get("conversion_version"),
-        "image_ids_sha1": hashlib.sha1(json.dumps(sorted(keep)).encode()).hexdigest(),
-    }
-    if _read_cache(path, key) is not None:
-        return path
-    subset = {
-        "info": {"description": "cellseg-d2 split of instances_train.json", "cellseg": key},
-        "images": [image for image in coco["images"] if image["id"] in keep],
-        "annotations": [a for a in coco["annotations"] if a["image_id"] in keep],
-        "categories": coco["categories"],
-    }
-    _write_json(path, subset)
-    return path
 
 
 def prepare_cell_dataset(

@@ -22,8 +22,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cellseg_d2.data.io import CellDataError, atomic_write, check_class_names
-from cellseg_d2.data.validate import parse_json
+from cellseg_d2.errors import CellDataError
+from cellseg_d2.utils.files import atomic_write, parse_json
+from cellseg_d2.utils.layout import check_class_names
 
 __all__ = ["DATASET_INFO_NAME", "DatasetInfo", "read_dataset_info", "write_dataset_info"]
 

@@ -8,32 +8,19 @@ leaves a half-written file under the final name.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import io
 import os
-import re
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 import tifffile
 
-from cellseg_d2.errors import CellSegError
+from ..errors import CellDataError
+from ..utils.files import atomic_write
 
 __all__ = [
-    "add_class_names_argument",
-    "DEFAULT_CLASS_NAMES",
     "MAX_PIXELS_ENV",
-    "CellDataError",
-    "atomic_write",
-    "check_class_names",
-    "class_file_name",
-    "class_index_of",
     "max_image_pixels",
-    "parse_class_names",
     "read_image",
     "read_image_size",
     "read_instance_mask",
@@ -42,98 +29,12 @@ __all__ = [
     "write_tiff",
 ]
 
-#: The four MoNuSAC 2020 classes, the default of ``DATASETS.CLASS_NAMES``: name K is the class of
-#: ``classK.tif``, detectron2 category K - 1 and COCO category K.
-DEFAULT_CLASS_NAMES: tuple[str, ...] = ("epithelial", "lymphocyte", "neutrophil", "macrophage")
 #: Environment variable that overrides :data:`DEFAULT_MAX_IMAGE_PIXELS` (0 = no limit).
 MAX_PIXELS_ENV = "CELLSEG_MAX_IMAGE_PIXELS"
 #: Largest image (height x width x pages) read by default: 2^28 px, e.g. 16384 x 16384. Beyond
 #: it one decoded RGB image alone takes more than 0.75 GB, so a mistaken file is refused before
 #: it fills the memory.
 DEFAULT_MAX_IMAGE_PIXELS = 2**28
-_CLASS_FILE_PATTERN = re.compile(r"class([1-9][0-9]*)\.tif")
-
-
-# Read once at import (os.umask can only be read by setting it, which is not thread-safe).
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
-class CellDataError(CellSegError, ValueError):
-    """A problem with the user's data: the message names the file and says what is wrong.
-
-    The tools turn it into exit status 2, so scripts can tell bad input from a crash.
-    """
-
-
-def class_file_name(category_id: int) -> str:
-    """The mask file of the 0-based detectron2 category ``category_id``: ``class{id + 1}.tif``."""
-    return f"class{category_id + 1}.tif"
-
-
-def class_index_of(file_name: str) -> int | None:
-    """The 0-based category of a mask file name ``classK.tif`` (K >= 1), None for other names."""
-    match = _CLASS_FILE_PATTERN.fullmatch(file_name)
-    return int(match.group(1)) - 1 if match else None
-
-
-def check_class_names(class_names: object, key: str = "DATASETS.CLASS_NAMES") -> tuple[str, ...]:
-    """Check a list of class names and return it as a tuple.
-
-    Why: the names become ``thing_classes`` and the COCO categories, and their count is the
-    number of ``classK.tif`` files a training folder may hold; an empty, repeated or non-string
-    name would only show much later as a confusing detectron2 error.
-
-    Args:
-        class_names: the names, in ``classK.tif`` order.
-        key: the config key or flag named in the error.
-
-    Raises:
-        CellDataError: not a non-empty list of distinct, non-empty strings.
-    """
-    if isinstance(class_names, str) or not isinstance(class_names, (list, tuple)):
-        raise CellDataError(f"{key}: expected a list of class names, got {class_names!r}")
-    names = tuple(class_names)
-    if not names:
-        raise CellDataError(f"{key}: needs at least one class name")
-    for name in names:
-        if not isinstance(name, str) or not name.strip():
-            raise CellDataError(f"{key}: class names must be non-empty strings, got {name!r}")
-    if len(set(names)) != len(names):
-        raise CellDataError(f"{key}: class names must be distinct, got {list(names)}")
-    return names
-
-
-def parse_class_names(text: str) -> tuple[str, ...]:
-    """Class names from a command-line value ``"a,b,c"`` (``--class-names`` of the tools).
-
-    Raises:
-        CellDataError: see :func:`check_class_names`.
-    """
-    return check_class_names([name.strip() for name in text.split(",")], key="--class-names")
-
-
-def add_class_names_argument(parser: argparse.ArgumentParser) -> None:
-    """Give a tool without a config the ``--class-names a,b,c`` flag, parsed and checked.
-
-    Why one helper: every tool that reads masks or submissions without a config must agree on
-    the flag, its default (the four MoNuSAC names) and its checks; a bad value exits 2 with
-    :func:`check_class_names`'s message, as argparse does for any bad flag.
-    """
-
-    def class_names(text: str) -> tuple[str, ...]:
-        try:
-            return parse_class_names(text)
-        except CellDataError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from exc
-
-    parser.add_argument(
-        "--class-names",
-        type=class_names,
-        default=DEFAULT_CLASS_NAMES,
-        help="comma-separated class names, name K for classK.tif / category_id K (default: "
-        f"{','.join(DEFAULT_CLASS_NAMES)}; use the training config's DATASETS.CLASS_NAMES)",
-    )
 
 
 def max_image_pixels() -> int:
@@ -185,38 +86,6 @@ def _check_header(path: Path, tif: tifffile.TiffFile, channel_pages: bool) -> No
         f"{path}: multi-page TIFF with {count} pages; only single-page files are read{rule}. "
         "Save one 2-D (or RGB/RGBA) image per file"
     )
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file beside ``path`` and rename it onto ``path`` on success.
-
-    NOTE: the rename is atomic on POSIX file systems, so readers see either the old file or the
-    complete new one. On an exception the temporary file is removed and ``path`` is untouched.
-
-    Args:
-        path: the final file name; its folder is created if needed.
-        mode: ``"wb"`` or ``"w"`` (text, UTF-8).
-
-    Yields:
-        The open temporary file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        encoding = None if "b" in mode else "utf-8"
-        with os.fdopen(fd, mode, encoding=encoding) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
-        os.chmod(tmp_name, 0o666 & ~_UMASK)
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
 
 
 def write_tiff(path: str | os.PathLike, array: np.ndarray, compression: str | None = None) -> None:

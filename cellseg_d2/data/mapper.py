@@ -31,8 +31,8 @@ from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, Instances
 from scipy import ndimage
 
-from .io import read_image
-from .rle import InstanceCrop, tight_crop
+from cellseg_d2.data.io import read_image
+from cellseg_d2.data.rle import InstanceCrop, tight_crop
 
 __all__ = ["CellDatasetMapper", "RandomRotation90", "Rot90Transform"]
 
@@ -346,7 +346,18 @@ class CellDatasetMapper(DatasetMapper):
         return instances
 
     def __call__(self, dataset_dict: dict[str, Any]) -> dict[str, Any]:
-        """Turn one dataset dict into the model's input: ``image`` tensor and ``instances``."""
+        """Turn one dataset dict into the model's input: ``image`` tensor and ``instances``.
+
+        NOTE: a rewrite of detectron2's ``DatasetMapper.__call__``
+        (``detectron2/data/dataset_mapper.py``), step for step, instead of ``super().__call__``:
+        two of its steps sit in the middle of that function with no hook to override. It reads
+        the image with PIL (``detection_utils.read_image``), which mangles the RGBA, 16-bit and
+        float TIFFs of microscopy, and it decodes every instance mask at full image size
+        (``annotations_to_instances``), which costs cells x image area per sample. Its
+        semantic-segmentation and precomputed-proposal branches are left out: cell datasets
+        carry neither. The shared steps (``check_image_size``, ``AugInput`` through
+        ``self.augmentations``, the CHW tensor) call detectron2's own functions.
+        """
         # Shallow copy: nothing below mutates the nested annotations, and deep-copying hundreds
         # of RLE dicts per image costs more than the rest of the bookkeeping.
         dataset_dict = dict(dataset_dict)

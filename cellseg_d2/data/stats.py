@@ -18,7 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from cellseg_d2.data.convert import load_train_coco
-from cellseg_d2.data.io import DEFAULT_CLASS_NAMES, atomic_write
+from cellseg_d2.utils.files import atomic_write
+from cellseg_d2.utils.layout import DEFAULT_CLASS_NAMES
 
 __all__ = ["compute_dataset_stats", "format_stats", "stats_from_coco", "write_stats_json"]
 

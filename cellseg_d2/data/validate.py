@@ -15,7 +15,6 @@ turned into one error by :func:`raise_if_strict` when the user asks for ``--stri
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -23,29 +22,27 @@ from pathlib import Path
 
 import numpy as np
 
-from cellseg_d2.data.io import (
+from cellseg_d2.data.io import read_image, read_image_size, read_instance_mask
+from cellseg_d2.errors import CellDataError
+from cellseg_d2.utils.files import parse_json
+from cellseg_d2.utils.layout import (
     DEFAULT_CLASS_NAMES,
-    CellDataError,
+    ID_MAP_NAME,
+    IMAGE_FILE_NAME,
+    TEST_DIR,
+    TRAIN_DIR,
     class_index_of,
-    read_image,
-    read_image_size,
-    read_instance_mask,
 )
 
 __all__ = [
     "DEFAULT_MIN_IMAGE_SIZE",
     "DatasetFiles",
-    "ID_MAP_NAME",
-    "IMAGE_FILE_NAME",
-    "TEST_DIR",
-    "TRAIN_DIR",
     "TrainFolder",
     "TrainSample",
     "check_image_size",
     "check_test_images",
     "list_tiff_images",
     "load_id_map",
-    "parse_json",
     "raise_if_strict",
     "read_test_images",
     "read_train_sample",
@@ -54,10 +51,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TRAIN_DIR = "train"
-TEST_DIR = "test_release"
-ID_MAP_NAME = "test_image_name_to_ids.json"
-IMAGE_FILE_NAME = "image.tif"
 #: Images with a side below this many pixels are rejected: too small to hold a cell, and
 #: usually the sign of a broken export.
 DEFAULT_MIN_IMAGE_SIZE = 16
@@ -288,44 +281,10 @@ def read_train_sample(folder: TrainFolder, min_size: int = DEFAULT_MIN_IMAGE_SIZ
     return TrainSample(height=height, width=width, masks=masks)
 
 
-#: Integers in a JSON input may have at most this many digits (int64 has 19): a longer one is
-#: garbage, and Python would otherwise spend quadratic time on it or refuse it with a traceback.
-MAX_JSON_INT_DIGITS = 20
 #: The largest image side an id map may declare (pixel counts stay far inside int64).
 MAX_ID_MAP_SIDE = 2**20
 #: Id-map ids must fit the int64 that COCO tools and numpy store them in.
 _INT64 = range(-(2**63), 2**63)
-
-
-def _bounded_int(text: str) -> int:
-    """``parse_int`` hook of :func:`parse_json`: refuse absurdly long integers up front."""
-    digits = len(text.lstrip("-"))
-    if digits > MAX_JSON_INT_DIGITS:
-        raise ValueError(f"a number with {digits} digits (at most {MAX_JSON_INT_DIGITS} allowed)")
-    return int(text)
-
-
-def parse_json(data: str | bytes, source: str) -> object:
-    """Parse JSON from an untrusted file into Python values, with a clear error for hostile input.
-
-    Why not bare ``json.loads``: deeply nested arrays end in a ``RecursionError`` and huge
-    integers in a ``ValueError`` (or minutes of conversion) far from the file that caused them.
-    Here every failure is a :class:`CellDataError` naming ``source``.
-
-    Args:
-        data: the file's content.
-        source: what to name in messages (the path, or ``zip:member``).
-
-    Raises:
-        CellDataError: not UTF-8, not JSON, nested too deeply, or an integer longer than
-            :data:`MAX_JSON_INT_DIGITS` digits.
-    """
-    try:
-        return json.loads(data, parse_int=_bounded_int)
-    except RecursionError:
-        raise CellDataError(f"{source}: JSON nested too deeply to read") from None
-    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
-        raise CellDataError(f"{source}: unreadable JSON: {exc}") from exc
 
 
 def _file_name_problem(name: str) -> str | None:

@@ -30,7 +30,8 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from fvcore.common.checkpoint import _IncompatibleKeys
 
-from ..data.io import atomic_write
+from cellseg_d2.utils.files import atomic_write
+
 from ..errors import ConfigError
 from .weights_url import WeightsUnavailableError, fetch_weights, is_zoo_weights, weights_cache_dir
 

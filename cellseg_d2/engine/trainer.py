@@ -30,8 +30,8 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..data.datasets import register_cell_datasets_from_config
 from ..data.mapper import CellDatasetMapper
+from ..data.register import register_cell_datasets_from_config
 from ..modeling import CellRCNNWithTTA
 from .checkpoint import AtomicDetectionCheckpointer
 from .weights_url import fetch_weights
@@ -368,7 +368,8 @@ class CellTrainer(DefaultTrainer):
         )
         if not cfg.TEST.HISTOLOGY_METRICS:
             return coco
-        from ..inference.metrics import HistologyEvaluator  # inference imports engine
+        # lazy: evaluation.histology imports inference.submission, whose package imports engine
+        from cellseg_d2.evaluation.evaluator import HistologyEvaluator
 
         return DatasetEvaluators([coco, HistologyEvaluator(dataset_name)])
 

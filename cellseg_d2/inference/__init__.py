@@ -33,10 +33,10 @@ _LAZY = {
     "read_submission": "submission",
     "validate_submission": "submission",
     "write_submission": "submission",
-    "compose_figure": "visualize",
-    "render_comparison": "visualize",
+    "compose_figure": "figures",
+    "render_comparison": "figures",
     "visualize_predictions": "visualize",
-    "write_png": "visualize",
+    "write_png": "figures",
     "ExportedPredictor": "exported",
 }
 

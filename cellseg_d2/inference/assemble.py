@@ -22,7 +22,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from ..data.io import CellDataError, atomic_write
+from cellseg_d2.errors import CellDataError
+from cellseg_d2.utils.files import atomic_write
+
 from .export import CSV_COLUMNS
 from .outputs import CSV_FILE_NAME, staging_path
 from .shards import PredictionShards

@@ -21,7 +21,6 @@ Formats (``tools/predict.py --format``):
 
 from __future__ import annotations
 
-import colorsys
 import csv
 import io
 import json
@@ -33,8 +32,10 @@ from pathlib import Path
 import numpy as np
 from skimage import measure
 
-from ..data.datasets import THING_COLORS
-from ..data.io import atomic_write, write_tiff
+from cellseg_d2.data.io import write_tiff
+from cellseg_d2.utils.files import atomic_write
+from cellseg_d2.utils.layout import class_color, class_name
+
 from .predictor import Detection
 
 __all__ = [
@@ -44,7 +45,6 @@ __all__ = [
     "GEOJSON_OBJECT_TYPE",
     "LabelImages",
     "cell_table_rows",
-    "class_color",
     "detections_to_feature_collection",
     "detections_to_label_images",
     "export_paths",
@@ -80,20 +80,6 @@ CSV_COLUMNS = (
     "mean_intensity_g",
     "mean_intensity_b",
 )
-
-
-def class_color(index: int) -> list[int]:
-    """An RGB colour for the 0-based class ``index``: the project's four class colours first,
-    then well-spread hues (golden-ratio steps), so any number of classes stays distinguishable."""
-    if index < len(THING_COLORS):
-        return list(THING_COLORS[index])
-    hue = (index * 0.618033988749895) % 1.0
-    return [round(255 * value) for value in colorsys.hsv_to_rgb(hue, 0.75, 0.9)]
-
-
-def _class_name(index: int, class_names: Sequence[str]) -> str:
-    """The name of the 0-based class ``index`` (``classK`` when the config names fewer)."""
-    return class_names[index] if index < len(class_names) else f"class{index + 1}"
 
 
 #: First characters that make a spreadsheet read a cell as a formula (OWASP, CSV injection).
@@ -270,7 +256,7 @@ def detections_to_feature_collection(
                 "properties": {
                     "objectType": GEOJSON_OBJECT_TYPE,
                     "classification": {
-                        "name": _class_name(det.category, class_names),
+                        "name": class_name(det.category, class_names),
                         "color": class_color(det.category),
                     },
                     "measurements": {"score": float(det.score)},
@@ -336,7 +322,7 @@ def cell_table_rows(
                 image_id,
                 int(table["label"][row]),
                 det.category + 1,
-                spreadsheet_safe(_class_name(det.category, class_names)),
+                spreadsheet_safe(class_name(det.category, class_names)),
                 f"{det.score:.6g}",
                 int(table["area"][row]),
                 f"{table['centroid-1'][row]:.6g}",

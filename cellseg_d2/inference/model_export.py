@@ -22,8 +22,9 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 
+from cellseg_d2.utils.layout import class_colors
+
 from .. import __version__
-from ..data.datasets import class_colors
 from ..data.synthetic import synthesize_image
 from ..engine.checkpoint import AtomicDetectionCheckpointer
 from ..modeling.export import (

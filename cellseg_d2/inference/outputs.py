@@ -18,7 +18,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from ..data.io import CellDataError
+from cellseg_d2.errors import CellDataError
+
 from ..utils.lock import hold_lock
 from .export import export_paths
 

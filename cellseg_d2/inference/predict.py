@@ -25,9 +25,12 @@ import numpy as np
 from detectron2.config import CfgNode
 from tqdm import tqdm
 
+from cellseg_d2.data.io import read_image
+from cellseg_d2.errors import CellDataError
+from cellseg_d2.utils.files import atomic_write
+
 from ..config import load_cellseg_config
-from ..data.datasets import check_num_classes
-from ..data.io import CellDataError, atomic_write, read_image
+from ..data.register import check_num_classes
 from ..engine.trainer import adapt_config_to_machine
 from .assemble import assemble_outputs
 from .export import (
@@ -68,7 +71,7 @@ def build_predict_config(
     flags (``MODEL.ROI_HEADS.SCORE_THRESH_TEST``, ``MODEL.CELLSEG.MASK_THRESHOLD``), adapted to
     this machine (CPU without CUDA).
 
-    The class names must match the head (:func:`~cellseg_d2.data.datasets.check_num_classes`):
+    The class names must match the head (:func:`~cellseg_d2.data.register.check_num_classes`):
     the outputs name classes by ``DATASETS.CLASS_NAMES``, so a mismatch stops before any work.
     """
     cfg = load_cellseg_config(config_file, opts)

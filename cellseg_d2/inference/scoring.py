@@ -23,15 +23,16 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from cellseg_d2.data.convert import coco_categories
-from cellseg_d2.data.io import (
-    DEFAULT_CLASS_NAMES,
-    CellDataError,
-    atomic_write,
-    class_index_of,
-    read_instance_mask,
-)
+from cellseg_d2.data.io import read_instance_mask
 from cellseg_d2.data.rle import check_rle, label_image_to_instances
+from cellseg_d2.errors import CellDataError
+from cellseg_d2.utils.files import atomic_write
+from cellseg_d2.utils.layout import (
+    DEFAULT_CLASS_NAMES,
+    class_index_of,
+    coco_categories,
+    generic_class_name,
+)
 
 __all__ = [
     "IOU_TYPES",
@@ -147,7 +148,7 @@ def load_ground_truth_coco(gt_dir: str | os.PathLike, id_map_entries: list[dict]
             )
     logger.info("Ground truth: %d instances in %d images", len(annotations), len(images))
     num_classes = max([len(DEFAULT_CLASS_NAMES), *(a["category_id"] for a in annotations)])
-    names = [f"class{k}" for k in range(1, num_classes + 1)]
+    names = [generic_class_name(k) for k in range(1, num_classes + 1)]
     return {"images": images, "annotations": annotations, "categories": coco_categories(names)}
 
 

@@ -27,8 +27,9 @@ from pathlib import Path
 
 from detectron2.config import CfgNode
 
-from ..data.io import CellDataError, atomic_write
-from ..data.validate import parse_json
+from cellseg_d2.errors import CellDataError
+from cellseg_d2.utils.files import atomic_write, parse_json, sha256_file
+
 from .export import CSV_COLUMNS, spreadsheet_safe
 
 __all__ = [
@@ -61,15 +62,6 @@ def skipped_list_path(main_output: str | os.PathLike) -> Path:
     return main_output.with_name(main_output.name + ".skipped.txt")
 
 
-def _sha256_file(path: str) -> str:
-    """SHA-256 of a file, read in 1 MiB blocks (weights can be large)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def prediction_fingerprint(
     cfg: CfgNode, tta: bool, formats: Sequence[str], entries: Sequence[dict]
 ) -> dict[str, str]:
@@ -95,7 +87,7 @@ def prediction_fingerprint(
     return {
         "score_thresh": repr(float(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST)),
         "mask_thresh": repr(float(cfg.MODEL.CELLSEG.MASK_THRESHOLD)),
-        "weights": f"sha256:{_sha256_file(weights)}" if os.path.isfile(weights) else weights,
+        "weights": f"sha256:{sha256_file(weights)}" if os.path.isfile(weights) else weights,
         "config": hashlib.sha256(rest.dump().encode()).hexdigest(),
         "tta": str(bool(tta)),
         "formats": ",".join(sorted(formats)),

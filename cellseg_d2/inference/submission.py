@@ -31,9 +31,10 @@ from typing import IO
 import numpy as np
 from pycocotools import mask as mask_util
 
-from cellseg_d2.data.io import DEFAULT_CLASS_NAMES, CellDataError, atomic_write
 from cellseg_d2.data.rle import check_rle
-from cellseg_d2.data.validate import parse_json
+from cellseg_d2.errors import CellDataError
+from cellseg_d2.utils.files import atomic_write, parse_json
+from cellseg_d2.utils.layout import DEFAULT_CLASS_NAMES
 
 __all__ = [
     "BBOX_IMAGE_TOLERANCE",

@@ -1,23 +1,14 @@
-"""Figures for the report: each image beside its predictions (and its ground truth when known).
+"""Figures for the report: which images to draw, their predictions and ground truth, one PNG.
 
-One row per image, panels left to right: the original, the ground truth (when given), the
-predictions. Masks are filled in their class colour (the datasets' ``thing_colors``, for any
-number of classes) with transparency and outlined; boxes carry the class name and, for
-predictions, the score (a label that would cover another, more confident one is left out, so
-dense images stay readable). Panels and rows are
-separated by :data:`GAP` white pixels, so a row of ``P`` panels of a ``W x H`` image is
-``P * W + (P - 1) * GAP`` wide and ``H`` tall, and a figure of ``N`` rows is as wide as its widest
-row and ``sum(H) + (N - 1) * GAP`` tall.
+The drawing itself is in :mod:`cellseg_d2.inference.figures`; this module ties an id map (a
+test set's, or the validation images of a dataset root) to the images, their ground-truth
+masks and the predictions, and writes the figure.
 
-``style="outlines"`` is the view a biologist reads: no fill, no boxes, no labels, only each
-cell's outline in its class colour (1 px, exact colour, so the cells stay visible under it), and
-under each row a :data:`COUNT_BAR_HEIGHT` px strip of per-class count bars, ground truth (grey)
-beside predictions (class colour), so a class the model over- or under-calls shows at a glance.
-A row is then ``H + GAP + COUNT_BAR_HEIGHT`` tall. Classes beyond the palette reuse its colours.
-
-Everything works on numpy arrays with OpenCV drawing, at the image's own resolution; masks are
-decoded once each and painted inside their box only, so a dense image with hundreds of cells
-draws in a fraction of a second.
+NOTE: the validation images of a dataset root are listed without converting or touching the
+dataset's conversion cache (``<root>/.cellseg_cache/``, which training owns): the folder scan
+gives the images and the COCO ids, the TIFF headers the sizes, and the class names come from
+the caller (the config's ``DATASETS.CLASS_NAMES``) or, read only, from the names the cache
+recorded when training converted the dataset.
 """
 
 from __future__ import annotations
@@ -27,308 +18,61 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
-from pycocotools import mask as mask_util
 
-from cellseg_d2.data.convert import load_cell_train_dicts
-from cellseg_d2.data.datasets import class_colors, split_of
-from cellseg_d2.data.io import DEFAULT_CLASS_NAMES, CellDataError, atomic_write, read_image
-from cellseg_d2.data.rle import decode_rle
+from cellseg_d2.data.convert import TRAIN_JSON_NAME
+from cellseg_d2.data.io import read_image, read_image_size
+from cellseg_d2.data.splits import split_of
+from cellseg_d2.data.validate import scan_dataset
+from cellseg_d2.errors import CellDataError
+from cellseg_d2.inference.figures import compose_figure, render_comparison, write_png
 from cellseg_d2.inference.scoring import ground_truth_folder, read_ground_truth_instances
+from cellseg_d2.utils.files import parse_json
+from cellseg_d2.utils.layout import (
+    CACHE_DIR,
+    DEFAULT_CLASS_NAMES,
+    IMAGE_FILE_NAME,
+    TRAIN_DIR,
+    check_class_names,
+)
 
 __all__ = [
-    "COUNT_BAR_HEIGHT",
-    "GAP",
-    "STYLES",
-    "compose_figure",
-    "render_comparison",
+    "recorded_class_names",
+    "recorded_train_settings",
     "validation_id_map",
     "visualize_predictions",
-    "write_png",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: White pixels between panels and between rows.
-GAP = 4
-#: Height of the per-class count strip under a row in the ``outlines`` style.
-COUNT_BAR_HEIGHT = 48
-#: Drawing styles: ``boxes`` (filled masks, outlines, boxes, labels) or ``outlines`` only.
-STYLES = ("boxes", "outlines")
-_GT_BAR = (150, 150, 150)
-_FONT = cv2.FONT_HERSHEY_SIMPLEX
-_LABEL_SCALE = 0.3
-_TITLE_SCALE = 0.45
-_WHITE = (255, 255, 255)
 
-
-def _put_label(
-    canvas: np.ndarray,
-    text: str,
-    x: int,
-    y: int,
-    color: tuple[int, int, int],
-    scale: float,
-    taken: np.ndarray | None = None,
-) -> None:
-    """Write ``text`` with its baseline-left corner near ``(x, y)`` on a filled colour box.
-
-    The box is moved inside the canvas so labels at the border stay readable. With ``taken``
-    (a bool map of pixels already under a label) a label that would cover another is left out,
-    and the pixels of a drawn one are marked.
-    """
-    (text_w, text_h), baseline = cv2.getTextSize(text, _FONT, scale, 1)
-    height, width = canvas.shape[:2]
-    x = int(min(max(x, 0), max(width - text_w - 2, 0)))
-    y = int(min(max(y, text_h + 2), height - baseline))
-    top, bottom, right = max(y - text_h - 2, 0), y + baseline, x + text_w + 2
-    if taken is not None:
-        if taken[top : bottom + 1, x : right + 1].any():
-            return
-        taken[top : bottom + 1, x : right + 1] = True
-    cv2.rectangle(canvas, (x, top), (right, bottom), color, cv2.FILLED)
-    cv2.putText(canvas, text, (x + 1, y - 1), _FONT, scale, _WHITE, 1, cv2.LINE_AA)
-
-
-def _class_color(category_id: int) -> tuple[int, int, int]:
-    """RGB colour of a 1-based class: the registered datasets' ``thing_colors`` for any number
-    of classes (:func:`~cellseg_d2.data.datasets.class_colors`)."""
-    return class_colors(max(category_id, 1))[category_id - 1]
-
-
-def _class_name(category_id: int, class_names: Sequence[str]) -> str:
-    """Name of a 1-based class; ``classK`` beyond the given names."""
-    k = category_id - 1
-    return class_names[k] if 0 <= k < len(class_names) else f"class{category_id}"
-
-
-def _draw_outlines(image_rgb: np.ndarray, instances: list[dict]) -> np.ndarray:
-    """Each instance's outline (1 px, no anti-aliasing) in its class colour on a copy."""
-    canvas = image_rgb.copy()
-    height, width = canvas.shape[:2]
-    for instance in sorted(instances, key=lambda item: item.get("score", 1.0)):
-        segmentation = instance["segmentation"]
-        if list(segmentation["size"]) != [height, width]:
-            raise ValueError(
-                f"a mask of size {list(segmentation['size'])} does not fit the "
-                f"{height}x{width} image"
-            )
-        rle = {"size": segmentation["size"], "counts": segmentation["counts"].encode()}
-        x, y, w, h = (int(v) for v in mask_util.toBbox(rle))
-        if w == 0 or h == 0:
-            continue
-        crop = decode_rle(segmentation)[y : y + h, x : x + w]
-        contours, _ = cv2.findContours(
-            crop.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE, offset=(x, y)
-        )
-        cv2.drawContours(canvas, contours, -1, _class_color(instance["category_id"]), 1)
-    return canvas
-
-
-def _count_bars(
+def _draw_row(
+    image_dir: str | os.PathLike,
+    entry: dict,
     predictions: list[dict],
-    ground_truth: list[dict] | None,
-    width: int,
+    gt_dir: str | os.PathLike | None,
+    score_thresh: float,
+    style: str,
     class_names: Sequence[str],
 ) -> np.ndarray:
-    """A white strip with, per class, a grey ground-truth bar beside a class-colour prediction
-    bar, heights proportional to the counts, and ``name gt/pred`` under them."""
-    strip = np.full((COUNT_BAR_HEIGHT, width, 3), 255, np.uint8)
-    gt = ground_truth or []
-    classes = sorted({i["category_id"] for i in (*predictions, *gt)})
-    if not classes:
-        return strip
-    pred_counts = [sum(p["category_id"] == c for p in predictions) for c in classes]
-    gt_counts = [sum(g["category_id"] == c for g in gt) for c in classes]
-    top, base = 2, COUNT_BAR_HEIGHT - 14
-    scale = (base - top) / max(*pred_counts, *gt_counts, 1)
-    slot = width / len(classes)
-    bar = max(int(slot / 4), 1)
-    for index, category_id in enumerate(classes):
-        x = int(index * slot + slot / 2)
-        for left, count, color in (
-            (x - bar, gt_counts[index], _GT_BAR),
-            (x, pred_counts[index], _class_color(category_id)),
-        ):
-            if ground_truth is None and color == _GT_BAR:
-                continue
-            if count:
-                cv2.rectangle(
-                    strip, (left, base - int(round(count * scale))), (left + bar - 1, base),
-                    color, cv2.FILLED,
-                )  # fmt: skip
-        counts = f"{gt_counts[index]}/" if ground_truth is not None else ""
-        text = f"{_class_name(category_id, class_names)} {counts}{pred_counts[index]}"
-        cv2.putText(
-            strip, text, (int(index * slot) + 2, COUNT_BAR_HEIGHT - 3), _FONT, _LABEL_SCALE,
-            (0, 0, 0), 1, cv2.LINE_AA,
-        )  # fmt: skip
-    return strip
-
-
-def _draw_instances(
-    image_rgb: np.ndarray,
-    instances: list[dict],
-    alpha: float,
-    with_scores: bool,
-    class_names: Sequence[str],
-) -> np.ndarray:
-    """Paint masks (filled and outlined), boxes and labels of ``instances`` on a copy of the image.
-
-    Instances are drawn from the lowest score up, so the most confident ones end on top.
-    """
-    height, width = image_rgb.shape[:2]
-    fill = image_rgb.copy()
-    canvas = image_rgb.copy()
-    ordered = sorted(instances, key=lambda instance: instance.get("score", 1.0))
-    outlines = []
-    for instance in ordered:
-        segmentation = instance["segmentation"]
-        if list(segmentation["size"]) != [height, width]:
-            raise ValueError(
-                f"a mask of size {list(segmentation['size'])} does not fit the "
-                f"{height}x{width} image"
-            )
-        color = _class_color(instance["category_id"])
-        rle = {"size": segmentation["size"], "counts": segmentation["counts"].encode()}
-        x, y, w, h = (int(v) for v in mask_util.toBbox(rle))
-        if w == 0 or h == 0:
-            continue
-        # Paint only inside the mask's box: decoding is one C call, numpy work stays local.
-        crop = decode_rle(segmentation)[y : y + h, x : x + w]
-        fill[y : y + h, x : x + w][crop] = color
-        contours, _ = cv2.findContours(
-            crop.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x, y)
+    """Read one id-map image (and its ground truth) and draw its row; errors name the file."""
+    path = Path(image_dir) / entry["file_name"]
+    image = read_image(path)
+    if image.shape[:2] != (entry["height"], entry["width"]):
+        raise CellDataError(
+            f"{path}: image is {image.shape[0]}x{image.shape[1]} but the id map says "
+            f"{entry['height']}x{entry['width']}"
         )
-        outlines.append((contours, color))
-    cv2.addWeighted(fill, alpha, canvas, 1.0 - alpha, 0.0, dst=canvas)
-    for contours, color in outlines:
-        cv2.drawContours(canvas, contours, -1, color, 1, cv2.LINE_AA)
-    for instance in ordered:
-        x, y, w, h = instance["bbox"]
-        top_left = (int(round(x)), int(round(y)))
-        bottom_right = (int(round(x + w)) - 1, int(round(y + h)) - 1)
-        cv2.rectangle(canvas, top_left, bottom_right, _class_color(instance["category_id"]))
-    # Labels go to the most confident first; one that would cover another is left out, so a
-    # dense image keeps readable labels instead of a solid band of text.
-    taken = np.zeros((height, width), bool)
-    for instance in reversed(ordered):
-        x, y = (int(round(v)) for v in instance["bbox"][:2])
-        text = _class_name(instance["category_id"], class_names)
-        if with_scores:
-            text += f" {instance['score']:.2f}"
-        color = _class_color(instance["category_id"])
-        _put_label(canvas, text, x, y - 1, color, _LABEL_SCALE, taken)
-    return canvas
-
-
-def _titled(panel: np.ndarray, title: str) -> np.ndarray:
-    """Write a panel's title in its top-left corner on a dark box."""
-    _put_label(panel, title, 2, 2, (40, 40, 40), _TITLE_SCALE)
-    return panel
-
-
-def render_comparison(
-    image: np.ndarray,
-    predictions: list[dict],
-    ground_truth: list[dict] | None = None,
-    score_thresh: float = 0.5,
-    alpha: float = 0.45,
-    style: str = "boxes",
-    class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
-) -> np.ndarray:
-    """Draw one figure row: original | (ground truth |) predictions.
-
-    Why this signature: predictions in submission format come from a results file or straight
-    from a model, so any source can use the same drawing.
-
-    Args:
-        image: HxWx3 BGR uint8, as :func:`~cellseg_d2.data.io.read_image` returns it.
-        predictions: detections in submission format (``category_id`` 1..N, ``bbox``,
-            ``score``, ``segmentation`` RLE of size ``[H, W]``); those below ``score_thresh``
-            are left out.
-        ground_truth: instances in the same format (``score`` not needed), or None for a
-            two-panel row.
-        score_thresh: smallest score drawn.
-        alpha: opacity of the mask fill (``boxes`` style).
-        style: one of :data:`STYLES`; ``outlines`` draws class-coloured outlines only and adds
-            the per-class count strip.
-        class_names: the name of category id K is ``class_names[K - 1]`` (labels, count bars).
-
-    Returns:
-        An RGB uint8 array ``P * W + (P - 1) * GAP`` wide, ``P`` = 2 or 3 panels, ``H`` tall
-        (``H + GAP + COUNT_BAR_HEIGHT`` in the ``outlines`` style).
-
-    Raises:
-        ValueError: a mask whose size differs from the image's, or an unknown style.
-    """
-    if style not in STYLES:
-        raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
-    rgb = np.ascontiguousarray(image[:, :, ::-1])
-    shown = [p for p in predictions if p["score"] >= score_thresh]
-    outlines = style == "outlines"
-    panels = [_titled(rgb.copy(), "image")]
-    if ground_truth is not None:
-        if outlines:
-            gt_panel = _draw_outlines(rgb, ground_truth)
-        else:
-            gt_panel = _draw_instances(rgb, ground_truth, alpha, False, class_names)
-        panels.append(_titled(gt_panel, f"ground truth ({len(ground_truth)})"))
-    if outlines:
-        prediction_panel = _draw_outlines(rgb, shown)
-    else:
-        prediction_panel = _draw_instances(rgb, shown, alpha, True, class_names)
-    panels.append(_titled(prediction_panel, f"predictions ({len(shown)})"))
-    gap = np.full((rgb.shape[0], GAP, 3), 255, np.uint8)
-    row = [panels[0]]
-    for panel in panels[1:]:
-        row += [gap, panel]
-    drawn = np.concatenate(row, axis=1)
-    if not outlines:
-        return drawn
-    separator = np.full((GAP, drawn.shape[1], 3), 255, np.uint8)
-    bars = _count_bars(shown, ground_truth, drawn.shape[1], class_names)
-    return np.concatenate([drawn, separator, bars])
-
-
-def compose_figure(rows: list[np.ndarray]) -> np.ndarray:
-    """Stack rows top to bottom with :data:`GAP` white pixels between them.
-
-    Why: images differ in size, so narrower rows are padded with white on the right instead of
-    being scaled (which would blur thin outlines and change the pixels compared).
-
-    Args:
-        rows: RGB uint8 arrays, e.g. from :func:`render_comparison`.
-
-    Returns:
-        One RGB uint8 array as wide as the widest row.
-    """
-    if not rows:
-        raise ValueError("compose_figure needs at least one row")
-    width = max(row.shape[1] for row in rows)
-    parts = []
-    for index, row in enumerate(rows):
-        if index:
-            parts.append(np.full((GAP, width, 3), 255, np.uint8))
-        padded = np.full((row.shape[0], width, 3), 255, np.uint8)
-        padded[:, : row.shape[1]] = row
-        parts.append(padded)
-    return np.concatenate(parts, axis=0)
-
-
-def write_png(figure: np.ndarray, path: str | os.PathLike) -> None:
-    """Write an RGB uint8 array as a PNG atomically (a half-written figure never appears).
-
-    Raises:
-        ValueError: OpenCV could not encode the array.
-    """
-    encoded, buffer = cv2.imencode(".png", np.ascontiguousarray(figure[:, :, ::-1]))
-    if not encoded:
-        raise ValueError(f"could not encode a {figure.shape} array as PNG")
-    with atomic_write(path) as handle:
-        handle.write(buffer.tobytes())
-    logger.info("Wrote %dx%d figure to %s", figure.shape[1], figure.shape[0], path)
+    ground_truth = None
+    if gt_dir is not None:
+        folder = ground_truth_folder(gt_dir, entry["file_name"])
+        ground_truth = read_ground_truth_instances(folder, entry["height"], entry["width"])
+    try:
+        return render_comparison(
+            image, predictions, ground_truth, score_thresh, style=style, class_names=class_names
+        )
+    except ValueError as exc:
+        raise CellDataError(f"{path} (image_id {entry['id']}): {exc}") from exc
 
 
 def visualize_predictions(
@@ -358,7 +102,8 @@ def visualize_predictions(
             for a three-panel figure, or None.
         num_images: number of rows (fewer when the map is shorter).
         score_thresh: smallest prediction score drawn.
-        style: ``boxes`` or ``outlines`` (see :func:`render_comparison`).
+        style: ``boxes`` or ``outlines`` (see
+            :func:`~cellseg_d2.inference.figures.render_comparison`).
         class_names: names of category ids 1..N (``DATASETS.CLASS_NAMES``).
 
     Returns:
@@ -373,54 +118,111 @@ def visualize_predictions(
     entries = sorted(id_map_entries, key=lambda entry: entry["id"])[:num_images]
     if not entries:
         raise CellDataError("the id map lists no image to draw")
-    rows = []
-    for entry in entries:
-        path = Path(image_dir) / entry["file_name"]
-        image = read_image(path)
-        if image.shape[:2] != (entry["height"], entry["width"]):
-            raise CellDataError(
-                f"{path}: image is {image.shape[0]}x{image.shape[1]} but the id map says "
-                f"{entry['height']}x{entry['width']}"
-            )
-        ground_truth = None
-        if gt_dir is not None:
-            folder = ground_truth_folder(gt_dir, entry["file_name"])
-            ground_truth = read_ground_truth_instances(folder, entry["height"], entry["width"])
-        predictions = predictions_by_image.get(entry["id"], [])
-        try:
-            rows.append(
-                render_comparison(
-                    image,
-                    predictions,
-                    ground_truth,
-                    score_thresh,
-                    style=style,
-                    class_names=class_names,
-                )
-            )
-        except ValueError as exc:
-            raise CellDataError(f"{path} (image_id {entry['id']}): {exc}") from exc
+    rows = [
+        _draw_row(
+            image_dir,
+            entry,
+            predictions_by_image.get(entry["id"], []),
+            gt_dir,
+            score_thresh,
+            style,
+            class_names,
+        )
+        for entry in entries
+    ]
     figure = compose_figure(rows)
     write_png(figure, output)
     return figure
 
 
+def recorded_train_settings(root: str | os.PathLike) -> dict | None:
+    """The settings the training cache of ``root`` was converted with, read only.
+
+    Why: a tool that only looks at a dataset (the figures) must follow the settings training
+    used (class names, ``min_area``) without rebuilding, or ever writing, the cache training
+    owns. The cache records them in ``info["cellseg"]``.
+
+    Returns:
+        ``info["cellseg"]`` of ``<root>/.cellseg_cache/instances_train.json`` (``class_names``,
+        ``min_area``, ``fingerprint``, ...), or None when there is no such file or it is not a
+        readable cache (logged).
+    """
+    path = Path(root) / CACHE_DIR / TRAIN_JSON_NAME
+    if not path.is_file():
+        return None
+    try:
+        coco = parse_json(path.read_bytes(), str(path))
+    except (OSError, CellDataError) as exc:
+        logger.warning("%s: unreadable (%s); its recorded settings are not used", path, exc)
+        return None
+    info = coco.get("info") if isinstance(coco, dict) else None
+    settings = info.get("cellseg") if isinstance(info, dict) else None
+    return settings if isinstance(settings, dict) else None
+
+
+def recorded_class_names(root: str | os.PathLike) -> tuple[str, ...]:
+    """The class names training converted ``root`` with (read only from its cache), else the
+    default four.
+
+    Raises:
+        CellDataError: the cache records names that are not a list of distinct strings (the
+            message names the cache file).
+    """
+    settings = recorded_train_settings(root) or {}
+    if "class_names" not in settings:
+        return DEFAULT_CLASS_NAMES
+    path = Path(root) / CACHE_DIR / TRAIN_JSON_NAME
+    names = check_class_names(settings["class_names"], key=f"{path}: class_names")
+    logger.info("Class names of %s from its training cache: %s", root, ", ".join(names))
+    return names
+
+
 def validation_id_map(
-    root: str | os.PathLike, val_fraction: float = 0.1, seed: int = 0
+    root: str | os.PathLike,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    fold: int | None = None,
+    num_folds: int | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> list[dict]:
     """Id-map entries for the validation images of a dataset root, for drawing them with their
     ground truth (``train/`` is then both the image folder and the ground-truth folder).
 
-    The split is the one training uses (:func:`~cellseg_d2.data.datasets.split_of`), so the
-    figure shows exactly the images the model was validated on; ids are the COCO image ids.
+    The split is the one training uses (:func:`~cellseg_d2.data.splits.split_of`, the same
+    fraction, seed and folds), so the figure shows exactly the images the model was validated
+    on; ids are the COCO image ids the converter gives (1..N in the scan's folder order), so
+    the evaluator's predictions on the split match them. Nothing is converted or written: the
+    scan lists the folders, the TIFF headers give the sizes.
+
+    Args:
+        root: dataset root holding ``train/``.
+        val_fraction: ``DATASETS.VAL_FRACTION`` (ignored with folds).
+        seed: ``DATASETS.SPLIT_SEED``.
+        fold: ``DATASETS.FOLD``, with ``num_folds``.
+        num_folds: ``DATASETS.NUM_FOLDS``; None (or 0) for a fraction split.
+        class_names: the dataset's class names (a ``classK.tif`` beyond them is an error); None
+            reads the ones training recorded in the cache (:func:`recorded_class_names`).
+
+    Raises:
+        CellDataError: no training images, or a layout problem of the scan, naming the file.
+        ValueError: invalid split arguments.
     """
-    return [
-        {
-            "file_name": f"{record['folder']}/image.tif",
-            "id": int(record["image_id"]),
-            "height": int(record["height"]),
-            "width": int(record["width"]),
-        }
-        for record in load_cell_train_dicts(root)
-        if split_of(record["folder"], val_fraction, seed) == "val"
-    ]
+    if class_names is None:
+        class_names = recorded_class_names(root)
+    files = scan_dataset(root, check_class_names(class_names))
+    if not files.train:
+        raise CellDataError(f"{Path(root) / TRAIN_DIR}: no training images")
+    entries = []
+    for image_id, folder in enumerate(files.train, 1):
+        if split_of(folder.name, val_fraction, seed, fold, num_folds or None) != "val":
+            continue
+        height, width = read_image_size(folder.image)
+        entries.append(
+            {
+                "file_name": f"{folder.name}/{IMAGE_FILE_NAME}",
+                "id": image_id,
+                "height": height,
+                "width": width,
+            }
+        )
+    return entries

@@ -2,7 +2,7 @@
 and ``RoundedAnchorGenerator`` in ``ANCHOR_GENERATOR_REGISTRY`` (detectron2 registries are filled
 by import, which is why the tools import it explicitly)."""
 
-from .anchor_generator import RoundedAnchorGenerator
-from .meta_arch import CellRCNN, CellRCNNWithTTA
+from cellseg_d2.modeling.anchor_generator import RoundedAnchorGenerator
+from cellseg_d2.modeling.meta_arch import CellRCNN, CellRCNNWithTTA
 
 __all__ = ["CellRCNN", "CellRCNNWithTTA", "RoundedAnchorGenerator"]

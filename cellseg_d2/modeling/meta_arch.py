@@ -8,6 +8,7 @@ inference and in test-time augmentation (:class:`CellRCNNWithTTA`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from detectron2.config import CfgNode, configurable
@@ -76,23 +77,43 @@ class CellRCNN(GeneralizedRCNN):
 class CellRCNNWithTTA(GeneralizedRCNNWithTTA):
     """detectron2's flip-and-scale TTA, binarising merged masks at the model's threshold.
 
-    NOTE: detectron2's ``GeneralizedRCNNWithTTA`` ends with ``detector_postprocess`` at the fixed
-    0.5; this subclass repeats its short per-image merge with the model's :meth:`postprocess`.
+    detectron2's ``GeneralizedRCNNWithTTA._inference_one_image`` ends its mask stage with
+    ``detector_postprocess`` at the fixed 0.5. So this subclass lets detectron2 run the box
+    stage (augment, detect, merge) with masks turned off in its config copy, then runs the mask
+    stage with detectron2's own helpers and binarises with the model's :meth:`CellRCNN.postprocess`.
     """
 
+    def __init__(
+        self,
+        cfg: CfgNode,
+        model: GeneralizedRCNN,
+        tta_mapper: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None,
+        batch_size: int = 3,
+    ) -> None:
+        """Args: as ``GeneralizedRCNNWithTTA`` (``model`` may be a plain ``GeneralizedRCNN``,
+        whose masks are then binarised at detectron2's 0.5)."""
+        super().__init__(cfg, model, tta_mapper=tta_mapper, batch_size=batch_size)
+        self.mask_on = bool(self.cfg.MODEL.MASK_ON)
+        # NOTE: self.cfg is the TTA's own clone; MASK_ON there only steers the parent's
+        # _inference_one_image, which then stops after merging the boxes.
+        self.cfg.defrost()
+        self.cfg.MODEL.MASK_ON = False
+        self.cfg.freeze()
+
     def _inference_one_image(self, inputs: dict[str, Any]) -> dict[str, Instances]:
-        orig_shape = (inputs["height"], inputs["width"])
-        augmented_inputs, tfms = self._get_augmented_inputs(inputs)
-        with self._turn_off_roi_heads(["mask_on", "keypoint_on"]):
-            all_boxes, all_scores, all_classes = self._get_augmented_boxes(augmented_inputs, tfms)
-        merged = self._merge_detections(all_boxes, all_scores, all_classes, orig_shape)
-        if not self.cfg.MODEL.MASK_ON:
+        """detectron2's merged boxes, then masks averaged over the augmentations, binarised at
+        the model's threshold."""
+        merged = super()._inference_one_image(inputs)["instances"]
+        if not self.mask_on:
             return {"instances": merged}
+        # The mask stage of detectron2's GeneralizedRCNNWithTTA._inference_one_image, on a fresh
+        # set of augmented inputs (the parent does not hand its own back).
+        augmented_inputs, tfms = self._get_augmented_inputs(inputs)
         augmented_instances = self._rescale_detected_boxes(augmented_inputs, merged, tfms)
         outputs = self._batch_inference(augmented_inputs, augmented_instances)
         del augmented_inputs, augmented_instances
         merged.pred_masks = self._reduce_pred_masks(outputs, tfms)
-        postprocess = getattr(self.model, "postprocess", None)
-        if postprocess is None:  # a plain GeneralizedRCNN: detectron2's fixed threshold
-            return {"instances": detector_postprocess(merged, *orig_shape)}
-        return {"instances": postprocess(merged, *orig_shape)}
+        height, width = inputs["height"], inputs["width"]
+        if isinstance(self.model, CellRCNN):
+            return {"instances": self.model.postprocess(merged, height, width)}
+        return {"instances": detector_postprocess(merged, height, width)}

@@ -9,9 +9,9 @@ What has to line up, and how:
 
 - keys: torchvision's module names are renamed to detectron2's (``backbone.body.layer1`` ->
   ``backbone.bottom_up.res2``, ``fpn.inner_blocks`` -> ``fpn_lateral``, ``fc6``/``fc7`` ->
-  ``fc1``/``fc2``, ...). The file is first loaded into a torchvision model of the detected
-  variant, which upgrades old key layouts (torchvision's own version hooks) and rejects files
-  with missing or unknown keys.
+  ``fc1``/``fc2``, ...; the rules are in :mod:`cellseg_d2.modeling.torchvision_keys`). The file
+  is first loaded into a torchvision model of the detected variant, which upgrades old key
+  layouts (torchvision's own version hooks) and rejects files with missing or unknown keys.
 - classes: torchvision puts the background at class 0 of ``cls_score`` and predicts boxes and
   masks for it too; detectron2 puts it last and predicts neither. Rows are reordered and sliced.
 - input: torchvision normalises RGB in [0, 1] with ImageNet mean/std; detectron2 normalises the
@@ -25,21 +25,19 @@ What has to line up, and how:
 NOTE: BatchNorm statistics are kept, not folded: the backbone uses detectron2's ``FrozenBN``
 (exactly ``BatchNorm2d`` in eval mode); v2's FPN and heads use ``BN`` as torchvision trains them.
 
-Known remaining differences (covered with explicit tolerances in tests/test_torchvision_weights.py):
-torchvision pastes 28x28 masks into the image at integer box corners, detectron2 with bilinear
-``grid_sample`` at the exact float box, so pasted masks differ by about a pixel along their
-border (the 28x28 mask probabilities themselves agree); torchvision drops boxes smaller than
-1e-3 px (RPN) / 1e-2 px (RoI heads), detectron2 only empty ones; and it normalises before
-resizing where detectron2 resizes the uint8 image first, which only matters when the test size
-differs from the image size.
+Known remaining differences (covered with explicit tolerances in
+tests/modeling/test_torchvision_weights.py): torchvision pastes 28x28 masks into the image at
+integer box corners, detectron2 with bilinear ``grid_sample`` at the exact float box, so pasted
+masks differ by about a pixel along their border (the 28x28 mask probabilities themselves
+agree); torchvision drops boxes smaller than 1e-3 px (RPN) / 1e-2 px (RoI heads), detectron2
+only empty ones; and it normalises before resizing where detectron2 resizes the uint8 image
+first, which only matters when the test size differs from the image size.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +45,14 @@ from typing import Any
 import torch
 import yaml
 
-from ..data.io import atomic_write
+from cellseg_d2.errors import CellSegError
+from cellseg_d2.modeling.torchvision_keys import (
+    CLASS_SCORE_KEY,
+    VARIANT_MARKERS,
+    class_layout,
+    detectron2_key,
+)
+from cellseg_d2.utils.files import atomic_write
 
 __all__ = [
     "TORCHVISION_PIXEL_MEAN",
@@ -68,14 +73,8 @@ TORCHVISION_PIXEL_STD = [58.395, 57.12, 57.375]  # 255 x [0.229, 0.224, 0.225]
 
 BASE_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "Base-CellSeg-RCNN-FPN.yaml"
 
-# A key only one layout has: v1's two-FC box head, v2's 4-conv + 1-FC box head.
-_VARIANT_MARKERS = {
-    "v1": "roi_heads.box_head.fc6.weight",
-    "v2": "roi_heads.box_head.5.weight",
-}
 
-
-class TorchvisionWeightsError(ValueError):
+class TorchvisionWeightsError(CellSegError, ValueError):
     """The file is not a torchvision Mask R-CNN (v1/v2) state dict that can be converted."""
 
 
@@ -129,12 +128,12 @@ def load_torchvision_state_dict(path: str | os.PathLike) -> dict[str, torch.Tens
 
 
 def _detect_variant(state: dict[str, torch.Tensor], source: str) -> str:
-    found = [variant for variant, key in _VARIANT_MARKERS.items() if key in state]
-    if len(found) != 1 or "roi_heads.box_predictor.cls_score.weight" not in state:
+    found = [variant for variant, key in VARIANT_MARKERS.items() if key in state]
+    if len(found) != 1 or CLASS_SCORE_KEY not in state:
         raise TorchvisionWeightsError(
             f"{source}: not a torchvision maskrcnn_resnet50_fpn (v1) or _v2 state dict: "
-            "expected 'roi_heads.box_predictor.cls_score.weight' and one of "
-            f"{sorted(_VARIANT_MARKERS.values())}; first keys: {list(state)[:5]}"
+            f"expected '{CLASS_SCORE_KEY}' and one of "
+            f"{sorted(VARIANT_MARKERS.values())}; first keys: {list(state)[:5]}"
         )
     return found[0]
 
@@ -164,96 +163,6 @@ def _canonical_state(
     return {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
 
 
-def _rename_rules(variant: str) -> list[tuple[str, Callable[[re.Match[str]], str]]]:
-    """(pattern, replacement) pairs from torchvision to detectron2 names; first match wins."""
-    rpn_conv = (
-        (lambda m: f"proposal_generator.rpn_head.conv.{m[2]}")
-        if variant == "v1"
-        else (lambda m: f"proposal_generator.rpn_head.conv.conv{m[1]}.{m[2]}")
-    )
-    return [
-        (r"backbone\.body\.conv1\.weight", lambda m: "backbone.bottom_up.stem.conv1.weight"),
-        (r"backbone\.body\.bn1\.(.+)", lambda m: f"backbone.bottom_up.stem.conv1.norm.{m[1]}"),
-        (
-            r"backbone\.body\.layer(\d)\.(\d+)\.conv(\d)\.weight",
-            lambda m: f"backbone.bottom_up.res{int(m[1]) + 1}.{m[2]}.conv{m[3]}.weight",
-        ),
-        (
-            r"backbone\.body\.layer(\d)\.(\d+)\.bn(\d)\.(.+)",
-            lambda m: f"backbone.bottom_up.res{int(m[1]) + 1}.{m[2]}.conv{m[3]}.norm.{m[4]}",
-        ),
-        (
-            r"backbone\.body\.layer(\d)\.(\d+)\.downsample\.0\.weight",
-            lambda m: f"backbone.bottom_up.res{int(m[1]) + 1}.{m[2]}.shortcut.weight",
-        ),
-        (
-            r"backbone\.body\.layer(\d)\.(\d+)\.downsample\.1\.(.+)",
-            lambda m: f"backbone.bottom_up.res{int(m[1]) + 1}.{m[2]}.shortcut.norm.{m[3]}",
-        ),
-        (
-            r"backbone\.fpn\.(inner|layer)_blocks\.(\d)\.0\.(.+)",
-            lambda m: f"backbone.fpn_{_FPN[m[1]]}{int(m[2]) + 2}.{m[3]}",
-        ),
-        (
-            r"backbone\.fpn\.(inner|layer)_blocks\.(\d)\.1\.(.+)",
-            lambda m: f"backbone.fpn_{_FPN[m[1]]}{int(m[2]) + 2}.norm.{m[3]}",
-        ),
-        (r"rpn\.head\.conv\.(\d)\.0\.(.+)", rpn_conv),
-        (
-            r"rpn\.head\.cls_logits\.(.+)",
-            lambda m: f"proposal_generator.rpn_head.objectness_logits.{m[1]}",
-        ),
-        (
-            r"rpn\.head\.bbox_pred\.(.+)",
-            lambda m: f"proposal_generator.rpn_head.anchor_deltas.{m[1]}",
-        ),
-        (
-            r"roi_heads\.box_head\.fc([67])\.(.+)",
-            lambda m: f"roi_heads.box_head.fc{int(m[1]) - 5}.{m[2]}",
-        ),
-        (r"roi_heads\.box_head\.5\.(.+)", lambda m: f"roi_heads.box_head.fc1.{m[1]}"),
-        (
-            r"roi_heads\.box_head\.(\d)\.0\.(.+)",
-            lambda m: f"roi_heads.box_head.conv{int(m[1]) + 1}.{m[2]}",
-        ),
-        (
-            r"roi_heads\.box_head\.(\d)\.1\.(.+)",
-            lambda m: f"roi_heads.box_head.conv{int(m[1]) + 1}.norm.{m[2]}",
-        ),
-        (r"roi_heads\.box_predictor\.(.+)", lambda m: f"roi_heads.box_predictor.{m[1]}"),
-        (
-            r"roi_heads\.mask_head\.(\d)\.0\.(.+)",
-            lambda m: f"roi_heads.mask_head.mask_fcn{int(m[1]) + 1}.{m[2]}",
-        ),
-        (
-            r"roi_heads\.mask_head\.(\d)\.1\.(.+)",
-            lambda m: f"roi_heads.mask_head.mask_fcn{int(m[1]) + 1}.norm.{m[2]}",
-        ),
-        (
-            r"roi_heads\.mask_predictor\.conv5_mask\.(.+)",
-            lambda m: f"roi_heads.mask_head.deconv.{m[1]}",
-        ),
-        (
-            r"roi_heads\.mask_predictor\.mask_fcn_logits\.(.+)",
-            lambda m: f"roi_heads.mask_head.predictor.{m[1]}",
-        ),
-    ]
-
-
-_FPN = {"inner": "lateral", "layer": "output"}
-
-
-def _class_layout(d2_key: str, tensor: torch.Tensor) -> torch.Tensor:
-    """Move torchvision's background class (row 0) to detectron2's layout."""
-    if d2_key.startswith("roi_heads.box_predictor.cls_score."):
-        return torch.cat([tensor[1:], tensor[:1]])  # background last
-    if d2_key.startswith("roi_heads.box_predictor.bbox_pred."):
-        return tensor[4:]  # no box regression for the background
-    if d2_key.startswith("roi_heads.mask_head.predictor."):
-        return tensor[1:]  # no mask for the background
-    return tensor
-
-
 def convert_state_dict(
     state: dict[str, torch.Tensor], source: str = "state dict"
 ) -> tuple[dict[str, torch.Tensor], str, int]:
@@ -270,21 +179,16 @@ def convert_state_dict(
         TorchvisionWeightsError: unknown layout, missing or unexpected keys, wrong shapes.
     """
     variant = _detect_variant(state, source)
-    num_classes = int(state["roi_heads.box_predictor.cls_score.weight"].shape[0]) - 1
+    num_classes = int(state[CLASS_SCORE_KEY].shape[0]) - 1
     if num_classes < 1:
         raise TorchvisionWeightsError(f"{source}: cls_score has no foreground class")
     canonical = _canonical_state(state, variant, num_classes, source)
-    rules = [(re.compile(pattern), rename) for pattern, rename in _rename_rules(variant)]
     converted = {}
     for key, tensor in canonical.items():
-        for pattern, rename in rules:
-            match = pattern.fullmatch(key)
-            if match:
-                d2_key = rename(match)
-                converted[d2_key] = _class_layout(d2_key, tensor).clone()
-                break
-        else:  # every key of a validated torchvision model has a rule; this is a bug guard
+        d2_key = detectron2_key(key, variant)
+        if d2_key is None:  # every key of a validated torchvision model has a rule: a bug guard
             raise TorchvisionWeightsError(f"{source}: no detectron2 name for '{key}'")
+        converted[d2_key] = class_layout(d2_key, tensor).clone()
     return converted, variant, num_classes
 
 
@@ -373,7 +277,7 @@ def _check_against_model(config_path: Path, state: dict[str, torch.Tensor], sour
     """Build the detectron2 model from the written config and load the weights strictly."""
     from detectron2.modeling import build_model
 
-    from ..config import load_cellseg_config
+    from cellseg_d2.config import load_cellseg_config
 
     cfg = load_cellseg_config(config_path, ["MODEL.DEVICE", "cpu"])
     model = build_model(cfg)

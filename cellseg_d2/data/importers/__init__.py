@@ -26,7 +26,7 @@ from cellseg_d2.data.importers.labels import read_labels
 from cellseg_d2.data.importers.layout import DatasetWriter
 from cellseg_d2.data.importers.pannuke import PANNUKE_CLASS_NAMES, read_pannuke
 from cellseg_d2.data.importers.qupath import read_qupath
-from cellseg_d2.data.io import CellDataError
+from cellseg_d2.errors import CellDataError
 
 __all__ = ["FORMATS", "ImportOptions", "ImportSummary", "import_dataset"]
 

@@ -38,9 +38,9 @@ from cellseg_d2.data.importers.common import (
 )
 from cellseg_d2.data.importers.layout import image_size
 from cellseg_d2.data.importers.raster import rings_to_mask
-from cellseg_d2.data.io import CellDataError
 from cellseg_d2.data.rle import check_rle
-from cellseg_d2.data.validate import parse_json
+from cellseg_d2.errors import CellDataError
+from cellseg_d2.utils.files import parse_json
 
 __all__ = ["decode_segmentation", "read_coco"]
 

@@ -29,7 +29,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from cellseg_d2.data.io import CellDataError, check_class_names
+from cellseg_d2.errors import CellDataError
+from cellseg_d2.utils.layout import check_class_names
 
 __all__ = [
     "ClassTable",

@@ -40,8 +40,8 @@ from scipy import ndimage
 
 from cellseg_d2.data.importers.common import ClassTable, ImportedImage, ImportSummary
 from cellseg_d2.data.importers.layout import IMAGE_SUFFIXES, read_any_image
-from cellseg_d2.data.io import CellDataError
-from cellseg_d2.data.validate import parse_json
+from cellseg_d2.errors import CellDataError
+from cellseg_d2.utils.files import parse_json
 
 __all__ = ["CLASS_SUFFIXES", "MASK_SUFFIXES", "SINGLE_CLASS_NAME", "read_labels", "split_by_class"]
 

@@ -33,23 +33,17 @@ from PIL import Image
 from cellseg_d2.data.dataset_info import DatasetInfo, write_dataset_info
 from cellseg_d2.data.importers.common import ClassTable, ImportSummary, label_dtype, safe_name
 from cellseg_d2.data.importers.metadata import pixel_size_of
-from cellseg_d2.data.io import (
-    CellDataError,
-    atomic_write,
-    class_file_name,
-    class_index_of,
-    max_image_pixels,
-    read_image,
-    read_image_size,
-    read_tiff,
-    write_tiff,
-)
-from cellseg_d2.data.validate import (
-    DEFAULT_MIN_IMAGE_SIZE,
+from cellseg_d2.data.io import max_image_pixels, read_image, read_image_size, read_tiff, write_tiff
+from cellseg_d2.data.validate import DEFAULT_MIN_IMAGE_SIZE
+from cellseg_d2.errors import CellDataError
+from cellseg_d2.utils.files import atomic_write
+from cellseg_d2.utils.layout import (
     ID_MAP_NAME,
     IMAGE_FILE_NAME,
     TEST_DIR,
     TRAIN_DIR,
+    class_file_name,
+    class_index_of,
 )
 
 __all__ = [

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from cellseg_d2.data.importers.common import ClassTable, ImportedImage, ImportSummary, safe_name
-from cellseg_d2.data.io import CellDataError
+from cellseg_d2.errors import CellDataError
 
 __all__ = ["PANNUKE_CLASS_NAMES", "read_pannuke"]
 

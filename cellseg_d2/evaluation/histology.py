@@ -26,6 +26,7 @@ Differences from the reference, all deliberate:
 
 IoUs come from pycocotools on the RLEs (no pixel decoding), so memory stays at one image's
 instances. Figures are in percent, like the AP figures of :mod:`cellseg_d2.inference.scoring`.
+The training-time evaluator built on these counts is in :mod:`cellseg_d2.evaluation.evaluator`.
 """
 
 from __future__ import annotations
@@ -35,18 +36,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.evaluation import DatasetEvaluator
-from detectron2.utils import comm
 from pycocotools import mask as mask_util
 
-from cellseg_d2.data.io import CellDataError
-from cellseg_d2.data.rle import encode_mask
+from cellseg_d2.errors import CellDataError
 from cellseg_d2.inference.submission import group_by_image
 
 __all__ = [
     "MATCH_IOU",
-    "HistologyEvaluator",
     "HistologyMetrics",
     "MatchCounts",
     "evaluate_histology",
@@ -278,61 +274,6 @@ def evaluate_histology(
         except ValueError as exc:
             raise CellDataError(f"image_id {image['id']}: {exc}") from exc
     return metrics.summary()
-
-
-class HistologyEvaluator(DatasetEvaluator):
-    """PQ, AJI and F1 on a registered split at training time (``TEST.HISTOLOGY_METRICS``).
-
-    Ground truth comes from the split's dataset dicts (the test loader strips annotations from
-    its inputs) and classes from its metadata's ``thing_classes``. Each image's predicted masks
-    are RLE-encoded and matched as they arrive, so only a few counts per class are kept.
-    Results appear as ``histology/PQ`` etc. beside COCOEvaluator's ``segm/AP``.
-    """
-
-    def __init__(self, dataset_name: str, score_thresh: float = 0.5) -> None:
-        """
-        Args:
-            dataset_name: a registered split whose dicts carry ``annotations``.
-            score_thresh: predictions below this score are left out.
-        """
-        self._class_names = list(MetadataCatalog.get(dataset_name).thing_classes)
-        self._score_thresh = score_thresh
-        self._ground_truth = {
-            record["image_id"]: [
-                {"category_id": a["category_id"] + 1, "segmentation": a["segmentation"]}
-                for a in record.get("annotations", [])
-            ]
-            for record in DatasetCatalog.get(dataset_name)
-        }
-        self.reset()
-
-    def reset(self) -> None:
-        """Start a new evaluation round."""
-        self._metrics = HistologyMetrics(self._class_names, self._score_thresh)
-
-    def process(self, inputs: list[dict], outputs: list[dict]) -> None:
-        """Match one batch's predictions to their ground truth, image by image."""
-        for item, output in zip(inputs, outputs):
-            instances = output["instances"].to("cpu")
-            masks = instances.pred_masks.numpy()
-            predictions = [
-                {"category_id": int(c) + 1, "score": float(s), "segmentation": encode_mask(m)}
-                for c, s, m in zip(
-                    instances.pred_classes.tolist(), instances.scores.tolist(), masks
-                )
-                if s >= self._score_thresh
-            ]
-            self._metrics.add_image(self._ground_truth.get(item["image_id"], []), predictions)
-
-    def evaluate(self) -> dict[str, dict[str, float]]:
-        """Sum the counts of every process; ``{"histology": summary}`` on the main process."""
-        gathered = comm.gather(self._metrics, dst=0)
-        if not comm.is_main_process():
-            return {}
-        total = HistologyMetrics(self._class_names, self._score_thresh)
-        for part in gathered:
-            total.merge(part)
-        return {"histology": total.summary()}
 
 
 def format_histology(metrics: Mapping[str, float], score_thresh: float | None = None) -> str:

@@ -10,8 +10,7 @@ from detectron2.data import transforms as T
 
 from cellseg_d2.data import read_image
 from cellseg_d2.data.mapper import CellDatasetMapper, Rot90Transform
-
-from .conftest import instant_cfg
+from tests.conftest import instant_cfg
 
 
 def _mapper(prefix: str, tmp_path, *opts: object, is_train: bool = True) -> CellDatasetMapper:

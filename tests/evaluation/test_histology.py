@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cellseg_d2.data.rle import encode_mask
-from cellseg_d2.inference.metrics import (
+from cellseg_d2.evaluation.histology import (
     HistologyMetrics,
     evaluate_histology,
     format_histology,
@@ -113,43 +113,3 @@ def test_perfect_submission_scores_100_with_any_number_of_classes(
     scores = evaluate_histology(six, results[: len(results) // 2])
     assert math.isnan(scores["PQ-type6"]) and scores["recall"] < 100.0
     assert scores["precision"] == pytest.approx(100.0)
-
-
-def test_training_evaluator_option(cells_prefix: str, tmp_path: Path) -> None:
-    import torch
-    from detectron2.data import DatasetCatalog
-    from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
-    from detectron2.structures import Instances
-
-    from cellseg_d2.data.rle import decode_rle
-    from cellseg_d2.engine.trainer import CellTrainer
-
-    from .conftest import instant_cfg
-
-    name = f"{cells_prefix}_val"
-    cfg = instant_cfg(cells_prefix, tmp_path)
-    assert cfg.TEST.HISTOLOGY_METRICS is False
-    assert isinstance(CellTrainer.build_evaluator(cfg, name), COCOEvaluator)
-    cfg.merge_from_list(["TEST.HISTOLOGY_METRICS", True])
-    evaluators = CellTrainer.build_evaluator(cfg, name)
-    assert isinstance(evaluators, DatasetEvaluators)
-    histology = evaluators._evaluators[-1]
-    histology.reset()
-    records = DatasetCatalog.get(name)
-    assert records
-    for index, record in enumerate(records):
-        annotations = record["annotations"]
-        if index == 0:  # the first image: its first cell missed
-            annotations = annotations[1:]
-        instances = Instances((record["height"], record["width"]))
-        instances.pred_masks = torch.as_tensor(
-            np.stack([decode_rle(a["segmentation"]) for a in annotations])
-        )
-        instances.pred_classes = torch.tensor([a["category_id"] for a in annotations])
-        instances.scores = torch.ones(len(annotations))
-        histology.process([{"image_id": record["image_id"]}], [{"instances": instances}])
-    result = histology.evaluate()["histology"]
-    total = sum(len(r["annotations"]) for r in records)
-    assert result["precision"] == pytest.approx(100.0)
-    assert result["recall"] == pytest.approx(100.0 * (total - 1) / total)
-    assert result["SQ"] == pytest.approx(100.0)

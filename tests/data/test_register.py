@@ -1,4 +1,4 @@
-"""Registration of the cell datasets: splits, folds, metadata, test ids, config entry point."""
+"""Registration of the cell datasets: split contents, metadata, split files, test ids, config."""
 
 from __future__ import annotations
 
@@ -16,12 +16,11 @@ from detectron2.structures import Boxes, BoxMode, Instances
 
 from cellseg_d2.config import get_cellseg_cfg
 from cellseg_d2.data import register_cell_datasets, register_cell_datasets_from_config, split_of
-from cellseg_d2.data.io import DEFAULT_CLASS_NAMES, CellDataError
 from cellseg_d2.data.rle import decode_rle
 from cellseg_d2.data.synthetic import generate_synthetic_dataset
-from cellseg_d2.engine import CellTrainer
-
-from .conftest import instant_cfg
+from cellseg_d2.errors import CellDataError
+from cellseg_d2.utils.layout import DEFAULT_CLASS_NAMES
+from tests.conftest import instant_cfg
 
 SPLITS = ("train", "val", "trainval", "test")
 
@@ -45,27 +44,6 @@ def registered() -> Iterator[list[str]]:
 
 def _folders(name: str) -> list[str]:
     return [d["folder"] for d in DatasetCatalog.get(name)]
-
-
-def test_split_is_deterministic_and_stable_when_images_are_added() -> None:
-    names = [f"img{i:03d}" for i in range(300)]
-    first = {n: split_of(n, 0.2, seed=1) for n in names}
-    assert first == {n: split_of(n, 0.2, seed=1) for n in names}
-    assert 30 < sum(s == "val" for s in first.values()) < 90
-    more = names + [f"new{i}" for i in range(50)]
-    assert all(split_of(n, 0.2, seed=1) == first[n] for n in more if n in first)
-    assert first != {n: split_of(n, 0.2, seed=2) for n in names}  # the seed matters
-    assert all(split_of(n, 0.0) == "train" for n in names)
-
-
-def test_folds_partition_the_images() -> None:
-    names = [f"img{i:03d}" for i in range(200)]
-    folds = [
-        {n for n in names if split_of(n, seed=4, fold=k, num_folds=5) == "val"} for k in range(5)
-    ]
-    assert set().union(*folds) == set(names)
-    assert sum(len(f) for f in folds) == len(names)
-    assert all(len(f) > 10 for f in folds)
 
 
 @pytest.mark.parametrize(
@@ -208,8 +186,55 @@ def test_images_without_cells_are_kept_and_all_empty_data_is_an_error(
     assert [d["folder"] for d in dicts][-1] == "zz-empty" and len(dicts) == 4
     for mask in (root / "train").glob("*/class*.tif"):
         mask.unlink()
-    with pytest.raises(CellDataError) as info:
-        CellTrainer(cfg)
+    with pytest.raises(CellDataError) as info:  # registration converts, so it finds out
+        register_cell_datasets(root, prefix="neg", val_fraction=0.0)
     assert str(root.resolve()) in str(info.value) and "none of the 4 training images" in str(
         info.value
     )
+
+
+def test_registration_writes_the_split_files_and_the_catalog_only_reads(
+    tmp_path: Path, registered: list[str]
+) -> None:
+    """Every json_file exists once registration returns; asking the catalog writes nothing."""
+    root = tmp_path / "data"
+    generate_synthetic_dataset(root, num_train=4, num_test=1, min_size=32, max_size=40)
+    names = register_cell_datasets(root, prefix="files", val_fraction=0.5, seed=3)
+    registered += names
+    cache = root / ".cellseg_cache"
+    files = {path.name: path.stat().st_mtime_ns for path in cache.iterdir()}
+    assert {Path(MetadataCatalog.get(name).json_file).name for name in names} == set(files)
+    for name in names:
+        coco = json.loads(Path(MetadataCatalog.get(name).json_file).read_text())
+        assert [d["image_id"] for d in DatasetCatalog.get(name)] == [
+            i["id"] for i in coco["images"]
+        ]
+    assert {path.name: path.stat().st_mtime_ns for path in cache.iterdir()} == files
+    registered += register_cell_datasets(root, prefix="files", val_fraction=0.5, seed=3)
+    assert {path.name: path.stat().st_mtime_ns for path in cache.iterdir()} == files
+
+
+def test_bad_data_register_nothing(synthetic_root: Path, tmp_path: Path) -> None:
+    root = Path(shutil.copytree(synthetic_root, tmp_path / "copy"))
+    folder = sorted((root / "train").iterdir())[0]
+    (folder / "image.tif").write_bytes(b"not a tiff")
+    with pytest.raises(CellDataError, match="image.tif"):
+        register_cell_datasets(root, prefix="broken")
+    assert not any(name.startswith("broken_") for name in DatasetCatalog.list())
+
+
+def test_loader_refuses_a_cache_rewritten_with_other_settings(
+    synthetic_root: Path, tmp_path: Path, registered: list[str]
+) -> None:
+    """Two registrations of one root share its conversion cache; the first one's trainval must
+    not silently return the second one's classes."""
+    root = Path(shutil.copytree(synthetic_root, tmp_path / "copy"))
+    registered += register_cell_datasets(root, prefix="first")
+    registered += register_cell_datasets(root, prefix="other", class_names=list("abcd"))
+    assert DatasetCatalog.get("other_trainval")
+    with pytest.raises(CellDataError, match="register the datasets again"):
+        DatasetCatalog.get("first_trainval")
+    assert DatasetCatalog.get("first_train")  # its own split file, named by its settings
+    (root / ".cellseg_cache" / "test_images.json").unlink()
+    with pytest.raises(CellDataError, match="test_images.json: missing"):
+        DatasetCatalog.get("first_test")

@@ -1,4 +1,5 @@
-"""The benchmark tool runs end to end and reports every figure (this checks the tool, not speed)."""
+"""The whole benchmark: the tool runs end to end and reports every figure (this checks the tool,
+not speed); the table; the dataset registered for the duration only."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import INSTANT_CONFIG, REPO_ROOT
+import pytest
+from detectron2.data import DatasetCatalog
+
+from cellseg_d2.benchmark import format_benchmark
+from cellseg_d2.benchmark.report import BENCHMARK_PREFIX, registered_dataset
+from tests.conftest import INSTANT_CONFIG, REPO_ROOT
 
 
 def test_benchmark_writes_every_figure(synthetic_root: Path, tmp_path: Path) -> None:
@@ -59,16 +65,23 @@ def test_benchmark_writes_every_figure(synthetic_root: Path, tmp_path: Path) -> 
     assert "[training]" in proc.stdout
 
 
-def test_benchmark_stream_images_reports_memory(tmp_path: Path) -> None:
-    from .conftest import load_tool
+def test_format_benchmark_aligns_sections_and_rounds_finite_floats() -> None:
+    report = {
+        "training": {"cellseg_s_per_iter": 0.123456789, "peak_rss_mib": float("nan")},
+        "stream": {"formats": "coco,csv", "images": 20},
+    }
+    lines = format_benchmark(report).splitlines()
+    assert lines[0] == "[training]" and lines[3] == "[stream]"
+    assert lines[1] == f"  {'cellseg_s_per_iter':<42} 0.1235"
+    assert lines[2].split() == ["peak_rss_mib", "nan"]  # not rounded, not an error
+    assert lines[4].split() == ["formats", "coco,csv"] and lines[5].split() == ["images", "20"]
+    assert len({line.index(line.split()[1]) for line in lines if line.startswith("  ")}) == 1
 
-    tool = load_tool(REPO_ROOT / "tools" / "benchmark.py")
-    output = tmp_path / "stream.json"
-    argv = ["--stream-images", "20", "--stream-formats", "coco,csv", "--json", str(output)]
-    assert tool.main(tool.parse_args(argv)) == 0
-    stream = json.loads(output.read_text())["stream"]
-    assert stream["images"] == 20 and stream["formats"] == "coco,csv"
-    assert stream["detections_per_image"] > 0
-    counts = [count for count, _ in stream["rss_samples_mib"]]
-    assert counts == sorted(counts) and counts[0] == 0 and counts[-1] == 20
-    assert {"rss_growth_mib", "rss_after_assembly_mib", "peak_rss_mib", "seconds"} <= set(stream)
+
+def test_registered_dataset_is_removed_afterwards_even_on_error(synthetic_root: Path) -> None:
+    with pytest.raises(RuntimeError, match="inside"):
+        with registered_dataset(synthetic_root) as prefix:
+            assert prefix == BENCHMARK_PREFIX
+            assert f"{prefix}_trainval" in DatasetCatalog.list()
+            raise RuntimeError("inside")
+    assert not [name for name in DatasetCatalog.list() if name.startswith(BENCHMARK_PREFIX)]

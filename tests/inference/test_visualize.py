@@ -1,26 +1,21 @@
-"""Tests for the prediction figures and their command-line tool (CPU, well under a second each)."""
+"""Tests for the figures of id-map and validation images and their command-line tool (CPU)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from cellseg_d2.data.datasets import class_colors
-from cellseg_d2.data.io import CellDataError, read_image
+from cellseg_d2.errors import CellDataError
+from cellseg_d2.inference.figures import COUNT_BAR_HEIGHT, GAP
 from cellseg_d2.inference.submission import group_by_image, write_submission
-from cellseg_d2.inference.visualize import (
-    GAP,
-    compose_figure,
-    render_comparison,
-    visualize_predictions,
-)
+from cellseg_d2.inference.visualize import validation_id_map, visualize_predictions
+from tests.conftest import load_tool
 
-from .conftest import load_tool
-
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "tools" / "visualize.py"
 
 
@@ -53,54 +48,6 @@ def test_figure_png_has_expected_size(
     assert [p.name for p in output.parent.iterdir()] == ["predictions.png"]
 
 
-def test_render_draws_predictions_above_threshold(
-    dataset: tuple[Path, list[dict], list[dict]],
-) -> None:
-    root, entries, results = dataset
-    entry = entries[0]
-    image = read_image(root / "test_release" / entry["file_name"])
-    height, width = image.shape[:2]
-    predictions = group_by_image(results)[entry["id"]]
-    row = render_comparison(image, predictions, score_thresh=0.5)
-    assert row.shape == (height, 2 * width + GAP, 3) and row.dtype == np.uint8
-    original, drawn = row[:, :width], row[:, width + GAP :]
-    assert np.array_equal(original[40:], image[40:, :, ::-1])  # RGB; below the title
-    assert (drawn != original).any(axis=2).mean() > 0.05
-    assert (row[:, width : width + GAP] == 255).all()
-    # Below the threshold nothing is drawn except the panel title.
-    faint = [{**p, "score": 0.1} for p in predictions]
-    row = render_comparison(image, faint, score_thresh=0.5)
-    assert np.array_equal(row[40:, width + GAP :], row[40:, :width])
-
-
-def test_render_draws_classes_beyond_the_fourth(
-    dataset: tuple[Path, list[dict], list[dict]],
-) -> None:
-    root, entries, results = dataset
-    entry = entries[0]
-    image = read_image(root / "test_release" / entry["file_name"])
-    six = [{**p, "category_id": 6} for p in group_by_image(results)[entry["id"]]]
-    row = render_comparison(image, six, score_thresh=0.5)
-    drawn = row[:, image.shape[1] + GAP :].reshape(-1, 3)
-    sixth = np.array(class_colors(6)[5], np.uint8)
-    assert (drawn == sixth).all(axis=1).any()  # box edges in the sixth class's colour
-
-
-def test_render_with_ground_truth_has_three_panels(
-    dataset: tuple[Path, list[dict], list[dict]],
-) -> None:
-    root, entries, results = dataset
-    entry = entries[1]
-    image = read_image(root / "test_release" / entry["file_name"])
-    ground_truth = [{k: v for k, v in r.items() if k != "score"} for r in results]
-    ground_truth = [g for g in ground_truth if g["image_id"] == entry["id"]]
-    row = render_comparison(image, [], ground_truth)
-    width = image.shape[1]
-    assert row.shape == (image.shape[0], 3 * width + 2 * GAP, 3)
-    gt_panel, prediction_panel = row[:, width + GAP : 2 * width + GAP], row[:, -width:]
-    assert (gt_panel[40:] != prediction_panel[40:]).any()
-
-
 def test_mask_of_wrong_size_is_rejected(dataset: tuple[Path, list[dict], list[dict]]) -> None:
     root, entries, results = dataset
     first, second = entries[:2]
@@ -109,14 +56,6 @@ def test_mask_of_wrong_size_is_rejected(dataset: tuple[Path, list[dict], list[di
     swapped = {second["id"]: [{**results[0], "image_id": second["id"]}]}
     with pytest.raises(CellDataError, match=second["file_name"]):
         visualize_predictions(root / "test_release", entries, swapped, root / "x.png", num_images=2)
-
-
-def test_compose_pads_narrow_rows_with_white() -> None:
-    rows = [np.zeros((10, 30, 3), np.uint8), np.zeros((5, 20, 3), np.uint8)]
-    figure = compose_figure(rows)
-    assert figure.shape == (10 + GAP + 5, 30, 3)
-    assert (figure[10 : 10 + GAP] == 255).all()
-    assert (figure[10 + GAP :, 20:] == 255).all() and (figure[10 + GAP :, :20] == 0).all()
 
 
 def test_cli(dataset: tuple[Path, list[dict], list[dict]], tmp_path: Path) -> None:
@@ -162,8 +101,6 @@ def test_cli_predicts_with_a_config(
 def test_cli_draws_validation_images_with_ground_truth(
     synthetic_root: Path, tmp_path: Path
 ) -> None:
-    from cellseg_d2.inference.visualize import validation_id_map
-
     entries = validation_id_map(synthetic_root, val_fraction=0.25)
     assert entries and all(e["file_name"].endswith("/image.tif") for e in entries)
     output = tmp_path / "val.png"
@@ -177,46 +114,7 @@ def test_cli_draws_validation_images_with_ground_truth(
     assert cv2.imread(str(output)).shape[:2] == _expected_size(first, 3)
 
 
-def test_outline_style_draws_class_coloured_outlines_and_count_bars() -> None:
-    from cellseg_d2.data.datasets import THING_COLORS
-    from cellseg_d2.data.rle import encode_mask
-    from cellseg_d2.inference.visualize import COUNT_BAR_HEIGHT
-
-    height, width = 70, 80
-    image = np.full((height, width, 3), 100, np.uint8)
-    square = np.zeros((height, width), bool)
-    square[25:45, 20:40] = True
-    other = np.zeros((height, width), bool)
-    other[50:60, 50:70] = True
-    cell = {"category_id": 2, "bbox": [20.0, 25.0, 20.0, 20.0], "segmentation": encode_mask(square)}
-    predictions = [
-        {**cell, "score": 0.9},
-        {"category_id": 1, "bbox": [50.0, 50.0, 20.0, 10.0], "score": 0.8,
-         "segmentation": encode_mask(other)},
-    ]  # fmt: skip
-    row = render_comparison(image, predictions, [cell], style="outlines")
-    assert row.shape == (height + GAP + COUNT_BAR_HEIGHT, 3 * width + 2 * GAP, 3)
-    prediction_panel = row[:height, 2 * (width + GAP) :]
-    gt_panel = row[:height, width + GAP : 2 * width + GAP]
-    for panel in (prediction_panel, gt_panel):
-        for y, x in [(25, 30), (44, 30), (35, 20), (35, 39)]:  # the square's border
-            assert tuple(panel[y, x]) == THING_COLORS[1]
-        assert tuple(panel[35, 30]) == (100, 100, 100)  # inside: the image, no fill
-        assert tuple(panel[24, 30]) == (100, 100, 100)  # outside: untouched
-    assert tuple(prediction_panel[50, 60]) == THING_COLORS[0]
-    assert tuple(gt_panel[50, 60]) == (100, 100, 100)
-    strip = row[height + GAP :]
-    colours = {tuple(c) for c in strip.reshape(-1, 3)}
-    assert {THING_COLORS[0], THING_COLORS[1], (150, 150, 150)} <= colours
-    # The box style keeps its own shape (no strip).
-    assert render_comparison(image, predictions, [cell]).shape[0] == height
-    with pytest.raises(ValueError, match="style"):
-        render_comparison(image, predictions, style="pie")
-
-
 def test_cli_outline_style(dataset: tuple[Path, list[dict], list[dict]], tmp_path: Path) -> None:
-    from cellseg_d2.inference.visualize import COUNT_BAR_HEIGHT
-
     root, entries, results = dataset
     pred = tmp_path / "submission.json"
     write_submission(results, pred, zip_output=False)
@@ -253,3 +151,105 @@ def test_cli_names_classes_from_the_flag(
         figures.append(cv2.imread(str(output), cv2.IMREAD_COLOR))
     assert figures[0].shape == figures[1].shape
     assert not np.array_equal(figures[0], figures[1])  # the count bars carry the names
+
+
+SIX = ("a", "b", "c", "d", "e", "f")
+
+
+def _cache_state(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file of the dataset's conversion cache: its bytes and mtime."""
+    cache = root / ".cellseg_cache"
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(cache.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def six_class_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 6-class, 8-image training set whose cache training built with its six names."""
+    from cellseg_d2.data.convert import load_train_coco
+    from cellseg_d2.data.synthetic import generate_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("six")
+    generate_synthetic_dataset(root, 8, 0, seed=3, min_size=64, max_size=96, num_classes=6)
+    load_train_coco(root, class_names=SIX)
+    return root
+
+
+def test_validation_id_map_matches_the_converter_and_writes_nothing(tmp_path: Path) -> None:
+    from cellseg_d2.data.convert import load_train_coco
+    from cellseg_d2.data.synthetic import generate_synthetic_dataset
+
+    generate_synthetic_dataset(tmp_path, 8, 0, seed=1, min_size=64, max_size=96)
+    entries = validation_id_map(tmp_path, val_fraction=0.5, seed=1)
+    assert not (tmp_path / ".cellseg_cache").exists()  # read only: no cache built
+    assert 0 < len(entries) < 8
+    coco = load_train_coco(tmp_path)
+    by_folder = {image["folder"]: image for image in coco["images"]}
+    for entry in entries:
+        image = by_folder[entry["file_name"].split("/")[0]]
+        assert (entry["id"], entry["height"], entry["width"]) == (
+            image["id"], image["height"], image["width"],
+        )  # fmt: skip
+    folds = [{e["id"] for e in validation_id_map(tmp_path, 0.1, 1, k, 2)} for k in (0, 1)]
+    assert not folds[0] & folds[1] and folds[0] | folds[1] == set(range(1, 9))  # a partition
+
+
+def test_val_root_six_classes_reads_the_cache_settings_and_leaves_it_byte_identical(
+    six_class_root: Path, tmp_path: Path
+) -> None:
+    from cellseg_d2.inference.scoring import ground_truth_as_results, load_ground_truth_coco
+
+    before = _cache_state(six_class_root)
+    entries = validation_id_map(six_class_root, val_fraction=0.5)  # names from the cache
+    truth = load_ground_truth_coco(six_class_root / "train", entries)
+    results = ground_truth_as_results(truth)
+    assert max(r["category_id"] for r in results) > 4  # the fifth/sixth class is drawn
+    pred = tmp_path / "val.json"
+    write_submission(results, pred, zip_output=False)
+    output = tmp_path / "val.png"
+    args = ["--val-root", str(six_class_root), "--val-fraction", "0.5", "--pred", str(pred)]
+    args += ["--output", str(output), "--num-images", "2", "--style", "outlines"]
+    assert load_tool(TOOL).main(args) == 0
+    height, width = _expected_size(sorted(entries, key=lambda e: e["id"])[:2], 3)
+    rows = min(2, len(entries))
+    assert cv2.imread(str(output)).shape[:2] == (height + rows * (GAP + COUNT_BAR_HEIGHT), width)
+    assert _cache_state(six_class_root) == before
+
+
+def test_val_root_with_a_config_uses_its_datasets_keys(
+    six_class_root: Path, tmp_path: Path
+) -> None:
+    before = _cache_state(six_class_root)
+    output = tmp_path / "model.png"
+    config = REPO / "configs" / "quick_schedules" / "instant_test.yaml"
+    args = ["--val-root", str(six_class_root), "--output", str(output), "--num-images", "1"]
+    args += ["--config-file", str(config), "MODEL.DEVICE", "cpu", "DATASETS.VAL_FRACTION", "0.5"]
+    args += ["DATASETS.CLASS_NAMES", repr(list(SIX)), "MODEL.ROI_HEADS.NUM_CLASSES", "6"]
+    assert load_tool(TOOL).main(args) == 0
+    first = sorted(validation_id_map(six_class_root, 0.5, class_names=SIX), key=lambda e: e["id"])
+    assert cv2.imread(str(output)).shape[:2] == _expected_size(first[:1], 3)
+    assert _cache_state(six_class_root) == before
+
+
+def test_val_root_without_cache_takes_the_names_from_the_flag(
+    six_class_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from cellseg_d2.inference.scoring import ground_truth_as_results, load_ground_truth_coco
+
+    root = tmp_path / "copy"
+    shutil.copytree(six_class_root / "train", root / "train")
+    entries = validation_id_map(root, val_fraction=0.5, class_names=SIX)
+    pred = tmp_path / "val.json"
+    truth = load_ground_truth_coco(root / "train", entries)
+    write_submission(ground_truth_as_results(truth), pred, zip_output=False)
+    args = ["--val-root", str(root), "--val-fraction", "0.5", "--pred", str(pred)]
+    output = tmp_path / "x.png"
+    assert load_tool(TOOL).main([*args, "--output", str(output)]) == 2  # four default names
+    err = capsys.readouterr().err
+    assert re.search(r"class[56]\.tif: mask of class [56]", err) and "--class-names" in err
+    assert not output.exists()
+    args += ["--class-names", ",".join(SIX)]
+    assert load_tool(TOOL).main([*args, "--output", str(output)]) == 0
+    assert cv2.imread(str(output)) is not None
+    assert not (root / ".cellseg_cache").exists()  # nothing converted or cached

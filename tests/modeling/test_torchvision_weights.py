@@ -37,13 +37,14 @@ from torchvision.models.detection import maskrcnn_resnet50_fpn, maskrcnn_resnet5
 
 from cellseg_d2.config import get_cellseg_cfg
 from cellseg_d2.engine.checkpoint import AtomicDetectionCheckpointer
+from cellseg_d2.errors import CellSegError
 from cellseg_d2.inference.predictor import CellPredictor
 from cellseg_d2.modeling.torchvision_weights import (
     TorchvisionWeightsError,
     convert_torchvision_weights,
 )
 
-from .conftest import REPO_ROOT, load_tool
+from ..conftest import REPO_ROOT, load_tool
 
 HEIGHT, WIDTH = 128, 160
 # A random network's features are large, so its raw heads saturate: scores at 0 or 1 (ties that
@@ -271,6 +272,7 @@ def test_bad_inputs_name_the_file(tmp_path: Path) -> None:
         with pytest.raises(TorchvisionWeightsError, match=message) as info:
             convert_torchvision_weights(path, tmp_path / "out.pth")
         assert str(path) in str(info.value)
+        assert isinstance(info.value, CellSegError)  # what every tool maps to exit 2
     assert not (tmp_path / "out.pth").exists()
 
 
