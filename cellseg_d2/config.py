@@ -111,7 +111,7 @@ def add_cellseg_config(cfg: CN) -> None:
     # ---- Test ----
     # Evaluate every this many epochs (0 = use TEST.EVAL_PERIOD in iterations).
     _c.TEST.EVAL_PERIOD_EPOCHS = 0.0
-    # Also compute PQ/DQ/SQ, AJI and F1 at IoU > 0.5 (cellseg_d2.evaluation.histology) when evaluating.
+    # Also compute PQ/DQ/SQ, AJI and F1 at IoU > 0.5 (evaluation/histology.py) when evaluating.
     _c.TEST.HISTOLOGY_METRICS = False
     # Images per forward pass in tools/predict.py.
     _c.TEST.IMS_PER_BATCH = 1
