@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         entries = load_id_map(args.id_map)
-        results = read_submission(args.pred)
+        results = read_submission(args.pred, entries)
         require_valid_submission(results, entries, args.pred, args.class_names)
         gt_coco = load_ground_truth_coco(args.gt, entries)
         scores = evaluate_submission(gt_coco, results)

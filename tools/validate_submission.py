@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         entries = load_id_map(args.id_map)
-        results = read_submission(args.pred)
+        results = read_submission(args.pred, entries)
     except CellDataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

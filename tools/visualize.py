@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.config_file:
             results = predict_entries(args, entries)
         else:
-            results = read_submission(args.pred)
+            results = read_submission(args.pred, entries)
         source = args.pred or "the model's predictions"
         require_valid_submission(results, entries, source, args.class_names)
         visualize_predictions(

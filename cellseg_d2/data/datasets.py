@@ -39,6 +39,7 @@ from cellseg_d2.data.convert import (
     write_coco_subset,
 )
 from cellseg_d2.data.io import DEFAULT_CLASS_NAMES, CellDataError, check_class_names
+from cellseg_d2.data.limits import DEFAULT_MAX_INSTANCES_PER_IMAGE, check_max_instances
 from cellseg_d2.data.validate import TEST_DIR, TRAIN_DIR
 
 __all__ = [
@@ -163,6 +164,7 @@ def _split_loader(
     min_area: int,
     class_names: tuple[str, ...],
     json_file: Path,
+    max_instances: int,
 ) -> Callable[[], list[dict]]:
     """The catalog function of ``train``, ``val`` or ``trainval``: cache -> dicts -> split.
 
@@ -173,7 +175,7 @@ def _split_loader(
     """
 
     def load() -> list[dict]:
-        coco = load_train_coco(root, min_area, class_names=class_names)
+        coco = load_train_coco(root, min_area, class_names=class_names, max_instances=max_instances)
         dicts = coco_to_train_dicts(coco, root)
         if split != "trainval":
             splits = [split_of(d["folder"], **split_args) for d in dicts]
@@ -213,6 +215,7 @@ def register_cell_datasets(
     num_folds: int | None = None,
     min_area: int = 4,
     class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
+    max_instances: int = DEFAULT_MAX_INSTANCES_PER_IMAGE,
 ) -> list[str]:
     """Register ``<prefix>_train``, ``_val``, ``_trainval`` and (with a test set) ``_test``.
 
@@ -236,6 +239,8 @@ def register_cell_datasets(
         min_area: instances with fewer pixels are dropped at conversion.
         class_names: name K is the class of ``classK.tif``; a ``classK.tif`` with K above their
             count is an error when the data are loaded.
+        max_instances: a training image with more instance ids is an error when the data are
+            loaded (see :func:`~cellseg_d2.data.limits.check_instance_count`).
 
     Returns:
         The registered dataset names.
@@ -243,9 +248,10 @@ def register_cell_datasets(
     Raises:
         ValueError: invalid split arguments.
         CellDataError: ``root`` holds neither ``train/`` nor ``test_release/``; invalid
-            class names.
+            class names or ``max_instances``.
     """
     class_names = check_class_names(class_names)
+    max_instances = check_max_instances(max_instances)
     num_folds = num_folds or None
     _check_split_args(val_fraction, fold, num_folds)
     root_path = Path(root).resolve()
@@ -279,7 +285,9 @@ def register_cell_datasets(
             name = f"{prefix}_{split}"
             _register(
                 name,
-                _split_loader(root, split, split_args, min_area, class_names, json_file),
+                _split_loader(
+                    root, split, split_args, min_area, class_names, json_file, max_instances
+                ),
                 json_file=str(json_file),
                 image_root=str(root_path / TRAIN_DIR),
                 **common,
@@ -303,8 +311,9 @@ def register_cell_datasets_from_config(cfg: CfgNode, prefix: str = "cells") -> l
     """Register the cell datasets as the config's ``DATASETS.*`` keys describe.
 
     Why: the one call the tools make in ``setup()``; it reads ``CELLS_ROOT``, ``VAL_FRACTION``,
-    ``SPLIT_SEED``, ``NUM_FOLDS`` (0 = no folds), ``FOLD``, ``MIN_INSTANCE_AREA`` and
-    ``CLASS_NAMES``, and checks ``MODEL.ROI_HEADS.NUM_CLASSES`` against the class names.
+    ``SPLIT_SEED``, ``NUM_FOLDS`` (0 = no folds), ``FOLD``, ``MIN_INSTANCE_AREA``,
+    ``MAX_INSTANCES_PER_IMAGE`` and ``CLASS_NAMES``, and checks ``MODEL.ROI_HEADS.NUM_CLASSES``
+    against the class names.
 
     Args:
         cfg: a config extended by :func:`cellseg_d2.config.add_cellseg_config`.
@@ -328,4 +337,5 @@ def register_cell_datasets_from_config(cfg: CfgNode, prefix: str = "cells") -> l
         num_folds=num_folds or None,
         min_area=int(datasets.MIN_INSTANCE_AREA),
         class_names=class_names,
+        max_instances=datasets.MAX_INSTANCES_PER_IMAGE,
     )
