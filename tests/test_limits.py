@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -204,3 +205,20 @@ def test_prepare_tool_refuses_a_bad_cap_value(
         load_tool(PREPARE).main(["--root", str(tmp_path), "--max-instances", "0"])
     assert exit_info.value.code == 2
     assert "--max-instances" in capsys.readouterr().err
+
+
+def test_a_file_that_grows_after_its_size_was_read_is_still_capped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "growing.json"
+    path.write_bytes(b"x" * 5000)
+    real_fstat = os.fstat
+
+    class Small:
+        st_size = 10  # what the size was when fstat looked
+
+    monkeypatch.setattr(os, "fstat", lambda fd: Small())
+    assert read_bytes_bounded(path, 5000, "x", "ENV") == b"x" * 5000
+    with pytest.raises(CellDataError, match="growing.json: the data read is more than"):
+        read_bytes_bounded(path, 4999, "x", "ENV")
+    monkeypatch.setattr(os, "fstat", real_fstat)

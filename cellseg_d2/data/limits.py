@@ -146,7 +146,16 @@ def read_bytes_bounded(path: Path, limit: int, what: str, env: str) -> bytes:
         size = os.fstat(handle.fileno()).st_size
         if size > limit:
             raise too_large(str(path), f"{size} bytes", limit, what, env)
-        data = handle.read(limit + 1)
+        # NOTE: read(n) allocates n bytes up front, so ask for the size found, not the limit.
+        data = handle.read(size + 1)
+        if len(data) > size:  # the file grew since fstat: read on in steps, up to limit + 1
+            grown = bytearray(data)
+            while len(grown) <= limit:
+                chunk = handle.read(min(2**20, limit + 1 - len(grown)))
+                if not chunk:
+                    break
+                grown += chunk
+            data = bytes(grown)
     if len(data) > limit:
         raise too_large(str(path), "the data read", limit, what, env)
     return data

@@ -86,6 +86,6 @@ def tiff_header_problem(
         return f"a volume (image depth {first.imagedepth}); only 2-D images are read"
     samples = int(first.samplesperpixel)
     if samples > (4 if channel_pages else 1):
-        allowed = "an image has 1 to 4 (gray, RGB, RGBA)" if channel_pages else "a mask has 1"
+        allowed = "an image has 1 to 4 (gray, RGB, RGBA)" if channel_pages else "a mask (2-D) has 1"
         return f"{samples} samples per pixel; {allowed}"
     return None
