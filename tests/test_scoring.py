@@ -205,6 +205,9 @@ def test_id_map_names_must_be_bare(
 def test_id_map_hostile_json(tmp_path: Path) -> None:
     nested = tmp_path / "nested.json"
     nested.write_text("[" * 50_000 + "]" * 50_000)
+    with pytest.raises(CellDataError, match="nested.json: holds up to 50001 JSON values"):
+        load_id_map(nested)  # one value per byte: refused before parsing (issue 16)
+    nested.write_text("[" * 50_000 + " " * 400_000 + "]" * 50_000)  # sparse enough to parse
     with pytest.raises(CellDataError, match="nested.json: JSON nested too deeply"):
         load_id_map(nested)
     huge = tmp_path / "huge.json"

@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 
 from cellseg_d2.data.io import CellDataError
-from cellseg_d2.data.limits import MAX_DETECTIONS_ENV, VALUES_PER_ENTRY, max_submission_entries
+from cellseg_d2.data.limits import (
+    MAX_DETECTIONS_ENV,
+    MIN_SUBMISSION_BYTES_PER_VALUE,
+    VALUES_PER_ENTRY,
+    max_submission_entries,
+)
 from cellseg_d2.inference.submission import write_submission
 from cellseg_d2.inference.submission_read import RESULTS_FILE_NAME, read_submission
 
@@ -38,16 +43,37 @@ def test_a_list_of_zeros_is_refused_before_parsing(
     dataset: tuple[Path, list[dict], list[dict]],
     tmp_path: Path,
     capsys: pytest.CaptureFixture,
+    tool: Path,
+) -> None:
+    """The issue's file: one value per 2 bytes, far denser than any submission."""
+    root, _, _ = dataset
+    pred = _zeros(tmp_path / "zeros.json", 10_000)
+    assert load_tool(tool).main(_tool_args(tool, root, pred, tmp_path)) == 2
+    err = capsys.readouterr().err
+    allowed = 20_001 // MIN_SUBMISSION_BYTES_PER_VALUE + 16
+    assert f"{pred}: holds up to 10001 JSON values, more than the {allowed} allowed" in err
+    assert "refused before parsing" in err and "Traceback" not in err
+    assert not (tmp_path / "scores.json").exists()
+
+
+@pytest.mark.parametrize("tool", [VALIDATE, EVALUATE])
+def test_more_values_than_the_id_map_allows_are_refused_before_parsing(
+    dataset: tuple[Path, list[dict], list[dict]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
     tool: Path,
 ) -> None:
+    """Values spaced out enough to pass the density check, but more than the id map allows."""
     root, entries, _ = dataset
     monkeypatch.setenv(MAX_DETECTIONS_ENV, "10")
     allowed = max_submission_entries(entries)  # 3 images: ~300 by their pixels
-    pred = _zeros(tmp_path / "zeros.json", allowed * VALUES_PER_ENTRY)  # one value too many
+    count = allowed * VALUES_PER_ENTRY  # with the list itself: one value too many
+    pred = tmp_path / "spaced.json"
+    pred.write_bytes(b"[" + b"0,   " * (count - 1) + b"0]")
     assert load_tool(tool).main(_tool_args(tool, root, pred, tmp_path)) == 2
     err = capsys.readouterr().err
-    assert f"{pred}: holds up to {allowed * VALUES_PER_ENTRY + 1} JSON values" in err
+    assert f"{pred}: holds up to {count + 1} JSON values" in err
     assert f"at most {allowed} detections on the 3 images" in err and MAX_DETECTIONS_ENV in err
     assert "refused before parsing" in err and "Traceback" not in err
     assert not (tmp_path / "scores.json").exists()
@@ -91,7 +117,14 @@ def test_valid_submissions_pass_and_zips_are_bounded_too(
     with pytest.raises(CellDataError) as error:
         read_submission(zeros, entries)
     assert str(error.value).startswith(f"{zeros}: member {RESULTS_FILE_NAME}: holds up to")
-    assert read_submission(zeros) == [0] * 100_001  # without the id map: only the size cap
+    with pytest.raises(CellDataError, match="one per 4 bytes"):
+        read_submission(zeros)  # the density bound holds without the id map too
+    spaced = tmp_path / "spaced.zip"
+    with zipfile.ZipFile(spaced, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(RESULTS_FILE_NAME, b"[" + b"0,   " * 100_000 + b"0]")
+    assert len(read_submission(spaced)) == 100_001  # without the id map: dense enough to read
+    with pytest.raises(CellDataError, match="detections on the 3 images"):
+        read_submission(spaced, entries)
 
 
 def test_memory_of_a_refused_list_of_zeros_stays_near_its_size(

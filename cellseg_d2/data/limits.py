@@ -6,8 +6,9 @@ a label image of a few pixels may hold thousands of instance ids. Each cap here 
 built from the file, is checked before the costly step, and names the file, the limit and how to
 raise it:
 
-- submissions: :func:`max_submission_bytes` (file size) and :func:`max_submission_entries`
-  (detections, derived from the id map; JSON values are counted before parsing);
+- submissions: :func:`max_submission_bytes` (file size), at most one JSON value per
+  :data:`MIN_SUBMISSION_BYTES_PER_VALUE` bytes, and :func:`max_submission_entries` (detections,
+  derived from the id map; JSON values are counted before parsing);
 - id maps: :func:`max_id_map_bytes` and at most one JSON value per
   :data:`MIN_ID_MAP_BYTES_PER_VALUE` bytes;
 - training masks: :data:`DEFAULT_MAX_INSTANCES_PER_IMAGE` instance ids per image
@@ -37,6 +38,7 @@ __all__ = [
     "MAX_INSTANCES_KEY",
     "MAX_SUBMISSION_MB_ENV",
     "MIN_ID_MAP_BYTES_PER_VALUE",
+    "MIN_SUBMISSION_BYTES_PER_VALUE",
     "PIXELS_PER_DETECTION",
     "VALUES_PER_ENTRY",
     "check_cached_instances",
@@ -70,6 +72,10 @@ PIXELS_PER_DETECTION = 256
 #: JSON values allowed per allowed detection: a detection holds 15 (its object, 5 fields, 4 box
 #: numbers, the mask's object, size list, 2 sides and counts); the rest is room for extra keys.
 VALUES_PER_ENTRY = 24
+#: A submission holds at most one JSON value per this many bytes: its most compact detection
+#: takes about 100 bytes for its 15 values. A denser file (``[0,0,...]``, ``[{},{},...]``) is
+#: refused before parsing, whatever the id map allows.
+MIN_SUBMISSION_BYTES_PER_VALUE = 4
 #: An id map holds at most one JSON value per this many bytes: an entry is 5 values (its object,
 #: file name, id, height, width) in at least 45 bytes. Denser files are not id maps, and their
 #: objects would cost far more memory than their bytes.

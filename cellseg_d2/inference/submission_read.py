@@ -1,8 +1,10 @@
 """Reading a submission (JSON or CodaBench zip) with bounded memory.
 
-Three bounds, each checked before the costly step it guards: the file size (or the zip member's
-decompressed size) before reading; given the id map, the number of JSON values before parsing,
-and the number of detections before any is checked (see :mod:`cellseg_d2.data.limits`).
+Bounds, each checked before the costly step it guards: the file size (or the zip member's
+decompressed size) before reading; the number of JSON values before parsing (at most one per
+:data:`~cellseg_d2.data.limits.MIN_SUBMISSION_BYTES_PER_VALUE` bytes and, given the id map, at
+most :data:`~cellseg_d2.data.limits.VALUES_PER_ENTRY` per allowed detection); and, given the id
+map, the number of detections before any is checked (see :mod:`cellseg_d2.data.limits`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from cellseg_d2.data.json_read import check_json_values, parse_json
 from cellseg_d2.data.limits import (
     MAX_DETECTIONS_ENV,
     MAX_SUBMISSION_MB_ENV,
+    MIN_SUBMISSION_BYTES_PER_VALUE,
     PIXELS_PER_DETECTION,
     VALUES_PER_ENTRY,
     max_submission_bytes,
@@ -85,16 +88,17 @@ def read_submission(
     Why one reader for both: the tools accept whatever the user has at hand, detectron2's
     ``coco_instances_results.json`` or the zip uploaded to CodaBench. The format is sniffed from
     the content, not the file name. Reads are bounded by
-    :func:`~cellseg_d2.data.limits.max_submission_bytes`; with ``id_map_entries`` (what every
-    tool passes) the memory is bounded too: a file with more JSON values than
+    :func:`~cellseg_d2.data.limits.max_submission_bytes`, and a text denser in JSON values than
+    a submission can be is refused before parsing. With ``id_map_entries`` (what every tool
+    passes) the memory is bounded by the test set too: a file with more JSON values than
     :data:`~cellseg_d2.data.limits.VALUES_PER_ENTRY` per allowed detection is refused before it
     is parsed, and one with more detections than
     :func:`~cellseg_d2.data.limits.max_submission_entries` before any is checked.
 
     Args:
         path: the JSON or zip file.
-        id_map_entries: the id map the submission answers; None skips the two memory bounds
-            (for the project's own files).
+        id_map_entries: the id map the submission answers; None skips the bounds derived from
+            it (for the project's own files).
 
     Returns:
         The results list as stored; its entries are checked by
@@ -110,6 +114,12 @@ def read_submission(
     if not path.is_file():
         raise CellDataError(f"{path}: file not found")
     data, source = _read_bytes(path)
+    check_json_values(
+        data,
+        len(data) // MIN_SUBMISSION_BYTES_PER_VALUE + 16,
+        source,
+        f"a submission has at most one per {MIN_SUBMISSION_BYTES_PER_VALUE} bytes",
+    )
     max_entries = None
     if id_map_entries is not None:
         max_entries = max_submission_entries(id_map_entries)
