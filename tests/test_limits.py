@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from cellseg_d2.config import get_cellseg_cfg
-from cellseg_d2.data import convert, load_train_coco, register_cell_datasets
+from cellseg_d2.data import (
+    convert,
+    load_train_coco,
+    register_cell_datasets,
+    register_cell_datasets_from_config,
+)
 from cellseg_d2.data.io import CellDataError, write_tiff
 from cellseg_d2.data.limits import (
     DEFAULT_MAX_INSTANCES_PER_IMAGE,
@@ -196,6 +201,18 @@ def test_a_cache_built_under_a_larger_cap_is_checked_again(
             DatasetCatalog.remove(name)
     with pytest.raises(CellDataError, match="MAX_INSTANCES_PER_IMAGE"):
         register_cell_datasets(prepared, prefix="t_cap", max_instances=0)
+    cfg = get_cellseg_cfg()
+    cfg.merge_from_list(
+        ["DATASETS.CELLS_ROOT", str(prepared), "DATASETS.MAX_INSTANCES_PER_IMAGE", 2]
+        + ["MODEL.ROI_HEADS.NUM_CLASSES", 4]
+    )
+    names = register_cell_datasets_from_config(cfg, prefix="t_cfg")
+    try:
+        with pytest.raises(CellDataError, match="3 instance ids .* 2 allowed"):
+            DatasetCatalog.get("t_cfg_trainval")
+    finally:
+        for name in names:
+            DatasetCatalog.remove(name)
 
 
 def test_prepare_tool_refuses_a_bad_cap_value(
