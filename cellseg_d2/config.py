@@ -65,6 +65,9 @@ def add_cellseg_config(cfg: CN) -> None:
     _c.DATASETS.FOLD = 0
     # Instances with fewer pixels than this are dropped at conversion (counted in the log).
     _c.DATASETS.MIN_INSTANCE_AREA = 4
+    # Most instance ids one training image may hold (all its masks together); a mask with more is
+    # refused when the dataset is prepared (training would stack one full-size mask per instance).
+    _c.DATASETS.MAX_INSTANCES_PER_IMAGE = 10000
     # Class names in order: name K is the class of classK.tif (K = 1..N); N must equal
     # MODEL.ROI_HEADS.NUM_CLASSES. Default: the four MoNuSAC 2020 classes.
     _c.DATASETS.CLASS_NAMES = list(DEFAULT_CLASS_NAMES)

@@ -59,7 +59,7 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict], list[dict]]:
     """Three synthetic test images (the first dense), the id map, and the ground truth written
     as a submission (a perfect one)."""
-    from cellseg_d2.data.validate import load_id_map
+    from cellseg_d2.data.id_map import load_id_map
     from cellseg_d2.inference.scoring import ground_truth_as_results, load_ground_truth_coco
 
     root = tmp_path_factory.mktemp("synthetic_test")

@@ -12,10 +12,10 @@ from PIL import Image
 from pycocotools import mask as mask_util
 
 from cellseg_d2.data.convert import load_train_coco
+from cellseg_d2.data.id_map import load_id_map
 from cellseg_d2.data.importers import ImportOptions, import_dataset
 from cellseg_d2.data.io import read_instance_mask, write_tiff
 from cellseg_d2.data.rle import decode_rle
-from cellseg_d2.data.validate import load_id_map
 from cellseg_d2.errors import CellDataError
 
 from .conftest import REPO_ROOT, SHARED_DATA, load_tool

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cellseg_d2.data.id_map import load_id_map
 from cellseg_d2.data.importers import ImportOptions, import_dataset
 from cellseg_d2.data.importers.pannuke import PANNUKE_CLASS_NAMES
 from cellseg_d2.data.io import read_image
-from cellseg_d2.data.validate import load_id_map
 from cellseg_d2.errors import CellDataError
 
 from .importer_helpers import dataset_info, no_leftovers, prepare, read_cells

@@ -160,7 +160,7 @@ def _run_predict(synthetic_root: Path, output: Path, *extra: str) -> subprocess.
 
 
 def test_predict_tool_writes_valid_zip(synthetic_root: Path, tmp_path: Path) -> None:
-    from cellseg_d2.data.validate import load_id_map
+    from cellseg_d2.data.id_map import load_id_map
     from cellseg_d2.inference import read_submission, validate_submission
 
     output = tmp_path / "submission.zip"
@@ -181,7 +181,7 @@ def test_predict_tool_writes_valid_zip(synthetic_root: Path, tmp_path: Path) -> 
 
 def test_predict_tool_tta(synthetic_root: Path, tmp_path: Path) -> None:
     output = tmp_path / "tta.json"
-    from cellseg_d2.data.validate import load_id_map
+    from cellseg_d2.data.id_map import load_id_map
     from cellseg_d2.inference import validate_submission
 
     opts = ["--score-thresh", "0.0", "TEST.AUG.MIN_SIZES", "(96, 128)"]
@@ -365,7 +365,7 @@ def folder_with_bad_image(synthetic_root: Path, tmp_path: Path) -> tuple[Path, P
     """A copy of the 3 test images (LZW TIFFs, id-map order) whose middle one is truncated."""
     import shutil
 
-    from cellseg_d2.data.validate import load_id_map
+    from cellseg_d2.data.id_map import load_id_map
 
     images = tmp_path / "images"
     shutil.copytree(synthetic_root / "test_release", images)
@@ -431,8 +431,8 @@ def test_predict_skip_bad_lists_and_continues(
 def test_predict_formats_agree_with_submission(synthetic_root: Path, tmp_path: Path) -> None:
     import csv
 
+    from cellseg_d2.data.id_map import load_id_map
     from cellseg_d2.data.io import read_tiff
-    from cellseg_d2.data.validate import load_id_map
     from cellseg_d2.inference.export import export_paths
 
     id_map = synthetic_root / "test_image_name_to_ids.json"
@@ -500,7 +500,7 @@ class _InterruptedPredictor:
 
 
 def test_interrupted_run_keeps_shards_and_resumes(synthetic_root: Path, tmp_path: Path) -> None:
-    from cellseg_d2.data.validate import load_id_map
+    from cellseg_d2.data.id_map import load_id_map
     from cellseg_d2.inference.predict import predict_to_files
 
     entries = load_id_map(synthetic_root / "test_image_name_to_ids.json")

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cellseg_d2.data.id_map import load_id_map
 from cellseg_d2.data.rle import decode_rle, encode_mask
 from cellseg_d2.data.synthetic import generate_synthetic_dataset
-from cellseg_d2.data.validate import load_id_map
 from cellseg_d2.errors import CellDataError
 from cellseg_d2.inference.scoring import (
     evaluate_submission,
@@ -205,6 +205,9 @@ def test_id_map_names_must_be_bare(
 def test_id_map_hostile_json(tmp_path: Path) -> None:
     nested = tmp_path / "nested.json"
     nested.write_text("[" * 50_000 + "]" * 50_000)
+    with pytest.raises(CellDataError, match="nested.json: holds up to 50001 JSON values"):
+        load_id_map(nested)  # one value per byte: refused before parsing (issue 16)
+    nested.write_text("[" * 50_000 + " " * 400_000 + "]" * 50_000)  # sparse enough to parse
     with pytest.raises(CellDataError, match="nested.json: JSON nested too deeply"):
         load_id_map(nested)
     huge = tmp_path / "huge.json"

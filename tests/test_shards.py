@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellseg_d2.data.validate import load_id_map
+from cellseg_d2.data.id_map import load_id_map
 from cellseg_d2.errors import CellDataError
 from cellseg_d2.inference.predict import predict_to_files
 from cellseg_d2.inference.predictor import Detection, detections_to_results

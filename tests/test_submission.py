@@ -294,6 +294,9 @@ def test_zip_member_size_is_capped(
 def test_hostile_json_ends_in_a_clear_error(tmp_path: Path) -> None:
     nested = tmp_path / "nested.json"
     nested.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CellDataError, match="nested.json: holds up to 100001 JSON values"):
+        read_submission(nested)  # one value per 2 bytes: refused before parsing (issue 16)
+    nested.write_text("[" * 100_000 + " " * 300_000 + "]" * 100_000)  # sparse enough to parse
     with pytest.raises(CellDataError, match="nested.json.*nested too deeply"):
         read_submission(nested)
     huge = tmp_path / "huge.json"

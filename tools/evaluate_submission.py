@@ -23,7 +23,7 @@ import argparse
 import logging
 import sys
 
-from cellseg_d2.data.validate import load_id_map
+from cellseg_d2.data.id_map import load_id_map
 from cellseg_d2.errors import CellDataError
 from cellseg_d2.evaluation.histology import evaluate_histology, format_histology
 from cellseg_d2.inference.scoring import (
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         entries = load_id_map(args.id_map)
-        results = read_submission(args.pred)
+        results = read_submission(args.pred, entries)
         require_valid_submission(results, entries, args.pred, args.class_names)
         gt_coco = load_ground_truth_coco(args.gt, entries)
         scores = evaluate_submission(gt_coco, results)

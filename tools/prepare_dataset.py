@@ -9,7 +9,8 @@ Checks the layout, decodes every image and mask once, writes ``.cellseg_cache/in
 and ``.cellseg_cache/test_images.json`` under the root and prints a summary. A fresh cache is
 reused. Exit status 2 means bad data; the message names the file. ``--strict`` also fails on
 warnings (e.g. a training image without masks). ``--class-names`` must match the training
-config's ``DATASETS.CLASS_NAMES`` (masks ``class1.tif``..``classN.tif``).
+config's ``DATASETS.CLASS_NAMES`` (masks ``class1.tif``..``classN.tif``), and ``--max-instances``
+its ``DATASETS.MAX_INSTANCES_PER_IMAGE`` when that is not the default.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sys
 
 from cellseg_d2.config import default_cells_root
 from cellseg_d2.data.convert import format_summary, prepare_cell_dataset
+from cellseg_d2.data.limits import DEFAULT_MAX_INSTANCES_PER_IMAGE
 from cellseg_d2.data.validate import DEFAULT_MIN_IMAGE_SIZE
 from cellseg_d2.errors import CellDataError
 from cellseg_d2.utils.cli import add_class_names_argument
@@ -42,9 +44,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_MIN_IMAGE_SIZE,
         help=f"reject images with a side below this (default {DEFAULT_MIN_IMAGE_SIZE})",
     )
+    parser.add_argument(
+        "--max-instances",
+        type=int,
+        default=DEFAULT_MAX_INSTANCES_PER_IMAGE,
+        help="refuse a training image with more instance ids, all masks together (default "
+        f"{DEFAULT_MAX_INSTANCES_PER_IMAGE}; the config's DATASETS.MAX_INSTANCES_PER_IMAGE)",
+    )
     args = parser.parse_args(argv)
-    if args.min_area < 0 or args.min_size < 1:
-        parser.error("--min-area must be >= 0 and --min-size >= 1")
+    if args.min_area < 0 or args.min_size < 1 or args.max_instances < 1:
+        parser.error("--min-area must be >= 0, --min-size and --max-instances >= 1")
     return args
 
 
@@ -54,7 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         summary = prepare_cell_dataset(
-            args.root, args.min_area, args.min_size, args.strict, args.class_names
+            args.root,
+            args.min_area,
+            args.min_size,
+            args.strict,
+            args.class_names,
+            max_instances=args.max_instances,
         )
     except CellDataError as exc:
         print(f"error: {exc}", file=sys.stderr)

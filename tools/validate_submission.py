@@ -19,7 +19,7 @@ import argparse
 import logging
 import sys
 
-from cellseg_d2.data.validate import load_id_map
+from cellseg_d2.data.id_map import load_id_map
 from cellseg_d2.errors import CellDataError
 from cellseg_d2.inference.submission import format_report, read_submission, validate_submission
 from cellseg_d2.utils.cli import add_class_names_argument
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         entries = load_id_map(args.id_map)
-        results = read_submission(args.pred)
+        results = read_submission(args.pred, entries)
     except CellDataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

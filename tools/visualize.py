@@ -31,7 +31,7 @@ import sys
 from detectron2.config import CfgNode
 
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
-from cellseg_d2.data.validate import load_id_map
+from cellseg_d2.data.id_map import load_id_map
 from cellseg_d2.errors import CellSegError
 from cellseg_d2.inference.figures import STYLES
 from cellseg_d2.inference.predict import build_predict_config, predict_folder
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         if cfg is not None:
             results = predict_entries(args, cfg, entries)
         else:
-            results = read_submission(args.pred)
+            results = read_submission(args.pred, entries)
         source = args.pred or "the model's predictions"
         require_valid_submission(results, entries, source, args.class_names)
         visualize_predictions(

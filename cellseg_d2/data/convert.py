@@ -25,13 +25,11 @@ of a hang.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -39,6 +37,14 @@ from pathlib import Path
 
 from detectron2.structures import BoxMode
 
+from cellseg_d2.data.cache import fingerprint, read_cache, write_cache
+from cellseg_d2.data.limits import (
+    DEFAULT_MAX_INSTANCES_PER_IMAGE,
+    check_cached_instances,
+    check_instance_count,
+    check_max_instances,
+    count_instance_ids,
+)
 from cellseg_d2.data.rle import label_image_to_instances
 from cellseg_d2.data.validate import (
     DEFAULT_MIN_IMAGE_SIZE,
@@ -50,7 +56,6 @@ from cellseg_d2.data.validate import (
     scan_dataset,
 )
 from cellseg_d2.errors import CellDataError
-from cellseg_d2.utils.files import atomic_write
 from cellseg_d2.utils.layout import (
     CACHE_DIR,
     DEFAULT_CLASS_NAMES,
@@ -112,27 +117,12 @@ class DatasetSummary:
     cache_files: list[Path] = field(default_factory=list)
 
 
-def _fingerprint(root: Path, paths: Iterable[Path]) -> str:
-    """Hash of (path relative to ``root``, size, mtime_ns) of each file: cheap, no reads.
-
-    NOTE: contents are not hashed; a tool that rewrites a file keeping its size and mtime would go
-    unnoticed, which no normal editor or export does.
-    """
-    digest = hashlib.sha1()
-    for path in paths:
-        stat = path.stat()
-        digest.update(
-            f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
-        )
-    return digest.hexdigest()
-
-
 def _train_key(files: DatasetFiles, min_area: int, class_names: Sequence[str]) -> dict:
     """Cache key of the training annotations: version, sources, ``min_area`` and class names."""
     paths = [p for folder in files.train for p in (folder.image, *(m for _, m in folder.masks))]
     return {
         "conversion_version": CONVERSION_VERSION,
-        "fingerprint": _fingerprint(files.root, paths),
+        "fingerprint": fingerprint(files.root, paths),
         "min_area": min_area,
         "class_names": list(class_names),
     }
@@ -142,80 +132,33 @@ def _test_key(files: DatasetFiles, class_names: Sequence[str]) -> dict:
     """Cache key of the test image list: version, id map and images, and class names."""
     return {
         "conversion_version": CONVERSION_VERSION,
-        "fingerprint": _fingerprint(files.root, [files.id_map, *files.test_images]),
+        "fingerprint": fingerprint(files.root, [files.id_map, *files.test_images]),
         "class_names": list(class_names),
     }
 
 
-def _is_cache_file(path: Path) -> bool:
-    """Whether ``path`` is a JSON file this project wrote (it carries ``info["cellseg"]``)."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        return False
-    return (
-        isinstance(data, dict)
-        and isinstance(data.get("info"), dict)
-        and ("cellseg" in data["info"])
-    )
-
-
-def _read_cache(path: Path, key: dict) -> dict | None:
-    """The cached COCO dict at ``path`` if its key matches ``key``, else None."""
-    if not path.is_file():
-        return None
-    try:
-        with open(path, encoding="utf-8") as handle:
-            coco = json.load(handle)
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        logger.warning("%s: unreadable cache (%s); rebuilding it", path, exc)
-        return None
-    info = coco.get("info") if isinstance(coco, dict) else None
-    cached = info.get("cellseg", {}) if isinstance(info, dict) else {}
-    if any(cached.get(name) != value for name, value in key.items()):
-        logger.info("%s: sources or settings changed; rebuilding the cache", path)
-        return None
-    return coco
-
-
-def _write_json(path: Path, data: dict) -> None:
-    """Write compact JSON atomically (readers see the old file or the whole new one).
-
-    NOTE: an existing file is replaced only when this project wrote it (see
-    :func:`_is_cache_file`): the cache must never destroy a file the user put there.
-
-    Raises:
-        CellDataError: the cache folder cannot be written (e.g. a read-only dataset), or
-            ``path`` holds a file the project did not write.
-    """
-    if path.exists() and not _is_cache_file(path):
-        raise CellDataError(
-            f"{path}: exists and was not written by cellseg-d2; refusing to overwrite it. Move "
-            f"it out of {path.parent} (the folder is the project's cache)"
-        )
-    try:
-        with atomic_write(path, "w") as handle:
-            json.dump(data, handle, separators=(",", ":"))
-    except PermissionError as exc:
-        raise CellDataError(
-            f"{path.parent}: cannot write the conversion cache ({exc.strerror}); the dataset "
-            "root must be writable, or copy the dataset to a writable place"
-        ) from exc
-
-
-def _convert_folder(job: tuple[TrainFolder, int, int]) -> tuple[dict, list[dict], int]:
+def _convert_folder(job: tuple[TrainFolder, int, int, int]) -> tuple[dict, list[dict], int]:
     """Read one training folder and encode its instances (runs in a worker process).
+
+    The instance cap is checked per mask before encoding it (so a mask of millions of ids costs
+    one sort, not millions of crops) and over all masks of the image after.
 
     Returns:
         ``(image entry without id, annotations without ids, number of dropped instances)``.
     """
-    folder, min_area, min_size = job
+    folder, min_area, min_size, max_instances = job
     sample = read_train_sample(folder, min_size)
     annotations = []
     dropped = 0
-    for category_id, labels in sample.masks:
-        for instance in label_image_to_instances(labels):
+    total, per_mask = 0, []
+    for (category_id, labels), (_, path) in zip(sample.masks, folder.masks):
+        check_instance_count(str(path), count_instance_ids(labels, max_instances), max_instances)
+        instances = label_image_to_instances(labels)
+        total += len(instances)
+        per_mask.append(f"{path.name} {len(instances)}")
+        detail = f"all masks together: {', '.join(per_mask)}"
+        check_instance_count(str(folder.image.parent), total, max_instances, detail)
+        for instance in instances:
             if instance.area < min_area:
                 dropped += 1
                 continue
@@ -286,10 +229,10 @@ def _convert_all(
         ) from exc
 
 
-def _build_train_coco(files: DatasetFiles, key: dict, min_size: int) -> dict:
+def _build_train_coco(files: DatasetFiles, key: dict, min_size: int, max_instances: int) -> dict:
     """Convert every training folder into one COCO dict carrying ``key`` in its info."""
     start = time.perf_counter()
-    jobs = [(folder, key["min_area"], min_size) for folder in files.train]
+    jobs = [(folder, key["min_area"], min_size, max_instances) for folder in files.train]
     images, annotations, dropped = [], [], 0
     converted = _convert_all(files.root, jobs)
     for image_id, (image, image_annotations, image_dropped) in enumerate(converted, 1):
@@ -315,20 +258,31 @@ def _build_train_coco(files: DatasetFiles, key: dict, min_size: int) -> dict:
 
 
 def _load_train_coco(
-    files: DatasetFiles, min_area: int, min_size: int, class_names: Sequence[str]
+    files: DatasetFiles,
+    min_area: int,
+    min_size: int,
+    class_names: Sequence[str],
+    max_instances: int = DEFAULT_MAX_INSTANCES_PER_IMAGE,
 ) -> tuple[dict, Path]:
-    """The training COCO dict of scanned ``files``, from the cache or freshly converted."""
+    """The training COCO dict of scanned ``files``, from the cache or freshly converted.
+
+    The instance cap is checked on the masks when converting, and on the cached instances when
+    the cache is read (it may have been built under a larger cap).
+    """
+    max_instances = check_max_instances(max_instances)
     if min_area < 0:
         raise ValueError(f"min_area must be >= 0, got {min_area}")
     if not files.train:
         raise CellDataError(f"{files.root / TRAIN_DIR}: no training images")
     path = files.root / CACHE_DIR / TRAIN_JSON_NAME
     key = _train_key(files, min_area, class_names)
-    coco = _read_cache(path, key)
+    coco = read_cache(path, key)
     if coco is None:
-        coco = _build_train_coco(files, key, min_size)
+        coco = _build_train_coco(files, key, min_size, max_instances)
         check_has_instances(coco, files.root)
-        _write_json(path, coco)
+        write_cache(path, coco)
+    else:
+        check_cached_instances(coco, files.root, max_instances)
     return coco, path
 
 
@@ -355,6 +309,7 @@ def load_train_coco(
     min_area: int = 4,
     min_size: int = DEFAULT_MIN_IMAGE_SIZE,
     class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
+    max_instances: int = DEFAULT_MAX_INSTANCES_PER_IMAGE,
 ) -> dict:
     """The training annotations as a COCO dict, converting the folder only when needed.
 
@@ -366,6 +321,7 @@ def load_train_coco(
         min_area: instances with fewer pixels are dropped (part of the cache key).
         min_size: smallest accepted image side, checked when converting (not part of the key).
         class_names: name K is the class of ``classK.tif`` (part of the cache key).
+        max_instances: most instance ids per image (``DATASETS.MAX_INSTANCES_PER_IMAGE``).
 
     Returns:
         The COCO dict of ``<root>/.cellseg_cache/instances_train.json``.
@@ -374,7 +330,8 @@ def load_train_coco(
         CellDataError: any problem with the data, naming the file; no image holds a cell.
     """
     class_names = check_class_names(class_names)
-    return _load_train_coco(scan_dataset(root, class_names), min_area, min_size, class_names)[0]
+    files = scan_dataset(root, class_names)
+    return _load_train_coco(files, min_area, min_size, class_names, max_instances)[0]
 
 
 def _load_test_coco(
@@ -385,7 +342,7 @@ def _load_test_coco(
         raise CellDataError(f"{files.root / TEST_DIR}: no test set (folder or id map missing)")
     path = files.root / CACHE_DIR / TEST_JSON_NAME
     key = _test_key(files, class_names)
-    coco = _read_cache(path, key)
+    coco = read_cache(path, key)
     if coco is None:
         entries = read_test_images(files, min_size)
         images = [
@@ -399,7 +356,7 @@ def _load_test_coco(
         ]
         info = {"description": "cellseg-d2 test images (ids from the id map)", "cellseg": key}
         coco = {"info": info, "images": images, "categories": coco_categories(class_names)}
-        _write_json(path, coco)
+        write_cache(path, coco)
         logger.info("Listed %d test images in %s", len(images), path)
     return coco, path
 
@@ -482,6 +439,7 @@ def load_cell_train_dicts(
     min_area: int = 4,
     min_size: int = DEFAULT_MIN_IMAGE_SIZE,
     class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
+    max_instances: int = DEFAULT_MAX_INSTANCES_PER_IMAGE,
 ) -> list[dict]:
     """Load all training images of a dataset root as detectron2 dataset dicts.
 
@@ -495,6 +453,7 @@ def load_cell_train_dicts(
         min_area: instances with fewer pixels are dropped; the count is logged.
         min_size: smallest accepted image side in pixels.
         class_names: name K is the class of ``classK.tif``.
+        max_instances: most instance ids per image (``DATASETS.MAX_INSTANCES_PER_IMAGE``).
 
     Returns:
         One dict per training image in folder-name order; see :func:`coco_to_train_dicts`.
@@ -502,7 +461,8 @@ def load_cell_train_dicts(
     Raises:
         CellDataError: any problem with the data, naming the file.
     """
-    return coco_to_train_dicts(load_train_coco(root, min_area, min_size, class_names), root)
+    coco = load_train_coco(root, min_area, min_size, class_names, max_instances)
+    return coco_to_train_dicts(coco, root)
 
 
 def load_cell_test_dicts(
@@ -524,6 +484,7 @@ def prepare_cell_dataset(
     min_size: int = DEFAULT_MIN_IMAGE_SIZE,
     strict: bool = False,
     class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
+    max_instances: int = DEFAULT_MAX_INSTANCES_PER_IMAGE,
 ) -> DatasetSummary:
     """Validate a dataset root and build (or confirm) its caches; the work of prepare_dataset.
 
@@ -536,6 +497,8 @@ def prepare_cell_dataset(
         min_size: smallest accepted image side in pixels.
         strict: treat layout warnings (e.g. an image without masks) as errors.
         class_names: name K is the class of ``classK.tif``.
+        max_instances: most instance ids per image, all masks together (see
+            :func:`~cellseg_d2.data.limits.check_instance_count`).
 
     Returns:
         Counts and warnings for the report.
@@ -548,7 +511,7 @@ def prepare_cell_dataset(
     raise_if_strict(files.warnings, strict)
     summary = DatasetSummary(warnings=list(files.warnings))
     if files.train:
-        coco, path = _load_train_coco(files, min_area, min_size, class_names)
+        coco, path = _load_train_coco(files, min_area, min_size, class_names, max_instances)
         summary.cache_files.append(path)
         summary.train_images = len(coco["images"])
         counts = dict.fromkeys((c["id"] for c in coco["categories"]), 0)

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from ..errors import CellDataError
-from ..utils.files import atomic_write
+from cellseg_d2.data.tiff_header import tiff_header_problem
+from cellseg_d2.errors import CellDataError
+from cellseg_d2.utils.files import atomic_write
 
 __all__ = [
     "MAX_PIXELS_ENV",
@@ -33,7 +34,8 @@ __all__ = [
 MAX_PIXELS_ENV = "CELLSEG_MAX_IMAGE_PIXELS"
 #: Largest image (height x width x pages) read by default: 2^28 px, e.g. 16384 x 16384. Beyond
 #: it one decoded RGB image alone takes more than 0.75 GB, so a mistaken file is refused before
-#: it fills the memory.
+#: it fills the memory. The bytes decoded are capped at 8 per pixel of the cap (samples, image
+#: depth and sample width counted; see :mod:`cellseg_d2.data.tiff_header`).
 DEFAULT_MAX_IMAGE_PIXELS = 2**28
 
 
@@ -58,34 +60,13 @@ def max_image_pixels() -> int:
 
 
 def _check_header(path: Path, tif: tifffile.TiffFile, channel_pages: bool) -> None:
-    """Refuse, from the header alone, a multi-page file or an image above the pixel cap.
-
-    The rule for multi-page TIFFs: with ``channel_pages`` (images), 3 or 4 pages of the same
-    2-D size are the channels of one image (how ImageJ saves an RGB stack); any other multi-page
-    file is an error, since silently reading page 1 of a z-stack or time series trains on the
-    wrong pixels.
+    """Refuse, from the header alone, a file :func:`tiff_header_problem` finds a problem with:
+    above the pixel cap or its byte cap (samples, depth and sample width counted), multi-page
+    (except 3 or 4 channel pages of an image), a volume, or too many samples per pixel.
     """
-    pages = tif.pages
-    count = len(pages)
-    first = pages.first
-    height, width = int(first.imagelength), int(first.imagewidth)
-    limit = max_image_pixels()
-    if limit and height * width * count > limit:
-        raise CellDataError(
-            f"{path}: image of {height}x{width} px x {count} page(s) exceeds the limit of "
-            f"{limit} pixels; set ${MAX_PIXELS_ENV} to a larger count (0 = no limit) to read it"
-        )
-    if count == 1:
-        return
-    if channel_pages and count in (3, 4):
-        shapes = {tuple(page.shape) for page in pages}
-        if shapes == {(height, width)}:
-            return
-    rule = "; images may have 3 or 4 same-size pages (channels)" if channel_pages else ""
-    raise CellDataError(
-        f"{path}: multi-page TIFF with {count} pages; only single-page files are read{rule}. "
-        "Save one 2-D (or RGB/RGBA) image per file"
-    )
+    problem = tiff_header_problem(tif, channel_pages, max_image_pixels(), MAX_PIXELS_ENV)
+    if problem:
+        raise CellDataError(f"{path}: {problem}")
 
 
 def write_tiff(path: str | os.PathLike, array: np.ndarray, compression: str | None = None) -> None:
@@ -112,8 +93,9 @@ def write_tiff(path: str | os.PathLike, array: np.ndarray, compression: str | No
 def read_tiff(path: str | os.PathLike, channel_pages: bool = False) -> np.ndarray:
     """Read a single-page TIFF, turning every decoding failure into a ``CellDataError``.
 
-    The header is checked before any pixel is decoded: a file above :func:`max_image_pixels` or
-    with several pages is refused (see :func:`_check_header` for the one multi-page rule).
+    The header is checked before any pixel is decoded: a file above :func:`max_image_pixels`
+    (or its byte cap), with several pages, a volume or too many samples per pixel is refused
+    (see :func:`~cellseg_d2.data.tiff_header.tiff_header_problem` for the rules).
 
     Args:
         path: the TIFF file.

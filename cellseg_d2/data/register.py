@@ -38,6 +38,7 @@ from cellseg_d2.data.convert import (
     load_test_coco,
     load_train_coco,
 )
+from cellseg_d2.data.limits import DEFAULT_MAX_INSTANCES_PER_IMAGE, check_max_instances
 from cellseg_d2.data.splits import (
     assign_splits,
     check_split_args,
@@ -136,6 +137,7 @@ def _train_splits(
     split_args: dict,
     min_area: int,
     class_names: tuple[str, ...],
+    max_instances: int,
 ) -> dict[str, tuple[Path, Callable[[], list[dict]]]]:
     """Load (or convert) the training cache and write the ``train`` and ``val`` split files.
 
@@ -143,7 +145,7 @@ def _train_splits(
         ``{split: (json_file, catalog function)}`` for ``train``, ``val`` and ``trainval``.
     """
     cache = Path(root) / CACHE_DIR
-    coco = load_train_coco(root, min_area, class_names=class_names)
+    coco = load_train_coco(root, min_area, class_names=class_names, max_instances=max_instances)
     folders = [image["folder"] for image in coco["images"]]
     assigned = assign_splits(folders, **split_args, source=root)
     splits = {}
@@ -179,6 +181,7 @@ def register_cell_datasets(
     num_folds: int | None = None,
     min_area: int = 4,
     class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
+    max_instances: int = DEFAULT_MAX_INSTANCES_PER_IMAGE,
 ) -> list[str]:
     """Register ``<prefix>_train``, ``_val``, ``_trainval`` and (with a test set) ``_test``.
 
@@ -204,6 +207,8 @@ def register_cell_datasets(
         min_area: instances with fewer pixels are dropped at conversion.
         class_names: name K is the class of ``classK.tif``; a ``classK.tif`` with K above their
             count is an error.
+        max_instances: a training image with more instance ids is an error (see
+            :func:`~cellseg_d2.data.limits.check_instance_count`).
 
     Returns:
         The registered dataset names.
@@ -215,6 +220,7 @@ def register_cell_datasets(
             holds a cell. Nothing is registered then.
     """
     class_names = check_class_names(class_names)
+    max_instances = check_max_instances(max_instances)
     num_folds = num_folds or None
     check_split_args(val_fraction, fold, num_folds)
     root_path = Path(root).resolve()
@@ -228,7 +234,9 @@ def register_cell_datasets(
     if has_train:
         split_args = {"val_fraction": val_fraction, "seed": seed, "fold": fold}
         split_args["num_folds"] = num_folds
-        for split, (path, loader) in _train_splits(root, split_args, min_area, class_names).items():
+        for split, (path, loader) in _train_splits(
+            root, split_args, min_area, class_names, max_instances
+        ).items():
             splits[split] = (path, loader, root_path / TRAIN_DIR)
     if has_test:
         coco = load_test_coco(root, class_names=class_names)
@@ -255,8 +263,9 @@ def register_cell_datasets_from_config(cfg: CfgNode, prefix: str = "cells") -> l
     """Register the cell datasets as the config's ``DATASETS.*`` keys describe.
 
     Why: the one call the tools make in ``setup()``; it reads ``CELLS_ROOT``, ``VAL_FRACTION``,
-    ``SPLIT_SEED``, ``NUM_FOLDS`` (0 = no folds), ``FOLD``, ``MIN_INSTANCE_AREA`` and
-    ``CLASS_NAMES``, and checks ``MODEL.ROI_HEADS.NUM_CLASSES`` against the class names.
+    ``SPLIT_SEED``, ``NUM_FOLDS`` (0 = no folds), ``FOLD``, ``MIN_INSTANCE_AREA``,
+    ``MAX_INSTANCES_PER_IMAGE`` and ``CLASS_NAMES``, and checks
+    ``MODEL.ROI_HEADS.NUM_CLASSES`` against the class names.
 
     Args:
         cfg: a config extended by :func:`cellseg_d2.config.add_cellseg_config`.
@@ -280,4 +289,5 @@ def register_cell_datasets_from_config(cfg: CfgNode, prefix: str = "cells") -> l
         num_folds=num_folds or None,
         min_area=int(datasets.MIN_INSTANCE_AREA),
         class_names=class_names,
+        max_instances=datasets.MAX_INSTANCES_PER_IMAGE,
     )

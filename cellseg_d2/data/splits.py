@@ -17,9 +17,7 @@ import os
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
-# NOTE: the two private helpers are the conversion cache's reader and writer; import their
-# public names instead once the cache has its own module (issue 17 redesign, data/cache).
-from cellseg_d2.data.convert import _read_cache, _write_json
+from cellseg_d2.data.cache import read_cache, write_cache
 
 __all__ = [
     "assign_splits",
@@ -179,7 +177,7 @@ def write_coco_subset(coco: dict, image_ids: Collection[int], path: str | os.Pat
         "conversion_version": source.get("conversion_version"),
         "image_ids_sha1": hashlib.sha1(json.dumps(sorted(keep)).encode()).hexdigest(),
     }
-    if _read_cache(path, key) is not None:
+    if read_cache(path, key) is not None:
         return path
     subset = {
         "info": {"description": "cellseg-d2 split of instances_train.json", "cellseg": key},
@@ -187,5 +185,5 @@ def write_coco_subset(coco: dict, image_ids: Collection[int], path: str | os.Pat
         "annotations": [a for a in coco["annotations"] if a["image_id"] in keep],
         "categories": coco["categories"],
     }
-    _write_json(path, subset)
+    write_cache(path, subset)
     return path

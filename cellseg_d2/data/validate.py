@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cellseg_d2.data.id_map import load_id_map
 from cellseg_d2.data.io import read_image, read_image_size, read_instance_mask
 from cellseg_d2.errors import CellDataError
-from cellseg_d2.utils.files import parse_json
 from cellseg_d2.utils.layout import (
     DEFAULT_CLASS_NAMES,
     ID_MAP_NAME,
@@ -279,89 +279,6 @@ def read_train_sample(folder: TrainFolder, min_size: int = DEFAULT_MIN_IMAGE_SIZ
             )
         masks.append((category_id, labels))
     return TrainSample(height=height, width=width, masks=masks)
-
-
-#: The largest image side an id map may declare (pixel counts stay far inside int64).
-MAX_ID_MAP_SIDE = 2**20
-#: Id-map ids must fit the int64 that COCO tools and numpy store them in.
-_INT64 = range(-(2**63), 2**63)
-
-
-def _file_name_problem(name: str) -> str | None:
-    """Why an id-map ``file_name`` is not a bare file name, or None when it is one.
-
-    Bare names keep every reader inside the image folder: ``../train/x/image.tif`` or
-    ``/etc/passwd`` would otherwise be opened by the scorer and the figure tool.
-    """
-    if not name or name in (".", ".."):
-        return "is empty or a dot name"
-    if "/" in name or "\\" in name:
-        return "holds a path separator (only a bare file name is allowed)"
-    if len(name) >= 2 and name[1] == ":":
-        return "starts with a drive letter"
-    if "\0" in name:
-        return "holds a NUL character"
-    return None
-
-
-def load_id_map(path: str | os.PathLike) -> list[dict]:
-    """Parse ``test_image_name_to_ids.json`` and check each entry's fields and types.
-
-    ``file_name`` must be a bare file name (no folder, ``..``, absolute path or drive letter):
-    the tools join it to the image folder, and a name that walks out of it would make them read
-    any file on the machine.
-
-    Raises:
-        CellDataError: unreadable JSON, not a list, an entry without integer ``id``,
-            ``height``, ``width`` and a string ``file_name``, a ``file_name`` that is not a bare
-            name, an id outside int64 or a side outside 1..:data:`MAX_ID_MAP_SIDE`, or a repeated
-            id or file name.
-    """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise CellDataError(f"{path}: unreadable id map: {exc}") from exc
-    entries = parse_json(data, str(path))
-    if not isinstance(entries, list):
-        raise CellDataError(f"{path}: expected a JSON list of {{file_name, id, height, width}}")
-    required = {"file_name", "id", "height", "width"}
-    for index, entry in enumerate(entries):
-        if not isinstance(entry, dict) or not required <= entry.keys():
-            raise CellDataError(
-                f"{path}: entry {index} must have file_name, id, height and width: {entry!r:.200}"
-            )
-        for key in ("id", "height", "width"):
-            if not isinstance(entry[key], int) or isinstance(entry[key], bool):
-                raise CellDataError(
-                    f"{path}: entry {index} has a non-integer {key}: {entry!r:.200}"
-                )
-        if entry["id"] not in _INT64:
-            raise CellDataError(f"{path}: entry {index} has an id outside int64: {entry['id']}")
-        for key in ("height", "width"):
-            if not 1 <= entry[key] <= MAX_ID_MAP_SIDE:
-                raise CellDataError(
-                    f"{path}: entry {index} has {key} {entry[key]}, not in 1..{MAX_ID_MAP_SIDE}"
-                )
-        name = entry["file_name"]
-        if not isinstance(name, str):
-            raise CellDataError(f"{path}: entry {index} has a non-string file_name: {entry!r:.200}")
-        problem = _file_name_problem(name)
-        if problem:
-            raise CellDataError(f"{path}: entry {index}: file_name {name!r:.200} {problem}")
-    seen_ids: dict[int, str] = {}
-    seen_names: set[str] = set()
-    for entry in entries:
-        name, image_id = entry["file_name"], entry["id"]
-        if image_id in seen_ids:
-            raise CellDataError(
-                f"{path}: id {image_id} is used twice ({seen_ids[image_id]} and {name})"
-            )
-        if name in seen_names:
-            raise CellDataError(f"{path}: file {name} is listed twice")
-        seen_ids[image_id] = name
-        seen_names.add(name)
-    return entries
 
 
 def read_test_images(files: DatasetFiles, min_size: int = DEFAULT_MIN_IMAGE_SIZE) -> list[dict]:

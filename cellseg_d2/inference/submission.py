@@ -31,14 +31,21 @@ from typing import IO
 import numpy as np
 from pycocotools import mask as mask_util
 
+from cellseg_d2.data.limits import (
+    DEFAULT_MAX_SUBMISSION_MB,
+    MAX_SUBMISSION_MB_ENV,
+    max_submission_bytes,
+)
 from cellseg_d2.data.rle import check_rle
 from cellseg_d2.errors import CellDataError
-from cellseg_d2.utils.files import atomic_write, parse_json
+from cellseg_d2.inference.submission_read import RESULTS_FILE_NAME, read_submission
+from cellseg_d2.utils.files import atomic_write
 from cellseg_d2.utils.layout import DEFAULT_CLASS_NAMES
 
 __all__ = [
     "BBOX_IMAGE_TOLERANCE",
     "BBOX_MASK_TOLERANCE",
+    "DEFAULT_MAX_SUBMISSION_MB",
     "MAX_SUBMISSION_MB_ENV",
     "RESULTS_FILE_NAME",
     "SubmissionReport",
@@ -55,16 +62,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The member name CodaBench looks for inside a zipped submission.
-RESULTS_FILE_NAME = "test-results.json"
 #: A box may reach this many pixels beyond the image border (rounding of float boxes).
 BBOX_IMAGE_TOLERANCE = 1.0
 #: A box may differ from its mask's tight box by this many pixels on each coordinate.
 BBOX_MASK_TOLERANCE = 2.0
-#: Environment variable that overrides the largest submission read, in MiB (decompressed).
-MAX_SUBMISSION_MB_ENV = "CELLSEG_MAX_SUBMISSION_MB"
-#: Default of that limit: about a million detections of small cells (~250 bytes each).
-DEFAULT_MAX_SUBMISSION_MB = 256
 _REQUIRED_KEYS = ("image_id", "category_id", "bbox", "score", "segmentation")
 # Compressed COCO RLE strings use the characters chr(48)..chr(111) only.
 _RLE_CHARACTERS = re.compile(r"[0-o]+")
@@ -93,103 +94,6 @@ class SubmissionReport:
     def ok(self) -> bool:
         """True when the submission has no violation."""
         return not self.violations
-
-
-def max_submission_bytes() -> int:
-    """The largest submission (plain JSON, or the zip member decompressed) read, in bytes.
-
-    Why a limit: a zip of a few hundred KB can hold gigabytes of JSON; without a cap, checking
-    a file received from someone else could exhaust the machine's memory. The default,
-    :data:`DEFAULT_MAX_SUBMISSION_MB` MiB, is overridden by the environment variable
-    :data:`MAX_SUBMISSION_MB_ENV`.
-
-    Raises:
-        CellDataError: the variable is not a positive number.
-    """
-    text = os.environ.get(MAX_SUBMISSION_MB_ENV, str(DEFAULT_MAX_SUBMISSION_MB))
-    try:
-        megabytes = float(text)
-    except ValueError:
-        megabytes = math.nan
-    if not megabytes > 0 or not math.isfinite(megabytes):
-        raise CellDataError(f"{MAX_SUBMISSION_MB_ENV}={text!r}: expected a positive number of MiB")
-    return int(megabytes * 2**20)
-
-
-def _too_large(source: str, size: str, limit: int) -> CellDataError:
-    """The error for a submission above the size limit, saying how to raise the limit."""
-    return CellDataError(
-        f"{source}: {size} is more than the {limit / 2**20:g} MiB a submission may hold; "
-        f"set {MAX_SUBMISSION_MB_ENV}=<MiB> to raise the limit"
-    )
-
-
-def _read_results_member(path: Path, archive: zipfile.ZipFile, limit: int) -> bytes:
-    """Read ``test-results.json`` from a zip, streaming, never more than ``limit`` bytes.
-
-    The header's size is checked first, but a crafted zip may understate it, so the bytes
-    actually decompressed are capped too (one byte over the limit is enough to know). NOTE:
-    Python's ``zipfile`` itself stops at the header's size and then fails the CRC check, which
-    surfaces as "unreadable submission"; the cap keeps the bound independent of that detail.
-    """
-    names = archive.namelist()
-    if RESULTS_FILE_NAME not in names:
-        raise CellDataError(
-            f"{path}: the zip must hold {RESULTS_FILE_NAME} at its top level; "
-            f"found {', '.join(names[:5]) or 'nothing'}"
-        )
-    source = f"{path}: member {RESULTS_FILE_NAME}"
-    info = archive.getinfo(RESULTS_FILE_NAME)
-    if info.file_size > limit:
-        raise _too_large(source, f"{info.file_size} bytes uncompressed", limit)
-    with archive.open(info) as member:
-        data = member.read(limit + 1)
-    if len(data) > limit:
-        raise _too_large(source, "the decompressed data (its header understates it)", limit)
-    return data
-
-
-def read_submission(path: str | os.PathLike) -> list[dict]:
-    """Load a submission from a JSON file or a zip holding ``test-results.json``.
-
-    Why one reader for both: the tools accept whatever the user has at hand, detectron2's
-    ``coco_instances_results.json`` or the zip uploaded to CodaBench. The format is sniffed from
-    the content, not the file name. Reads are bounded by :func:`max_submission_bytes`.
-
-    Args:
-        path: the JSON or zip file.
-
-    Returns:
-        The results list as stored; its entries are checked by :func:`validate_submission`.
-
-    Raises:
-        CellDataError: naming ``path`` when it is missing, larger than the limit (the message
-            names the limit and how to raise it), not valid JSON (also: nested too deeply, or
-            absurdly long numbers), a zip without ``test-results.json``, or when its top level
-            is not a list.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CellDataError(f"{path}: file not found")
-    limit = max_submission_bytes()
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                data = _read_results_member(path, archive, limit)
-            source = f"{path}: member {RESULTS_FILE_NAME}"
-        else:
-            size = path.stat().st_size
-            if size > limit:
-                raise _too_large(str(path), f"{size} bytes", limit)
-            data, source = path.read_bytes(), str(path)
-    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError) as exc:
-        raise CellDataError(f"{path}: unreadable submission: {exc}") from exc
-    results = parse_json(data, source)
-    if not isinstance(results, list):
-        raise CellDataError(
-            f"{path}: a submission must be a JSON list of detections, got {type(results).__name__}"
-        )
-    return results
 
 
 def _json_default(value: object) -> object:
