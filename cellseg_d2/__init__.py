@@ -10,7 +10,7 @@ runs there (``cellseg_d2.inference.exported``); nothing is registered then.
 """
 
 try:
-    from . import modeling  # noqa: F401  (registers CellRCNN)
+    from cellseg_d2 import modeling  # noqa: F401  (registers CellRCNN)
 except ModuleNotFoundError as _exc:  # only a missing detectron2 is tolerated
     if _exc.name != "detectron2":
         raise

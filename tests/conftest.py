@@ -60,7 +60,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict],
     """Three synthetic test images (the first dense), the id map, and the ground truth written
     as a submission (a perfect one)."""
     from cellseg_d2.data.id_map import load_id_map
-    from cellseg_d2.inference.scoring import ground_truth_as_results, load_ground_truth_coco
+    from cellseg_d2.evaluation.scoring import ground_truth_as_results, load_ground_truth_coco
 
     root = tmp_path_factory.mktemp("synthetic_test")
     generate_synthetic_dataset(root, 0, 3, seed=2, min_size=128, max_size=192)

@@ -15,8 +15,7 @@ from cellseg_d2.data.synthetic import generate_synthetic_dataset
 from cellseg_d2.engine import CellTrainer
 from cellseg_d2.errors import CellDataError
 from cellseg_d2.inference.predictor import CellPredictor
-
-from .conftest import SHARED_DATA, instant_cfg
+from tests.conftest import SHARED_DATA, instant_cfg
 
 
 @pytest.fixture()

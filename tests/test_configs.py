@@ -15,12 +15,11 @@ from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
+from cellseg_d2.checkpoint.checkpointer import AtomicDetectionCheckpointer, is_class_layer
 from cellseg_d2.config import add_cellseg_config, get_cellseg_cfg
 from cellseg_d2.engine import CellTrainer
-from cellseg_d2.engine.checkpoint import AtomicDetectionCheckpointer, is_class_layer
 from cellseg_d2.modeling import CellRCNN
-
-from .conftest import CONFIGS
+from tests.conftest import CONFIGS
 
 COCO_WEIGHTS = (
     "detectron2://COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x/137849600/model_final_f10217.pkl"

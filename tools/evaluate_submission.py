@@ -26,13 +26,13 @@ import sys
 from cellseg_d2.data.id_map import load_id_map
 from cellseg_d2.errors import CellDataError
 from cellseg_d2.evaluation.histology import evaluate_histology, format_histology
-from cellseg_d2.inference.scoring import (
+from cellseg_d2.evaluation.scoring import (
     evaluate_submission,
     format_scores,
     load_ground_truth_coco,
     write_scores_json,
 )
-from cellseg_d2.inference.submission import read_submission, require_valid_submission
+from cellseg_d2.evaluation.submission import read_submission, require_valid_submission
 from cellseg_d2.utils.cli import add_class_names_argument
 
 

@@ -26,16 +26,15 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
-from cellseg_d2.config import load_cellseg_config
+from cellseg_d2.checkpoint.checkpointer import check_output_dir
+from cellseg_d2.config import adapt_config_to_machine, load_cellseg_config
 from cellseg_d2.data import register_cell_datasets_from_config
 from cellseg_d2.engine import (
     CellTrainer,
     TrainingDivergedError,
-    adapt_config_to_machine,
     evaluate_weights,
     prepare_for_launch,
 )
-from cellseg_d2.engine.checkpoint import check_output_dir
 from cellseg_d2.errors import CellSegError
 
 EXIT_BAD_INPUT = 2

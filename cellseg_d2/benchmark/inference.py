@@ -20,9 +20,9 @@ from detectron2.utils.analysis import FlopCountAnalysis
 from cellseg_d2.benchmark.machine import cuda_sync, reset_peak_rss, rss_mib
 from cellseg_d2.data.id_map import load_id_map
 from cellseg_d2.data.io import read_image
+from cellseg_d2.evaluation.submission import write_submission
 from cellseg_d2.inference.predict import predict_folder
 from cellseg_d2.inference.predictor import CellPredictor
-from cellseg_d2.inference.submission import write_submission
 from cellseg_d2.utils.layout import ID_MAP_NAME, TEST_DIR
 
 __all__ = ["gpu_figures", "inference_figures"]

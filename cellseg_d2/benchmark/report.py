@@ -25,8 +25,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from cellseg_d2.benchmark.inference import gpu_figures, inference_figures
 from cellseg_d2.benchmark.machine import matmul_peak_gflops
 from cellseg_d2.benchmark.training import loader_images_per_second, time_conversion, time_training
+from cellseg_d2.config import adapt_config_to_machine
 from cellseg_d2.data.register import register_cell_datasets
-from cellseg_d2.engine.trainer import adapt_config_to_machine
 
 __all__ = ["BENCHMARK_PREFIX", "format_benchmark", "registered_dataset", "run_benchmark"]
 

@@ -9,9 +9,7 @@ back to fp32 on CPU, and DistributedDataParallel that also works on CPU (gloo).
 
 from __future__ import annotations
 
-import itertools
 import logging
-import math
 import os
 import weakref
 from typing import Any
@@ -25,25 +23,23 @@ from detectron2.data import (
 )
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.engine.defaults import create_ddp_model
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators
-from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..data.mapper import CellDatasetMapper
-from ..data.register import register_cell_datasets_from_config
-from ..modeling import CellRCNNWithTTA
-from .checkpoint import AtomicDetectionCheckpointer
-from .weights_url import fetch_weights
+from cellseg_d2.checkpoint.checkpointer import AtomicDetectionCheckpointer
+from cellseg_d2.checkpoint.weights_url import fetch_weights
+from cellseg_d2.config import adapt_config_to_machine, apply_epoch_schedule, fit_warmup_to_schedule
+from cellseg_d2.data.mapper import CellDatasetMapper
+from cellseg_d2.data.register import register_cell_datasets_from_config
+from cellseg_d2.engine.optimizer import build_cell_optimizer
+from cellseg_d2.evaluation.evaluator import build_cell_evaluator
+from cellseg_d2.modeling import CellRCNNWithTTA
 
 __all__ = [
     "CellTrainer",
     "TrainingDivergedError",
-    "adapt_config_to_machine",
-    "apply_epoch_schedule",
-    "build_cell_optimizer",
     "evaluate_weights",
-    "fit_warmup_to_schedule",
     "prepare_for_launch",
     "warn_if_untrained_frozen_bn",
 ]
@@ -53,99 +49,6 @@ logger = logging.getLogger(__name__)
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint on disk is untouched."""
-
-
-def adapt_config_to_machine(cfg: CfgNode) -> CfgNode:
-    """Make a config runnable on this machine, warning once about each change.
-
-    - ``MODEL.DEVICE`` "cuda" without CUDA becomes "cpu" (detectron2 would crash in ``.to()``);
-    - ``SOLVER.AMP.ENABLED`` without CUDA trains in fp32 (detectron2's ``AMPTrainer`` asserts
-      CUDA).
-
-    Returns a (possibly) modified clone; the input is not changed.
-    """
-    cfg = cfg.clone()
-    was_frozen = cfg.is_frozen()
-    cfg.defrost()
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("CUDA is not available: running on CPU (MODEL.DEVICE cpu)")
-        cfg.MODEL.DEVICE = "cpu"
-    if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
-        logger.warning(
-            "SOLVER.AMP.ENABLED needs CUDA; training in full precision (fp32) on %s instead",
-            cfg.MODEL.DEVICE,
-        )
-        cfg.SOLVER.AMP.ENABLED = False
-    if was_frozen:
-        cfg.freeze()
-    return cfg
-
-
-def apply_epoch_schedule(cfg: CfgNode) -> CfgNode:
-    """Turn ``SOLVER.EPOCHS`` and the ``*_EPOCHS`` periods into iterations.
-
-    One epoch is ``ceil(images in DATASETS.TRAIN / SOLVER.IMS_PER_BATCH)`` iterations, counted on
-    the registered datasets. Keys set to 0 leave their iteration counterparts as they are.
-    Returns a (possibly) modified clone.
-    """
-    epoch_keys = (
-        cfg.SOLVER.EPOCHS,
-        cfg.SOLVER.CHECKPOINT_PERIOD_EPOCHS,
-        cfg.TEST.EVAL_PERIOD_EPOCHS,
-    )
-    if not any(value > 0 for value in epoch_keys):
-        return cfg
-    num_images = sum(len(DatasetCatalog.get(name)) for name in cfg.DATASETS.TRAIN)
-    iters_per_epoch = max(1, math.ceil(num_images / cfg.SOLVER.IMS_PER_BATCH))
-    cfg = cfg.clone()
-    was_frozen = cfg.is_frozen()
-    cfg.defrost()
-    if cfg.SOLVER.EPOCHS > 0:
-        cfg.SOLVER.MAX_ITER = int(cfg.SOLVER.EPOCHS * iters_per_epoch)
-    if cfg.SOLVER.CHECKPOINT_PERIOD_EPOCHS > 0:
-        cfg.SOLVER.CHECKPOINT_PERIOD = max(
-            1, round(cfg.SOLVER.CHECKPOINT_PERIOD_EPOCHS * iters_per_epoch)
-        )
-    if cfg.TEST.EVAL_PERIOD_EPOCHS > 0:
-        cfg.TEST.EVAL_PERIOD = max(1, round(cfg.TEST.EVAL_PERIOD_EPOCHS * iters_per_epoch))
-    logger.info(
-        "Epoch schedule: %d images, %d iterations per epoch -> MAX_ITER %d, checkpoint every %d, "
-        "evaluate every %d iterations",
-        num_images,
-        iters_per_epoch,
-        cfg.SOLVER.MAX_ITER,
-        cfg.SOLVER.CHECKPOINT_PERIOD,
-        cfg.TEST.EVAL_PERIOD,
-    )
-    if was_frozen:
-        cfg.freeze()
-    return cfg
-
-
-def fit_warmup_to_schedule(cfg: CfgNode) -> CfgNode:
-    """Shorten a warm-up that is as long as training (or longer) to a tenth of ``MAX_ITER``.
-
-    A warm-up that never ends trains at a fraction of ``BASE_LR`` throughout (an 80-iteration run
-    with the base configs' 200 warm-up iterations trained at lr ~1e-8). This applies whatever
-    set ``MAX_ITER``: ``SOLVER.EPOCHS``, a config file or an override. Returns a (possibly)
-    modified clone.
-    """
-    if cfg.SOLVER.WARMUP_ITERS < cfg.SOLVER.MAX_ITER:
-        return cfg
-    cfg = cfg.clone()
-    was_frozen = cfg.is_frozen()
-    cfg.defrost()
-    shortened = cfg.SOLVER.MAX_ITER // 10
-    logger.warning(
-        "SOLVER.WARMUP_ITERS %d >= SOLVER.MAX_ITER %d: warm-up shortened to %d iterations",
-        cfg.SOLVER.WARMUP_ITERS,
-        cfg.SOLVER.MAX_ITER,
-        shortened,
-    )
-    cfg.SOLVER.WARMUP_ITERS = shortened
-    if was_frozen:
-        cfg.freeze()
-    return cfg
 
 
 def warn_if_untrained_frozen_bn(cfg: CfgNode) -> bool:
@@ -166,61 +69,6 @@ def warn_if_untrained_frozen_bn(cfg: CfgNode) -> bool:
         "FREEZE_AT 0), or start from pretrained weights."
     )
     return True
-
-
-def _with_full_model_clipping(
-    optimizer_type: type[torch.optim.Optimizer], max_norm: float
-) -> type[torch.optim.Optimizer]:
-    """Subclass ``optimizer_type`` so that ``step`` first clips the norm of all gradients together.
-
-    detectron2's own clipping works per parameter; the seed recipe clips the whole model's
-    gradient norm (``torch.nn.utils.clip_grad_norm_``), as Mask2Former does. With AMP, the
-    ``GradScaler`` unscales gradients before calling ``step``, so the norm is in true units.
-    """
-
-    class FullModelGradientClippingOptimizer(optimizer_type):
-        def step(self, closure: Any = None) -> Any:
-            params = itertools.chain(*(group["params"] for group in self.param_groups))
-            torch.nn.utils.clip_grad_norm_(params, max_norm)
-            return super().step(closure=closure)
-
-    FullModelGradientClippingOptimizer.__name__ = f"{optimizer_type.__name__}WithFullModelClip"
-    return FullModelGradientClippingOptimizer
-
-
-def build_cell_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """Build the optimizer named by ``SOLVER.OPTIMIZER`` ("ADAMW" or "SGD").
-
-    Parameter groups (norm and bias weight decay, bias LR factor) are detectron2's defaults;
-    clipping follows ``SOLVER.CLIP_GRADIENTS`` with the extra ``CLIP_TYPE: full_model``.
-
-    Raises:
-        NotImplementedError: for any other optimizer name.
-    """
-    params = get_default_optimizer_params(
-        model,
-        base_lr=cfg.SOLVER.BASE_LR,
-        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
-        weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
-        bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
-        weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
-    )
-    name = cfg.SOLVER.OPTIMIZER.upper()
-    if name == "SGD":
-        optimizer_type, kwargs = (
-            torch.optim.SGD,
-            {"momentum": cfg.SOLVER.MOMENTUM, "nesterov": cfg.SOLVER.NESTEROV},
-        )
-    elif name == "ADAMW":
-        optimizer_type, kwargs = torch.optim.AdamW, {}
-    else:
-        raise NotImplementedError(f"SOLVER.OPTIMIZER '{cfg.SOLVER.OPTIMIZER}': use ADAMW or SGD")
-    clip = cfg.SOLVER.CLIP_GRADIENTS
-    if clip.ENABLED and clip.CLIP_TYPE == "full_model":
-        optimizer_type = _with_full_model_clipping(optimizer_type, clip.CLIP_VALUE)
-    else:
-        optimizer_type = maybe_add_gradient_clipping(cfg, optimizer_type)
-    return optimizer_type(params, lr=cfg.SOLVER.BASE_LR, **kwargs)
 
 
 class EmptyCudaCacheHook(hooks.HookBase):
@@ -350,28 +198,9 @@ class CellTrainer(DefaultTrainer):
     def build_evaluator(
         cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None
     ) -> DatasetEvaluator:
-        """COCO box and mask AP counting ``TEST.DETECTIONS_PER_IMAGE`` detections per image.
-
-        NOTE: detectron2's own train_net.py leaves ``max_dets_per_image`` at COCO's 100, which
-        silently ignores detections beyond the 100th in images with hundreds of cells.
-        """
-        if output_folder is None:
-            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        # A cell split writes its COCO json_file when first loaded; make sure it exists.
-        DatasetCatalog.get(dataset_name)
-        coco = COCOEvaluator(
-            dataset_name,
-            tasks=("bbox", "segm"),
-            distributed=True,
-            output_dir=output_folder,
-            max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
-        )
-        if not cfg.TEST.HISTOLOGY_METRICS:
-            return coco
-        # lazy: evaluation.histology imports inference.submission, whose package imports engine
-        from cellseg_d2.evaluation.evaluator import HistologyEvaluator
-
-        return DatasetEvaluators([coco, HistologyEvaluator(dataset_name)])
+        """See :func:`~cellseg_d2.evaluation.evaluator.build_cell_evaluator` (COCO AP counting
+        ``TEST.DETECTIONS_PER_IMAGE`` detections, plus the histology metrics when asked)."""
+        return build_cell_evaluator(cfg, dataset_name, output_folder)
 
     @classmethod
     def test(

@@ -97,8 +97,6 @@ def build_cell_evaluator(
     """
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-    # A cell split writes its COCO json_file when first loaded; make sure it exists.
-    DatasetCatalog.get(dataset_name)
     coco = COCOEvaluator(
         dataset_name,
         tasks=("bbox", "segm"),

@@ -25,7 +25,7 @@ Differences from the reference, all deliberate:
   per-class PQ); the class-free figures match regardless of class.
 
 IoUs come from pycocotools on the RLEs (no pixel decoding), so memory stays at one image's
-instances. Figures are in percent, like the AP figures of :mod:`cellseg_d2.inference.scoring`.
+instances. Figures are in percent, like the AP figures of :mod:`cellseg_d2.evaluation.scoring`.
 The training-time evaluator built on these counts is in :mod:`cellseg_d2.evaluation.evaluator`.
 """
 
@@ -39,7 +39,7 @@ import numpy as np
 from pycocotools import mask as mask_util
 
 from cellseg_d2.errors import CellDataError
-from cellseg_d2.inference.submission import group_by_image
+from cellseg_d2.evaluation.submission import group_by_image
 
 __all__ = [
     "MATCH_IOU",
@@ -251,7 +251,7 @@ def evaluate_histology(
 
     Args:
         gt_coco: ``{"images", "annotations", "categories"}``, e.g. from
-            :func:`~cellseg_d2.inference.scoring.load_ground_truth_coco`; classes are taken from
+            :func:`~cellseg_d2.evaluation.scoring.load_ground_truth_coco`; classes are taken from
             its ``categories`` (ids 1..N), not assumed.
         results: detections in submission format.
         score_thresh: predictions below this score are left out.

@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import TextIO
 
 from cellseg_d2.errors import CellDataError
+from cellseg_d2.evaluation.submission import RESULTS_FILE_NAME, write_submission_parts
+from cellseg_d2.inference.export import CSV_COLUMNS
+from cellseg_d2.inference.outputs import CSV_FILE_NAME, staging_path
+from cellseg_d2.inference.shards import PredictionShards
 from cellseg_d2.utils.files import atomic_write
-
-from .export import CSV_COLUMNS
-from .outputs import CSV_FILE_NAME, staging_path
-from .shards import PredictionShards
-from .submission import RESULTS_FILE_NAME, write_submission_parts
 
 __all__ = ["MAX_RESULT_CHARS", "assemble_outputs", "iter_json_list"]
 

@@ -33,10 +33,9 @@ import numpy as np
 from skimage import measure
 
 from cellseg_d2.data.io import write_tiff
+from cellseg_d2.inference.predictor import Detection
 from cellseg_d2.utils.files import atomic_write
 from cellseg_d2.utils.layout import class_color, class_name
-
-from .predictor import Detection
 
 __all__ = [
     "CSV_COLUMNS",

@@ -38,8 +38,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import CellSegError
-from .detections import Detection, merge_tile_detections, raw_outputs_to_detections, tile_windows
+from cellseg_d2.errors import CellSegError
+from cellseg_d2.inference.detections import (
+    Detection,
+    merge_tile_detections,
+    raw_outputs_to_detections,
+    tile_windows,
+)
 
 __all__ = [
     "EMBEDDED_KEY",

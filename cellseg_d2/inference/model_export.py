@@ -22,19 +22,10 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 
-from cellseg_d2.utils.layout import class_colors
-
-from .. import __version__
-from ..data.synthetic import synthesize_image
-from ..engine.checkpoint import AtomicDetectionCheckpointer
-from ..modeling.export import (
-    MIN_ONNX_OPSET,
-    ONNX_OPSET,
-    export_onnx,
-    export_torchscript,
-    raw_inference,
-)
-from .exported import (
+from cellseg_d2 import __version__
+from cellseg_d2.checkpoint.checkpointer import AtomicDetectionCheckpointer
+from cellseg_d2.data.synthetic import synthesize_image
+from cellseg_d2.inference.exported import (
     EMBEDDED_KEY,
     FORMAT_VERSION,
     INPUT_NAME,
@@ -47,6 +38,14 @@ from .exported import (
     resize_image,
     resized_shape,
 )
+from cellseg_d2.modeling.export import (
+    MIN_ONNX_OPSET,
+    ONNX_OPSET,
+    export_onnx,
+    export_torchscript,
+    raw_inference,
+)
+from cellseg_d2.utils.layout import class_colors
 
 __all__ = [
     "build_metadata",

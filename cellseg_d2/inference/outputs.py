@@ -19,9 +19,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from cellseg_d2.errors import CellDataError
-
-from ..utils.lock import hold_lock
-from .export import export_paths
+from cellseg_d2.inference.export import export_paths
+from cellseg_d2.utils.lock import hold_lock
 
 __all__ = [
     "CSV_FILE_NAME",

@@ -25,25 +25,23 @@ import numpy as np
 from detectron2.config import CfgNode
 from tqdm import tqdm
 
+from cellseg_d2.config import adapt_config_to_machine, load_cellseg_config
 from cellseg_d2.data.io import read_image
+from cellseg_d2.data.register import check_num_classes
 from cellseg_d2.errors import CellDataError
-from cellseg_d2.utils.files import atomic_write
-
-from ..config import load_cellseg_config
-from ..data.register import check_num_classes
-from ..engine.trainer import adapt_config_to_machine
-from .assemble import assemble_outputs
-from .export import (
+from cellseg_d2.evaluation.submission import encode_results
+from cellseg_d2.inference.assemble import assemble_outputs
+from cellseg_d2.inference.export import (
     cell_table_rows,
     detections_to_label_images,
     export_paths,
     write_geojson,
     write_label_images,
 )
-from .outputs import claim_outputs, remove_stale_temps, run_files
-from .predictor import CellPredictor, Detection, detections_to_results
-from .shards import PredictionShards, skipped_list_path, work_dir_for
-from .submission import encode_results
+from cellseg_d2.inference.outputs import claim_outputs, remove_stale_temps, run_files
+from cellseg_d2.inference.predictor import CellPredictor, Detection, detections_to_results
+from cellseg_d2.inference.shards import PredictionShards, skipped_list_path, work_dir_for
+from cellseg_d2.utils.files import atomic_write
 
 __all__ = [
     "MAX_ID_MAP_BYTES",

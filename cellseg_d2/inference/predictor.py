@@ -32,9 +32,9 @@ from detectron2.modeling import build_model
 from detectron2.structures import Instances
 from torchvision.ops import box_iou
 
-from ..data.rle import InstanceCrop, encode_crops, tight_crop
-from ..engine.checkpoint import AtomicDetectionCheckpointer
-from ..modeling import CellRCNNWithTTA
+from cellseg_d2.checkpoint.checkpointer import AtomicDetectionCheckpointer
+from cellseg_d2.data.rle import InstanceCrop, encode_crops, tight_crop
+from cellseg_d2.modeling import CellRCNNWithTTA
 
 __all__ = [
     "CellPredictor",

@@ -28,9 +28,8 @@ from pathlib import Path
 from detectron2.config import CfgNode
 
 from cellseg_d2.errors import CellDataError
+from cellseg_d2.inference.export import CSV_COLUMNS, spreadsheet_safe
 from cellseg_d2.utils.files import atomic_write, parse_json, sha256_file
-
-from .export import CSV_COLUMNS, spreadsheet_safe
 
 __all__ = [
     "FINGERPRINT_FILE",

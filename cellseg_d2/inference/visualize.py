@@ -25,8 +25,8 @@ from cellseg_d2.data.io import read_image, read_image_size
 from cellseg_d2.data.splits import split_of
 from cellseg_d2.data.validate import scan_dataset
 from cellseg_d2.errors import CellDataError
+from cellseg_d2.evaluation.scoring import ground_truth_folder, read_ground_truth_instances
 from cellseg_d2.inference.figures import compose_figure, render_comparison, write_png
-from cellseg_d2.inference.scoring import ground_truth_folder, read_ground_truth_instances
 from cellseg_d2.utils.files import parse_json
 from cellseg_d2.utils.layout import (
     CACHE_DIR,
@@ -98,7 +98,7 @@ def visualize_predictions(
             here is drawn without detections.
         output: the PNG to write.
         gt_dir: folder of ground-truth mask folders (``test_gt/``, or a dataset root ``train/``
-            for validation images; see :func:`~cellseg_d2.inference.scoring.ground_truth_folder`)
+            for validation images; see :func:`~cellseg_d2.evaluation.scoring.ground_truth_folder`)
             for a three-panel figure, or None.
         num_images: number of rows (fewer when the map is shorter).
         score_thresh: smallest prediction score drawn.

@@ -15,8 +15,8 @@ import warnings
 from collections.abc import Callable
 from typing import TypeVar
 
-from ..errors import CellDataError, CellSegError
-from .layout import DEFAULT_CLASS_NAMES, parse_class_names
+from cellseg_d2.errors import CellDataError, CellSegError
+from cellseg_d2.utils.layout import DEFAULT_CLASS_NAMES, parse_class_names
 
 __all__ = [
     "EXIT_BAD_INPUT",

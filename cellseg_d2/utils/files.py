@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from ..errors import CellDataError, CellSegError
+from cellseg_d2.errors import CellDataError, CellSegError
 
 __all__ = [
     "InputFileError",

@@ -12,7 +12,7 @@ import colorsys
 import re
 from collections.abc import Sequence
 
-from ..errors import CellDataError
+from cellseg_d2.errors import CellDataError
 
 __all__ = [
     "CACHE_DIR",

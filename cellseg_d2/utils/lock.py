@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import CellSegError
+from cellseg_d2.errors import CellSegError
 
 __all__ = ["OutputLockedError", "hold_lock", "lock_path_for"]
 

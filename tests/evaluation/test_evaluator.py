@@ -15,8 +15,7 @@ from detectron2.structures import Instances
 
 from cellseg_d2.data.rle import decode_rle
 from cellseg_d2.evaluation.evaluator import HistologyEvaluator, build_cell_evaluator
-
-from ..conftest import instant_cfg
+from tests.conftest import instant_cfg
 
 
 def _predictions_from(record: dict, annotations: list[dict], score: float = 1.0) -> Instances:

@@ -15,7 +15,7 @@ from cellseg_d2.evaluation.histology import (
     format_histology,
     match_instances,
 )
-from cellseg_d2.inference.scoring import load_ground_truth_coco
+from cellseg_d2.evaluation.scoring import load_ground_truth_coco
 
 
 def _box(rows: slice, cols: slice, size: int = 10) -> dict:

@@ -10,6 +10,7 @@ import pytest
 
 from cellseg_d2.data.io import read_image
 from cellseg_d2.data.rle import encode_mask
+from cellseg_d2.evaluation.submission import group_by_image
 from cellseg_d2.inference.figures import (
     COUNT_BAR_HEIGHT,
     GAP,
@@ -17,7 +18,6 @@ from cellseg_d2.inference.figures import (
     render_comparison,
     write_png,
 )
-from cellseg_d2.inference.submission import group_by_image
 from cellseg_d2.utils.layout import class_colors
 
 

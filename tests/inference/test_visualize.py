@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from cellseg_d2.errors import CellDataError
+from cellseg_d2.evaluation.submission import group_by_image, write_submission
 from cellseg_d2.inference.figures import COUNT_BAR_HEIGHT, GAP
-from cellseg_d2.inference.submission import group_by_image, write_submission
 from cellseg_d2.inference.visualize import validation_id_map, visualize_predictions
 from tests.conftest import load_tool
 
@@ -196,7 +196,7 @@ def test_validation_id_map_matches_the_converter_and_writes_nothing(tmp_path: Pa
 def test_val_root_six_classes_reads_the_cache_settings_and_leaves_it_byte_identical(
     six_class_root: Path, tmp_path: Path
 ) -> None:
-    from cellseg_d2.inference.scoring import ground_truth_as_results, load_ground_truth_coco
+    from cellseg_d2.evaluation.scoring import ground_truth_as_results, load_ground_truth_coco
 
     before = _cache_state(six_class_root)
     entries = validation_id_map(six_class_root, val_fraction=0.5)  # names from the cache
@@ -235,7 +235,7 @@ def test_val_root_without_cache_takes_the_names_from_the_flag(
 ) -> None:
     import shutil
 
-    from cellseg_d2.inference.scoring import ground_truth_as_results, load_ground_truth_coco
+    from cellseg_d2.evaluation.scoring import ground_truth_as_results, load_ground_truth_coco
 
     root = tmp_path / "copy"
     shutil.copytree(six_class_root / "train", root / "train")

@@ -13,8 +13,7 @@ from detectron2.structures import Instances
 
 from cellseg_d2.config import load_cellseg_config
 from cellseg_d2.modeling import CellRCNN, CellRCNNWithTTA
-
-from ..conftest import INSTANT_CONFIG
+from tests.conftest import INSTANT_CONFIG
 
 SIZE = 96
 # Small and quick: few proposals and detections are enough to see every behaviour.

@@ -36,16 +36,15 @@ from detectron2.structures import BitMasks, Instances
 from detectron2.utils.events import EventStorage
 from torchvision.models.detection import maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
 
+from cellseg_d2.checkpoint.checkpointer import AtomicDetectionCheckpointer
 from cellseg_d2.config import get_cellseg_cfg
-from cellseg_d2.engine.checkpoint import AtomicDetectionCheckpointer
 from cellseg_d2.errors import CellSegError
 from cellseg_d2.inference.predictor import CellPredictor
 from cellseg_d2.modeling.torchvision_weights import (
     TorchvisionWeightsError,
     convert_torchvision_weights,
 )
-
-from ..conftest import REPO_ROOT, load_tool
+from tests.conftest import REPO_ROOT, load_tool
 
 HEIGHT, WIDTH = 128, 160
 # A random network's features are large, so its raw heads saturate: scores at 0 or 1 (ties that

@@ -1,0 +1,30 @@
+"""The project config: :func:`add_cellseg_config` (every new key, with a comment), the safe
+loader every tool reads configs with, and the rules that finish a config for a run."""
+
+from cellseg_d2.config.loader import (
+    COMMAND_LINE_ONLY_KEYS,
+    add_cellseg_config,
+    default_cells_root,
+    get_cellseg_cfg,
+    load_cellseg_config,
+    merge_config_file,
+    merge_config_overrides,
+)
+from cellseg_d2.config.schedule import (
+    adapt_config_to_machine,
+    apply_epoch_schedule,
+    fit_warmup_to_schedule,
+)
+
+__all__ = [
+    "COMMAND_LINE_ONLY_KEYS",
+    "adapt_config_to_machine",
+    "add_cellseg_config",
+    "apply_epoch_schedule",
+    "default_cells_root",
+    "fit_warmup_to_schedule",
+    "get_cellseg_cfg",
+    "load_cellseg_config",
+    "merge_config_file",
+    "merge_config_overrides",
+]
