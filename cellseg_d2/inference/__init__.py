@@ -1,4 +1,5 @@
-"""Inference side: prediction, submission files (write, read, validate), scoring and figures.
+"""Inference side: prediction, exports and figures (submission files and scoring live in
+``cellseg_d2.evaluation``).
 
 The names below load on first use (PEP 562), not at ``import cellseg_d2.inference``: most of
 them need detectron2, and ``cellseg_d2.inference.exported`` must import where detectron2 is
@@ -20,19 +21,6 @@ _LAZY = {
     "detections_to_results": "predictor",
     "merge_tile_detections": "predictor",
     "tile_windows": "predictor",
-    "evaluate_submission": "scoring",
-    "format_scores": "scoring",
-    "ground_truth_as_results": "scoring",
-    "ground_truth_folder": "scoring",
-    "load_ground_truth_coco": "scoring",
-    "read_ground_truth_instances": "scoring",
-    "write_scores_json": "scoring",
-    "SubmissionReport": "submission",
-    "format_report": "submission",
-    "group_by_image": "submission",
-    "read_submission": "submission",
-    "validate_submission": "submission",
-    "write_submission": "submission",
     "compose_figure": "figures",
     "render_comparison": "figures",
     "visualize_predictions": "visualize",

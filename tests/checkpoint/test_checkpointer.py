@@ -14,6 +14,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
+from cellseg_d2.checkpoint import checkpointer as checkpoint_module
 from cellseg_d2.checkpoint.checkpointer import (
     AtomicDetectionCheckpointer,
     WeightsMismatchError,
@@ -23,7 +24,6 @@ from cellseg_d2.checkpoint.checkpointer import (
     weights_cache_dir,
 )
 from cellseg_d2.config import load_cellseg_config
-from cellseg_d2.engine import checkpoint as checkpoint_module
 from cellseg_d2.errors import ConfigError
 from tests.conftest import INSTANT_CONFIG, REPO_ROOT, load_tool
 

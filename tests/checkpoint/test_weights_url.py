@@ -12,6 +12,7 @@ from typing import BinaryIO
 import pytest
 import torch
 
+from cellseg_d2.checkpoint import weights_url
 from cellseg_d2.checkpoint.checkpointer import AtomicDetectionCheckpointer
 from cellseg_d2.checkpoint.weights_url import (
     WeightsUnavailableError,
@@ -19,7 +20,6 @@ from cellseg_d2.checkpoint.weights_url import (
     resolve_weights,
     zoo_names,
 )
-from cellseg_d2.engine import weights_url
 from tests.conftest import CONFIGS, INSTANT_CONFIG, REPO_ROOT, load_tool
 
 ZOO_TRAVERSAL = "detectron2://" + "../" * 9 + "proc/self/cwd/model.pkl"

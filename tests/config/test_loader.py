@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cellseg_d2.config import ConfigError, get_cellseg_cfg, load_cellseg_config
-from cellseg_d2.errors import CellSegError
+from cellseg_d2.config import get_cellseg_cfg, load_cellseg_config
+from cellseg_d2.errors import CellSegError, ConfigError
 from tests.conftest import CONFIGS, INSTANT_CONFIG, REPO_ROOT, load_tool
 
 TOOLS = REPO_ROOT / "tools"

@@ -17,7 +17,7 @@ from detectron2.structures import Boxes, Instances
 from cellseg_d2.data import decode_rle, label_image_to_instances
 from cellseg_d2.data.synthetic import synthesize_image
 from cellseg_d2.errors import CellDataError
-from cellseg_d2.inference import read_submission, validate_submission
+from cellseg_d2.evaluation.submission import read_submission, validate_submission
 from cellseg_d2.inference.predictor import (
     CellPredictor,
     Detection,
@@ -160,7 +160,7 @@ def _run_predict(synthetic_root: Path, output: Path, *extra: str) -> subprocess.
 
 def test_predict_tool_writes_valid_zip(synthetic_root: Path, tmp_path: Path) -> None:
     from cellseg_d2.data.id_map import load_id_map
-    from cellseg_d2.inference import read_submission, validate_submission
+    from cellseg_d2.evaluation.submission import read_submission, validate_submission
 
     output = tmp_path / "submission.zip"
     proc = _run_predict(
@@ -181,7 +181,7 @@ def test_predict_tool_writes_valid_zip(synthetic_root: Path, tmp_path: Path) -> 
 def test_predict_tool_tta(synthetic_root: Path, tmp_path: Path) -> None:
     output = tmp_path / "tta.json"
     from cellseg_d2.data.id_map import load_id_map
-    from cellseg_d2.inference import validate_submission
+    from cellseg_d2.evaluation.submission import validate_submission
 
     opts = ["--score-thresh", "0.0", "TEST.AUG.MIN_SIZES", "(96, 128)"]
     proc = _run_predict(synthetic_root, output, "--tta", *opts)
