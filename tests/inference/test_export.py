@@ -126,7 +126,7 @@ def test_geojson_polygons_rasterise_back_to_masks(tmp_path: Path) -> None:
         assert properties["objectType"] == "detection"
         assert properties["classification"] == {
             "name": CLASS_NAMES[det.category],
-            "color": class_color(det.category),
+            "color": list(class_color(det.category)),
         }
         assert properties["measurements"]["score"] == det.score
         drawn = _rasterise(feature["geometry"], height, width)
