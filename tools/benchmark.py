@@ -24,7 +24,7 @@ from detectron2.utils.logger import setup_logger
 
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
 from cellseg_d2.benchmark import format_benchmark, measure_stream_memory, run_benchmark
-from cellseg_d2.config import load_cellseg_config
+from cellseg_d2.config import build_config
 from cellseg_d2.errors import CellSegError
 from cellseg_d2.inference.export import EXPORT_FORMATS
 from cellseg_d2.utils.files import atomic_write
@@ -73,7 +73,7 @@ def main(args: argparse.Namespace) -> int:
                 json.dump(report, handle, indent=2)
         return 0
     try:
-        cfg = load_cellseg_config(args.config_file, args.opts)
+        cfg = build_config(args.config_file, args.opts)
         report = run_benchmark(cfg, args.data, iters=args.iters, loader_batches=args.iters)
     except CellSegError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
-from cellseg_d2.config import load_cellseg_config
+from cellseg_d2.config import build_config
 from cellseg_d2.data.synthetic import synthesize_image
 from cellseg_d2.errors import CellSegError
 from cellseg_d2.inference.exported import ExportedPredictor
@@ -47,7 +47,7 @@ def main(args: argparse.Namespace) -> int:
     """Export, then time the three engines on one image."""
     torch.set_num_threads(args.threads)
     try:
-        cfg = load_cellseg_config(args.config_file, [*args.opts, "MODEL.DEVICE", "cpu"])
+        cfg = build_config(args.config_file, [*args.opts, "MODEL.DEVICE", "cpu"])
         cfg.freeze()
         torch.manual_seed(0)
         model = load_model_for_export(cfg)

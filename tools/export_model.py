@@ -19,7 +19,7 @@ import sys
 from detectron2.utils.logger import setup_logger
 
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
-from cellseg_d2.config import load_cellseg_config
+from cellseg_d2.config import build_config
 from cellseg_d2.data.register import check_num_classes
 from cellseg_d2.errors import CellSegError
 from cellseg_d2.inference.exported import MODEL_FILES
@@ -58,7 +58,7 @@ def main(args: argparse.Namespace) -> int:
     setup_logger(name="cellseg_d2")
     try:
         check_export_target(args.format, args.output, args.opset, args.overwrite)
-        cfg = load_cellseg_config(args.config_file, args.opts)
+        cfg = build_config(args.config_file, args.opts)
         check_num_classes(cfg)
         cfg.freeze()
         model = load_model_for_export(cfg)

@@ -27,8 +27,8 @@ from detectron2.utils.logger import setup_logger
 
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
 from cellseg_d2.checkpoint.checkpointer import check_output_dir
-from cellseg_d2.config import adapt_config_to_machine, load_cellseg_config
-from cellseg_d2.data import register_cell_datasets_from_config
+from cellseg_d2.config import build_config, finish_config, load_cellseg_config
+from cellseg_d2.data.register import count_train_images, register_cell_datasets_from_config
 from cellseg_d2.engine import (
     CellTrainer,
     TrainingDivergedError,
@@ -40,19 +40,23 @@ from cellseg_d2.errors import CellSegError
 EXIT_BAD_INPUT = 2
 
 
-def build_config(args: argparse.Namespace) -> CfgNode:
-    """The frozen config from the file and the overrides, adapted to this machine."""
-    cfg = adapt_config_to_machine(load_cellseg_config(args.config_file, args.opts))
-    cfg.freeze()
-    return cfg
-
-
 def setup(args: argparse.Namespace) -> CfgNode:
-    """Config, logging and output folder of one process; registers the cell datasets."""
-    cfg = build_config(args)
+    """Logging, the cell datasets and the finished config of one process, saved by
+    ``default_setup`` as ``OUTPUT_DIR/config.yaml`` only once it is the config that runs.
+
+    The log file is set up between loading and finishing so that the schedule rules (epochs to
+    iterations, a command-line ``MAX_ITER`` over the file's ``EPOCHS``) are logged there too.
+    """
+    loaded = load_cellseg_config(args.config_file, args.opts)
+    setup_logger(loaded.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cellseg_d2")
+    register_cell_datasets_from_config(loaded)
+    cfg = finish_config(
+        loaded,
+        command_line_keys=args.opts[0::2],
+        train_images=None if args.eval_only else count_train_images,
+        world_size=comm.get_world_size(),
+    )
     default_setup(cfg, args)
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cellseg_d2")
-    register_cell_datasets_from_config(cfg)
     return cfg
 
 
@@ -80,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> int:
     """Launch ``main`` on the requested processes; map user errors to exit codes."""
     try:
-        cfg = build_config(args)
+        cfg = build_config(args.config_file, args.opts)
         # Evaluation writes only its results into OUTPUT_DIR: it needs a usable folder, and
         # checkpoints there are no reason to stop.
         resume = args.resume or args.eval_only

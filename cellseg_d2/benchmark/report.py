@@ -25,7 +25,6 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from cellseg_d2.benchmark.inference import gpu_figures, inference_figures
 from cellseg_d2.benchmark.machine import matmul_peak_gflops
 from cellseg_d2.benchmark.training import loader_images_per_second, time_conversion, time_training
-from cellseg_d2.config import adapt_config_to_machine
 from cellseg_d2.data.register import register_cell_datasets
 
 __all__ = ["BENCHMARK_PREFIX", "format_benchmark", "registered_dataset", "run_benchmark"]
@@ -48,8 +47,8 @@ def registered_dataset(data_root: Path) -> Iterator[str]:
 
 
 def _benchmark_config(cfg: CfgNode) -> CfgNode:
-    """``cfg`` adapted to this machine, AMP on CUDA, and no weights unless a local file."""
-    cfg = adapt_config_to_machine(cfg)
+    """A clone of the finished ``cfg`` with AMP on CUDA and no weights unless a local file."""
+    cfg = cfg.clone()
     cfg.defrost()
     if cfg.MODEL.DEVICE.startswith("cuda"):
         cfg.SOLVER.AMP.ENABLED = True  # the training figure on a GPU is with AMP, as trained

@@ -1,6 +1,13 @@
 """The project config: :func:`add_cellseg_config` (every new key, with a comment), the safe
 loader every tool reads configs with, and the rules that finish a config for a run."""
 
+from cellseg_d2.config.build import (
+    ITERATION_EPOCH_KEYS,
+    build_config,
+    describe_schedule,
+    finish_config,
+    settle_iteration_epoch_keys,
+)
 from cellseg_d2.config.loader import (
     COMMAND_LINE_ONLY_KEYS,
     add_cellseg_config,
@@ -18,6 +25,11 @@ from cellseg_d2.config.schedule import (
 
 __all__ = [
     "COMMAND_LINE_ONLY_KEYS",
+    "ITERATION_EPOCH_KEYS",
+    "build_config",
+    "describe_schedule",
+    "finish_config",
+    "settle_iteration_epoch_keys",
     "adapt_config_to_machine",
     "add_cellseg_config",
     "apply_epoch_schedule",

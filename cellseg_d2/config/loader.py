@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 #: Keys only the person running a command may set (as a ``KEY VALUE`` override): a config file
-#: from elsewhere must not be able to grant trust.
+#: from elsewhere must not be able to grant trust (it may hold the default, as saved configs do).
 COMMAND_LINE_ONLY_KEYS: tuple[str, ...] = ("MODEL.CELLSEG.TRUST_PICKLE",)
 
 
@@ -177,7 +177,10 @@ def merge_config_file(cfg: CN, config_file: str | os.PathLike) -> None:
     path = Path(config_file)
     data = _read_config_tree(path, ())
     for key in COMMAND_LINE_ONLY_KEYS:
-        if _lookup(data, key) is not _MISSING:
+        # The default (no trust) may be written out, as every saved config.yaml does; only a
+        # file that tries to grant what the key grants is refused.
+        value = _lookup(data, key)
+        if value is not _MISSING and value != _lookup(cfg, key):
             raise ConfigError(
                 f"{path}: {key} cannot be set in a config file; pass it on the command line "
                 f"({key} True) if you mean it"

@@ -13,7 +13,6 @@ import math
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog
 
 __all__ = ["adapt_config_to_machine", "apply_epoch_schedule", "fit_warmup_to_schedule"]
 
@@ -46,12 +45,13 @@ def adapt_config_to_machine(cfg: CfgNode) -> CfgNode:
     return cfg
 
 
-def apply_epoch_schedule(cfg: CfgNode) -> CfgNode:
+def apply_epoch_schedule(cfg: CfgNode, num_images: int) -> CfgNode:
     """Turn ``SOLVER.EPOCHS`` and the ``*_EPOCHS`` periods into iterations.
 
-    One epoch is ``ceil(images in DATASETS.TRAIN / SOLVER.IMS_PER_BATCH)`` iterations, counted on
-    the registered datasets. Keys set to 0 leave their iteration counterparts as they are.
-    Returns a (possibly) modified clone.
+    One epoch is ``ceil(num_images / SOLVER.IMS_PER_BATCH)`` iterations, ``num_images`` being the
+    images of ``DATASETS.TRAIN`` (counted by the caller: the config floor does not read data).
+    Keys set to 0 leave their iteration counterparts as they are. Returns a (possibly) modified
+    clone.
     """
     epoch_keys = (
         cfg.SOLVER.EPOCHS,
@@ -60,7 +60,6 @@ def apply_epoch_schedule(cfg: CfgNode) -> CfgNode:
     )
     if not any(value > 0 for value in epoch_keys):
         return cfg
-    num_images = sum(len(DatasetCatalog.get(name)) for name in cfg.DATASETS.TRAIN)
     iters_per_epoch = max(1, math.ceil(num_images / cfg.SOLVER.IMS_PER_BATCH))
     cfg = cfg.clone()
     was_frozen = cfg.is_frozen()
@@ -73,15 +72,6 @@ def apply_epoch_schedule(cfg: CfgNode) -> CfgNode:
         )
     if cfg.TEST.EVAL_PERIOD_EPOCHS > 0:
         cfg.TEST.EVAL_PERIOD = max(1, round(cfg.TEST.EVAL_PERIOD_EPOCHS * iters_per_epoch))
-    logger.info(
-        "Epoch schedule: %d images, %d iterations per epoch -> MAX_ITER %d, checkpoint every %d, "
-        "evaluate every %d iterations",
-        num_images,
-        iters_per_epoch,
-        cfg.SOLVER.MAX_ITER,
-        cfg.SOLVER.CHECKPOINT_PERIOD,
-        cfg.TEST.EVAL_PERIOD,
-    )
     if was_frozen:
         cfg.freeze()
     return cfg

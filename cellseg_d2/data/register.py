@@ -57,6 +57,7 @@ from cellseg_d2.utils.layout import (
 
 __all__ = [
     "check_num_classes",
+    "count_train_images",
     "register_cell_datasets",
     "register_cell_datasets_from_config",
 ]
@@ -291,3 +292,13 @@ def register_cell_datasets_from_config(cfg: CfgNode, prefix: str = "cells") -> l
         class_names=class_names,
         max_instances=datasets.MAX_INSTANCES_PER_IMAGE,
     )
+
+
+def count_train_images(cfg: CfgNode) -> int:
+    """The number of images in the config's registered ``DATASETS.TRAIN``.
+
+    Why here: :func:`cellseg_d2.config.build_config` turns ``SOLVER.EPOCHS`` into iterations
+    from this count, and the config floor may not read data; the training tool hands it this
+    function after registering the datasets.
+    """
+    return sum(len(DatasetCatalog.get(name)) for name in cfg.DATASETS.TRAIN)

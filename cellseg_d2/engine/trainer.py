@@ -2,9 +2,10 @@
 
 It keeps detectron2's loop, hooks, writers (console ETA, ``metrics.json``, TensorBoard) and launch,
 and changes only: the data mapper (:class:`CellDatasetMapper`), the optimizer (``SOLVER.OPTIMIZER``
-with full-model gradient clipping), epoch-based schedules (``SOLVER.EPOCHS``), COCO evaluation that
-counts the full detection budget, a best-metric checkpoint, atomic checkpoints, AMP that falls
-back to fp32 on CPU, and DistributedDataParallel that also works on CPU (gloo).
+with full-model gradient clipping), COCO evaluation that counts the full detection budget, a
+best-metric checkpoint, atomic checkpoints, and DistributedDataParallel that also works on CPU
+(gloo). It runs the config it is given: epochs, warm-up and the CPU fallbacks are settled before,
+by :func:`cellseg_d2.config.build_config`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from detectron2.utils.logger import setup_logger
 
 from cellseg_d2.checkpoint.checkpointer import AtomicDetectionCheckpointer
 from cellseg_d2.checkpoint.weights_url import fetch_weights
-from cellseg_d2.config import adapt_config_to_machine, apply_epoch_schedule, fit_warmup_to_schedule
 from cellseg_d2.data.mapper import CellDatasetMapper
 from cellseg_d2.data.register import register_cell_datasets_from_config
 from cellseg_d2.engine.optimizer import build_cell_optimizer
@@ -98,6 +98,10 @@ class CellTrainer(DefaultTrainer):
     def __init__(self, cfg: CfgNode) -> None:
         """Build model, optimizer, data loader, scheduler, checkpointer and hooks from ``cfg``.
 
+        ``cfg`` is a finished config (:func:`cellseg_d2.config.build_config` with
+        ``train_images``): the trainer runs it as it is and never changes it, so the
+        ``config.yaml`` that ``default_setup`` saved is the one that ran.
+
         NOTE: this repeats ``DefaultTrainer.__init__``'s dozen lines instead of calling it, for
         two changes that cannot be injected: DDP without ``device_ids`` for CPU models (gloo), and
         the atomic checkpointer shared by every hook.
@@ -105,8 +109,6 @@ class CellTrainer(DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
-        cfg = fit_warmup_to_schedule(apply_epoch_schedule(adapt_config_to_machine(cfg)))
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
 
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)

@@ -25,7 +25,7 @@ import numpy as np
 from detectron2.config import CfgNode
 from tqdm import tqdm
 
-from cellseg_d2.config import adapt_config_to_machine, load_cellseg_config
+from cellseg_d2.config import build_config
 from cellseg_d2.data.io import read_image
 from cellseg_d2.data.register import check_num_classes
 from cellseg_d2.errors import CellDataError
@@ -72,14 +72,13 @@ def build_predict_config(
     The class names must match the head (:func:`~cellseg_d2.data.register.check_num_classes`):
     the outputs name classes by ``DATASETS.CLASS_NAMES``, so a mismatch stops before any work.
     """
-    cfg = load_cellseg_config(config_file, opts)
-    check_num_classes(cfg)
+    opts = list(opts)
     if score_thresh is not None:
-        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = score_thresh
+        opts += ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", float(score_thresh)]
     if mask_thresh is not None:
-        cfg.MODEL.CELLSEG.MASK_THRESHOLD = mask_thresh
-    cfg = adapt_config_to_machine(cfg)
-    cfg.freeze()
+        opts += ["MODEL.CELLSEG.MASK_THRESHOLD", float(mask_thresh)]
+    cfg = build_config(config_file, opts)
+    check_num_classes(cfg)
     return cfg
 
 

@@ -277,9 +277,9 @@ def _check_against_model(config_path: Path, state: dict[str, torch.Tensor], sour
     """Build the detectron2 model from the written config and load the weights strictly."""
     from detectron2.modeling import build_model
 
-    from cellseg_d2.config import load_cellseg_config
+    from cellseg_d2.config import build_config
 
-    cfg = load_cellseg_config(config_path, ["MODEL.DEVICE", "cpu"])
+    cfg = build_config(config_path, ["MODEL.DEVICE", "cpu"])
     model = build_model(cfg)
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]

@@ -139,6 +139,9 @@ def test_trust_pickle_only_from_the_command_line(tmp_path: Path) -> None:
         load_cellseg_config(config)
     cfg = load_cellseg_config(INSTANT_CONFIG, ["MODEL.CELLSEG.TRUST_PICKLE", "True"])
     assert cfg.MODEL.CELLSEG.TRUST_PICKLE is True
+    # the default, as every saved config.yaml writes it, grants nothing and is accepted
+    saved = _write(tmp_path / "saved.yaml", "MODEL:\n  CELLSEG:\n    TRUST_PICKLE: false\n")
+    assert load_cellseg_config(saved).MODEL.CELLSEG.TRUST_PICKLE is False
     assert get_cellseg_cfg().MODEL.CELLSEG.TRUST_PICKLE is False
 
 

@@ -17,7 +17,8 @@ from detectron2.utils.events import get_event_storage
 
 from cellseg_d2.checkpoint import WeightsUnavailableError, fetch_weights
 from cellseg_d2.checkpoint.checkpointer import AtomicDetectionCheckpointer
-from cellseg_d2.config import apply_epoch_schedule
+from cellseg_d2.config import finish_config
+from cellseg_d2.data.register import count_train_images
 from cellseg_d2.engine import (
     CellTrainer,
     TrainingDivergedError,
@@ -51,6 +52,11 @@ class StopAt(hooks.HookBase):
             raise KeyboardInterrupt("simulated kill")
 
 
+def _trainer(cfg):
+    """A trainer on the finished config, as ``train_net.py`` builds it."""
+    return CellTrainer(finish_config(cfg, train_images=count_train_images))
+
+
 def _metrics(output: Path) -> list[dict]:
     with open(output / "metrics.json", encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
@@ -64,7 +70,7 @@ def test_train_evaluate_and_best_checkpoint(cells_prefix: str, tmp_path: Path) -
         "SOLVER.CHECKPOINT_PERIOD", 3,
         "TEST.EVAL_PERIOD", 3,
     )  # fmt: skip
-    trainer = CellTrainer(cfg)
+    trainer = _trainer(cfg)
     trainer.resume_or_load(resume=False)
     results = trainer.train()
     assert "segm" in results and "bbox" in results
@@ -85,7 +91,7 @@ def test_train_evaluate_and_best_checkpoint(cells_prefix: str, tmp_path: Path) -
 def test_resume_continues_from_saved_iteration(cells_prefix: str, tmp_path: Path) -> None:
     opts = ["SOLVER.MAX_ITER", 8, "SOLVER.CHECKPOINT_PERIOD", 4, "TEST.EVAL_PERIOD", 0]
     cfg = instant_cfg(cells_prefix, tmp_path, *opts, "SOLVER.BEST_CHECKPOINT.METRIC", "")
-    trainer = CellTrainer(cfg)
+    trainer = _trainer(cfg)
     trainer.register_hooks([StopAt(5)])
     trainer.resume_or_load(resume=False)
     with pytest.raises(KeyboardInterrupt):
@@ -93,7 +99,7 @@ def test_resume_continues_from_saved_iteration(cells_prefix: str, tmp_path: Path
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000003.pth"
     assert not (tmp_path / "model_final.pth").exists()
 
-    resumed = CellTrainer(cfg)
+    resumed = _trainer(cfg)
     resumed.resume_or_load(resume=True)
     assert resumed.start_iter == 4
     resumed.train()
@@ -104,7 +110,7 @@ def test_resume_continues_from_saved_iteration(cells_prefix: str, tmp_path: Path
 
 def test_eval_only_returns_ap_dict(cells_prefix: str, tmp_path: Path) -> None:
     cfg = instant_cfg(cells_prefix, tmp_path, "SOLVER.MAX_ITER", 2, "TEST.EVAL_PERIOD", 0)
-    trainer = CellTrainer(cfg)
+    trainer = _trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
     cfg.defrost()
@@ -118,7 +124,7 @@ def test_eval_only_returns_ap_dict(cells_prefix: str, tmp_path: Path) -> None:
 def test_amp_on_cpu_falls_back_to_fp32(cells_prefix: str, tmp_path: Path, caplog) -> None:
     cfg = instant_cfg(cells_prefix, tmp_path, "SOLVER.AMP.ENABLED", True, "SOLVER.MAX_ITER", 2)
     cfg.merge_from_list(["TEST.EVAL_PERIOD", 0, "SOLVER.BEST_CHECKPOINT.METRIC", ""])
-    trainer = CellTrainer(cfg)
+    trainer = _trainer(cfg)
     assert type(trainer._trainer) is SimpleTrainer
     assert any("full precision" in r.message for r in caplog.records)
     trainer.train()
@@ -133,7 +139,7 @@ def test_nan_loss_stops_with_message_and_intact_checkpoint(cells_prefix: str, tm
         "SOLVER.MAX_ITER", 8,
         "SOLVER.CHECKPOINT_PERIOD", 2,
     )  # fmt: skip
-    trainer = CellTrainer(cfg)
+    trainer = _trainer(cfg)
     with pytest.raises(TrainingDivergedError, match="model_0000001.pth"):
         trainer.train()
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
@@ -183,19 +189,6 @@ def test_optimizer_choice_and_full_model_clipping(tmp_path: Path) -> None:
     assert torch.linalg.vector_norm(before - after).item() == pytest.approx(10.0, rel=1e-4)
 
 
-def test_epochs_become_iterations(cells_prefix: str, tmp_path: Path) -> None:
-    cfg = instant_cfg(cells_prefix, tmp_path, "SOLVER.EPOCHS", 3, "SOLVER.IMS_PER_BATCH", 2)
-    cfg.merge_from_list(["SOLVER.CHECKPOINT_PERIOD_EPOCHS", 1.0, "TEST.EVAL_PERIOD_EPOCHS", 2.0])
-    from detectron2.data import DatasetCatalog
-
-    per_epoch = -(-len(DatasetCatalog.get(f"{cells_prefix}_train")) // 2)
-    resolved = apply_epoch_schedule(cfg)
-    assert resolved.SOLVER.MAX_ITER == 3 * per_epoch
-    assert resolved.SOLVER.CHECKPOINT_PERIOD == per_epoch
-    assert resolved.TEST.EVAL_PERIOD == 2 * per_epoch
-    assert cfg.SOLVER.MAX_ITER == 20  # the input is left alone
-
-
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`")
 def test_warmup_longer_than_training_is_shortened_without_epochs(
     cells_prefix: str, tmp_path: Path
@@ -204,7 +197,7 @@ def test_warmup_longer_than_training_is_shortened_without_epochs(
         cells_prefix, tmp_path, "SOLVER.EPOCHS", 0, "SOLVER.MAX_ITER", 80,
         "SOLVER.WARMUP_ITERS", 200, "SOLVER.LR_SCHEDULER_NAME", "WarmupCosineLR",
     )  # fmt: skip
-    trainer = CellTrainer(cfg)
+    trainer = _trainer(cfg)
     assert trainer.cfg.SOLVER.WARMUP_ITERS == 8
     for _ in range(10):  # past the shortened warm-up, the lr is near BASE_LR, not ~1e-8
         trainer.scheduler.step()
@@ -216,7 +209,7 @@ def test_untrained_frozen_bn_backbone_warns_and_names_the_scratch_config(
     cells_prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     cfg = instant_cfg(cells_prefix, tmp_path, "MODEL.RESNETS.NORM", "FrozenBN")
-    trainer = CellTrainer(cfg)
+    trainer = _trainer(cfg)
     with caplog.at_level(logging.WARNING, logger="cellseg_d2.engine.trainer"):
         trainer.resume_or_load(resume=False)
     warnings = [r.getMessage() for r in caplog.records if "FrozenBN" in r.getMessage()]
@@ -294,7 +287,7 @@ def test_tiny_dataset_trains_without_validation_images(synthetic_root: Path, tmp
     try:
         assert len(DatasetCatalog.get("t_allval_val")) == 0  # every image moved to train
         cfg = instant_cfg("t_allval", tmp_path, "SOLVER.MAX_ITER", 2)
-        trainer = CellTrainer(cfg)
+        trainer = _trainer(cfg)
         assert trainer.train() == {}
         assert (tmp_path / "model_final.pth").is_file()
     finally:
