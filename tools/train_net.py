@@ -27,7 +27,8 @@ from detectron2.utils.logger import setup_logger
 
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
 from cellseg_d2.checkpoint.checkpointer import check_output_dir
-from cellseg_d2.config import build_config, finish_config, load_cellseg_config
+from cellseg_d2.config import config_file_keys, finish_config, load_cellseg_config
+from cellseg_d2.data.dataset_info import apply_dataset_info
 from cellseg_d2.data.register import count_train_images, register_cell_datasets_from_config
 from cellseg_d2.engine import (
     CellTrainer,
@@ -40,6 +41,14 @@ from cellseg_d2.errors import CellSegError
 EXIT_BAD_INPUT = 2
 
 
+def fill_from_dataset(loaded: CfgNode, args: argparse.Namespace) -> CfgNode:
+    """``loaded`` completed from the dataset's ``dataset.json`` (class names, class count,
+    pixel size) where neither the config files nor the command line chose a value."""
+    command_line = [str(key) for key in args.opts[0::2]]
+    explicit = {*config_file_keys(args.config_file), *(f"cli:{key}" for key in command_line)}
+    return apply_dataset_info(loaded, explicit)
+
+
 def setup(args: argparse.Namespace) -> CfgNode:
     """Logging, the cell datasets and the finished config of one process, saved by
     ``default_setup`` as ``OUTPUT_DIR/config.yaml`` only once it is the config that runs.
@@ -49,6 +58,7 @@ def setup(args: argparse.Namespace) -> CfgNode:
     """
     loaded = load_cellseg_config(args.config_file, args.opts)
     setup_logger(loaded.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cellseg_d2")
+    loaded = fill_from_dataset(loaded, args)
     register_cell_datasets_from_config(loaded)
     cfg = finish_config(
         loaded,
@@ -84,7 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> int:
     """Launch ``main`` on the requested processes; map user errors to exit codes."""
     try:
-        cfg = build_config(args.config_file, args.opts)
+        loaded = fill_from_dataset(load_cellseg_config(args.config_file, args.opts), args)
+        cfg = finish_config(loaded, command_line_keys=args.opts[0::2])
         # Evaluation writes only its results into OUTPUT_DIR: it needs a usable folder, and
         # checkpoints there are no reason to stop.
         resume = args.resume or args.eval_only

@@ -11,6 +11,7 @@ from cellseg_d2.config.build import (
 from cellseg_d2.config.loader import (
     COMMAND_LINE_ONLY_KEYS,
     add_cellseg_config,
+    config_file_keys,
     default_cells_root,
     get_cellseg_cfg,
     load_cellseg_config,
@@ -32,6 +33,7 @@ __all__ = [
     "settle_iteration_epoch_keys",
     "adapt_config_to_machine",
     "add_cellseg_config",
+    "config_file_keys",
     "apply_epoch_schedule",
     "default_cells_root",
     "fit_warmup_to_schedule",

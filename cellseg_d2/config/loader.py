@@ -25,6 +25,7 @@ from cellseg_d2.utils.layout import DEFAULT_CLASS_NAMES
 __all__ = [
     "ConfigError",
     "add_cellseg_config",
+    "config_file_keys",
     "default_cells_root",
     "get_cellseg_cfg",
     "load_cellseg_config",
@@ -73,6 +74,10 @@ def add_cellseg_config(cfg: CN) -> None:
     _c.DATASETS.CLASS_NAMES = list(DEFAULT_CLASS_NAMES)
 
     # ---- Augmentation (CellDatasetMapper) ----
+    # Micrometres per pixel of the images the model is trained on (0 = unknown: every image is
+    # used at its own scale). Taken from the dataset's dataset.json when the config leaves it 0;
+    # saved with the weights' config so prediction can bring slides to the same scale.
+    _c.INPUT.PIXEL_SIZE = 0.0
     _c.INPUT.ELASTIC = CN()
     # Elastic deformation (albumentations ElasticTransform) of image and masks together.
     _c.INPUT.ELASTIC.ENABLED = True
@@ -158,6 +163,19 @@ def load_cellseg_config(config_file: str | os.PathLike, opts: Sequence[Any] = ()
     merge_config_file(cfg, config_file)
     merge_config_overrides(cfg, opts)
     return cfg
+
+
+def config_file_keys(config_file: str | os.PathLike) -> frozenset[str]:
+    """The dotted keys a config file (with its ``_BASE_`` chain) sets explicitly.
+
+    Why: some defaults are filled from the dataset (class names from ``dataset.json``) only when
+    no config file or override chose a value; a merged config cannot tell a default from a
+    chosen value equal to it.
+
+    Raises:
+        ConfigError: as :func:`merge_config_file`.
+    """
+    return frozenset(_leaf_keys(_read_config_tree(Path(config_file), ())))
 
 
 def merge_config_file(cfg: CN, config_file: str | os.PathLike) -> None:

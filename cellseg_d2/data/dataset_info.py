@@ -17,16 +17,29 @@ data. The file is small and read with the bounded JSON parser of
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from detectron2.config import CfgNode
 
 from cellseg_d2.errors import CellDataError
 from cellseg_d2.utils.files import atomic_write, parse_json
 from cellseg_d2.utils.layout import check_class_names
 
-__all__ = ["DATASET_INFO_NAME", "DatasetInfo", "read_dataset_info", "write_dataset_info"]
+__all__ = [
+    "DATASET_INFO_NAME",
+    "DatasetInfo",
+    "apply_dataset_info",
+    "read_dataset_info",
+    "write_dataset_info",
+]
+
+logger = logging.getLogger(__name__)
 
 #: File name of the dataset description at a dataset root.
 DATASET_INFO_NAME = "dataset.json"
@@ -116,3 +129,61 @@ def read_dataset_info(root: str | os.PathLike) -> DatasetInfo | None:
         pixel_size_um=_check_pixel_size(data.get("pixel_size_um"), str(path)),
         source_format=source_format,
     )
+
+
+def apply_dataset_info(cfg: CfgNode, explicit_keys: Collection[str]) -> CfgNode:
+    """Fill the config from ``DATASETS.CELLS_ROOT/dataset.json``: class names (and the head's
+    class count with them) and the pixel size, where the user chose none.
+
+    Why: an imported dataset knows its classes; typing ``DATASETS.CLASS_NAMES`` and
+    ``MODEL.ROI_HEADS.NUM_CLASSES`` again is where mistakes come from. A value the user chose
+    still wins, and one that disagrees with the dataset is an error, not a silent choice.
+
+    Rules:
+        - ``DATASETS.CLASS_NAMES`` not in ``explicit_keys``: taken from the file, and
+          ``MODEL.ROI_HEADS.NUM_CLASSES`` set to their count unless it is in ``explicit_keys``
+          as a command-line key (pass only command-line keys for it; base configs set it).
+        - ``DATASETS.CLASS_NAMES`` in ``explicit_keys`` and different from the file: error.
+        - ``INPUT.PIXEL_SIZE`` 0 and the file has a pixel size: taken from the file.
+
+    Args:
+        cfg: a loaded (not frozen) config.
+        explicit_keys: the keys the config files and the command line set, dotted; the
+            command-line ones prefixed ``"cli:"`` (e.g. ``"cli:MODEL.ROI_HEADS.NUM_CLASSES"``).
+
+    Returns:
+        ``cfg`` itself when nothing changes, else a changed clone.
+
+    Raises:
+        CellDataError: a bad ``dataset.json`` or class names that disagree with it.
+    """
+    info = read_dataset_info(cfg.DATASETS.CELLS_ROOT)
+    if info is None:
+        return cfg
+    path = Path(cfg.DATASETS.CELLS_ROOT) / DATASET_INFO_NAME
+    names = tuple(info.class_names)
+    configured = tuple(cfg.DATASETS.CLASS_NAMES)
+    explicit = set(explicit_keys)
+    chosen = "DATASETS.CLASS_NAMES" in explicit or "cli:DATASETS.CLASS_NAMES" in explicit
+    if chosen and configured != names:
+        raise CellDataError(
+            f"DATASETS.CLASS_NAMES {list(configured)} differs from class_names {list(names)} "
+            f"in {path}: drop DATASETS.CLASS_NAMES from the config to use the dataset's, or "
+            "fix one of them"
+        )
+    changes: dict[str, Any] = {}
+    if not chosen and configured != names:
+        changes["DATASETS.CLASS_NAMES"] = list(names)
+        if "cli:MODEL.ROI_HEADS.NUM_CLASSES" not in explicit:
+            changes["MODEL.ROI_HEADS.NUM_CLASSES"] = len(names)
+    if info.pixel_size_um and not cfg.INPUT.PIXEL_SIZE:
+        changes["INPUT.PIXEL_SIZE"] = float(info.pixel_size_um)
+    if not changes:
+        return cfg
+    logger.info(
+        "From %s: %s", path, ", ".join(f"{key} {value}" for key, value in changes.items())
+    )
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.merge_from_list([item for pair in changes.items() for item in pair])
+    return cfg
