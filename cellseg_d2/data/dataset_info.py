@@ -180,9 +180,7 @@ def apply_dataset_info(cfg: CfgNode, explicit_keys: Collection[str]) -> CfgNode:
         changes["INPUT.PIXEL_SIZE"] = float(info.pixel_size_um)
     if not changes:
         return cfg
-    logger.info(
-        "From %s: %s", path, ", ".join(f"{key} {value}" for key, value in changes.items())
-    )
+    logger.info("From %s: %s", path, ", ".join(f"{key} {value}" for key, value in changes.items()))
     cfg = cfg.clone()
     cfg.defrost()
     cfg.merge_from_list([item for pair in changes.items() for item in pair])

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-
 # ---- apply_dataset_info: the training config reads class names and pixel size from the data ----
 
 
