@@ -28,6 +28,11 @@ setup(
         "albumentations>=2.0",
         "tifffile",
         "imagecodecs",
+        # whole-slide reading (cellseg_d2/data/slide.py): the OpenSlide library itself ships as
+        # the openslide-bin wheel, so no system package (apt, brew) is needed; openslide-python
+        # finds it from 1.4 on, and OpenSlide 4 is the first to read DICOM WSI.
+        "openslide-python>=1.4",
+        "openslide-bin>=4",
         "numpy",
         "scipy",
         "scikit-image",

@@ -79,15 +79,23 @@ MSG
 fi
 
 # 4. The project itself, editable, with the dev extra; the constraints keep torch in place.
-# Skipped only when this very checkout is the installed one and every declared requirement
-# (dev extra included) is satisfied; run from / so the checkout itself is not on sys.path.
+# Skipped only when this very checkout is the installed one and every requirement its setup.py
+# declares (dev extra included) is satisfied; run from / so the checkout itself is not on
+# sys.path. The requirements are read from setup.py, not from the installed metadata: an
+# editable install keeps the metadata of the day it was made, so a requirement added since
+# (openslide-python, openslide-bin) would pass unseen.
 if (cd / && "$PYTHON" - "$REPO_DIR" <<'PY'
-import os, sys
+import ast, os, sys
 from importlib.metadata import distribution, version, PackageNotFoundError
 from packaging.requirements import Requirement
 import cellseg_d2
 assert os.path.dirname(os.path.abspath(cellseg_d2.__file__)) == os.path.join(sys.argv[1], "cellseg_d2")
-for line in distribution("cellseg-d2").requires or []:
+distribution("cellseg-d2")
+with open(os.path.join(sys.argv[1], "setup.py"), encoding="utf-8") as handle:
+    tree = ast.parse(handle.read())
+call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
+declared = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg in ("install_requires", "extras_require")}
+for line in declared["install_requires"] + declared.get("extras_require", {}).get("dev", []):
     req = Requirement(line)
     if req.marker is not None and not req.marker.evaluate({"extra": "dev"}):
         continue

@@ -26,6 +26,7 @@ __all__ = [
     "read_image_size",
     "read_instance_mask",
     "read_tiff",
+    "to_bgr_image",
     "to_uint8",
     "write_tiff",
 ]
@@ -187,7 +188,22 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     Raises:
         CellDataError: unreadable file, an unsupported shape, or one refused by :func:`read_tiff`.
     """
-    image = read_tiff(path, channel_pages=True)
+    return to_bgr_image(read_tiff(path, channel_pages=True), path)
+
+
+def to_bgr_image(image: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+    """Pixels as a file stores them -> HxWx3 uint8 BGR, by the rules of :func:`read_image`.
+
+    Why apart from the reader: images read another way (Pillow for PNG/JPEG, see
+    :mod:`cellseg_d2.data.slide`) get exactly the same channel and dtype rules.
+
+    Args:
+        image: HxW, HxWx1/3/4 (RGB order) or 1/3/4xHxW pixels of any numeric dtype.
+        path: the file they came from, named in errors.
+
+    Raises:
+        CellDataError: an unsupported shape, or a varying alpha channel.
+    """
     if image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[2] not in (1, 3, 4):
         image = np.moveaxis(image, 0, -1)
     if image.ndim == 3 and image.shape[2] == 1:
