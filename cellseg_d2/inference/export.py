@@ -2,7 +2,7 @@
 
 People who segment cells for a living open results in napari, Fiji, Cellpose or QuPath and
 measure cells in tables; those tools speak label images and GeoJSON, not COCO RLE. Each writer
-here takes one image's :class:`~cellseg_d2.inference.predictor.Detection` list (tight mask crops)
+here takes one image's :class:`~cellseg_d2.inference.detections.Detection` list (tight mask crops)
 and writes its file atomically, so a prediction run can stream folder after folder without ever
 holding more than one image's results.
 
@@ -33,7 +33,7 @@ import numpy as np
 from skimage import measure
 
 from cellseg_d2.data.io import write_tiff
-from cellseg_d2.inference.predictor import Detection
+from cellseg_d2.inference.detections import Detection
 from cellseg_d2.utils.files import atomic_write
 from cellseg_d2.utils.layout import class_color, class_name
 

@@ -34,7 +34,6 @@ from cellseg_d2.inference.exported import (
     OUTPUT_NAMES,
     ExportedModelError,
     ExportedPredictor,
-    file_sha256,
     resize_image,
     resized_shape,
 )
@@ -45,6 +44,7 @@ from cellseg_d2.modeling.export import (
     export_torchscript,
     raw_inference,
 )
+from cellseg_d2.utils.files import sha256_file
 from cellseg_d2.utils.layout import class_colors
 
 __all__ = [
@@ -250,7 +250,7 @@ def export_model_folder(
                 output_names=OUTPUT_NAMES,
                 metadata_props={EMBEDDED_KEY: embedded},
             )
-        meta = build_metadata(cfg, fmt, file_sha256(model_path), opset, class_colors(num_classes))
+        meta = build_metadata(cfg, fmt, sha256_file(model_path), opset, class_colors(num_classes))
         (work / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         work.chmod(0o777 & ~_umask())
         old = None
