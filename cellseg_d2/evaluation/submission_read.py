@@ -103,7 +103,7 @@ def read_submission(
 
     Returns:
         The results list as stored; its entries are checked by
-        :func:`~cellseg_d2.evaluation.submission.validate_submission`.
+        :func:`~cellseg_d2.evaluation.submission_check.validate_submission`.
 
     Raises:
         CellDataError: naming ``path`` when it is missing, larger than a limit (the message

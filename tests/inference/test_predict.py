@@ -13,7 +13,8 @@ import pytest
 
 from cellseg_d2.data import decode_rle
 from cellseg_d2.errors import CellDataError
-from cellseg_d2.evaluation.submission import read_submission, validate_submission
+from cellseg_d2.evaluation.submission_check import validate_submission
+from cellseg_d2.evaluation.submission_read import read_submission
 from cellseg_d2.inference.detections import Detection
 from cellseg_d2.inference.shards import skipped_list_path, work_dir_for
 from tests.conftest import INSTANT_CONFIG, REPO_ROOT, load_tool
@@ -36,7 +37,6 @@ def _run_predict(synthetic_root: Path, output: Path, *extra: str) -> subprocess.
 
 def test_predict_tool_writes_valid_zip(synthetic_root: Path, tmp_path: Path) -> None:
     from cellseg_d2.data.id_map import load_id_map
-    from cellseg_d2.evaluation.submission import read_submission, validate_submission
 
     output = tmp_path / "submission.zip"
     proc = _run_predict(
@@ -57,7 +57,6 @@ def test_predict_tool_writes_valid_zip(synthetic_root: Path, tmp_path: Path) -> 
 def test_predict_tool_tta(synthetic_root: Path, tmp_path: Path) -> None:
     output = tmp_path / "tta.json"
     from cellseg_d2.data.id_map import load_id_map
-    from cellseg_d2.evaluation.submission import validate_submission
 
     opts = ["--score-thresh", "0.0", "TEST.AUG.MIN_SIZES", "(96, 128)"]
     proc = _run_predict(synthetic_root, output, "--tta", *opts)
