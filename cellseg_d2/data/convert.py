@@ -158,6 +158,9 @@ def _convert_folder(job: tuple[TrainFolder, int, int, int]) -> tuple[dict, list[
 def convert_workers() -> int:
     """Number of conversion worker processes: ``$CELLSEG_CONVERT_WORKERS``, default 2.
 
+    Why an environment variable: the conversion runs inside registration, which every tool
+    reaches, so one variable sets it for all of them (1 turns the pool off where memory is short).
+
     Raises:
         CellDataError: the variable is not an integer >= 1.
     """
@@ -361,6 +364,9 @@ def load_test_coco(
     class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
 ) -> dict:
     """The test images as a COCO dict without ``annotations``, ids from the id map.
+
+    Why: the test split's ``json_file`` for detectron2's COCOEvaluator, which then only saves
+    predictions; the ids are the ones a submission must use.
 
     Args:
         root: dataset root holding ``test_release/`` and ``test_image_name_to_ids.json``.

@@ -218,6 +218,7 @@ def register_cell_datasets(
             class names; any problem with the data (naming the file), or no training image
             holds a cell. Nothing is registered then.
     """
+    # Long for its docstring: the code is one short pass (check, convert, register).
     class_names = check_class_names(class_names)
     max_instances = check_max_instances(max_instances)
     num_folds = num_folds or None

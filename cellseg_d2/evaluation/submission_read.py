@@ -111,6 +111,7 @@ def read_submission(
             absurdly long numbers), a zip without ``test-results.json``, or when its top level
             is not a list.
     """
+    # Long for its docstring: the bounds are checked in order, each before its step.
     path = Path(path)
     if not path.is_file():
         raise CellDataError(f"{path}: file not found")

@@ -53,6 +53,7 @@ def iter_json_list(stream: TextIO, source: str) -> Iterator[object]:
         CellDataError: naming ``source``: not a JSON list, malformed, trailing data, or an item
             longer than :data:`MAX_RESULT_CHARS`.
     """
+    # One piece on purpose: a small streaming parser whose helpers share the buffer state.
     decoder = json.JSONDecoder()
     buffer, pos, eof = "", 0, False
 

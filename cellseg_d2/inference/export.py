@@ -315,25 +315,35 @@ def cell_table_rows(
     writer = csv.writer(buffer, lineterminator="\n")
     for row in range(len(table["label"])):
         det = labels.kept[int(table["label"][row]) - 1]
-        writer.writerow(
-            [
-                spreadsheet_safe(image_name),
-                image_id,
-                int(table["label"][row]),
-                det.category + 1,
-                spreadsheet_safe(class_name(det.category, class_names)),
-                f"{det.score:.6g}",
-                int(table["area"][row]),
-                f"{table['centroid-1'][row]:.6g}",
-                f"{table['centroid-0'][row]:.6g}",
-                int(table["bbox-1"][row]),
-                int(table["bbox-0"][row]),
-                int(table["bbox-3"][row]),
-                int(table["bbox-2"][row]),
-                f"{table['perimeter'][row]:.6g}",
-                f"{table['eccentricity'][row]:.6g}",
-                f"{table['solidity'][row]:.6g}",
-                *(f"{table[f'intensity_mean-{c}'][row]:.6g}" for c in range(3)),
-            ]
-        )
+        writer.writerow(_table_row(table, row, det, image_name, image_id, class_names))
     return buffer.getvalue()
+
+
+def _table_row(
+    table: dict[str, np.ndarray],
+    row: int,
+    det: Detection,
+    image_name: str,
+    image_id: int,
+    class_names: Sequence[str],
+) -> list[object]:
+    """The :data:`CSV_COLUMNS` values of one cell: row ``row`` of the regionprops table."""
+    return [
+        spreadsheet_safe(image_name),
+        image_id,
+        int(table["label"][row]),
+        det.category + 1,
+        spreadsheet_safe(class_name(det.category, class_names)),
+        f"{det.score:.6g}",
+        int(table["area"][row]),
+        f"{table['centroid-1'][row]:.6g}",
+        f"{table['centroid-0'][row]:.6g}",
+        int(table["bbox-1"][row]),
+        int(table["bbox-0"][row]),
+        int(table["bbox-3"][row]),
+        int(table["bbox-2"][row]),
+        f"{table['perimeter'][row]:.6g}",
+        f"{table['eccentricity'][row]:.6g}",
+        f"{table['solidity'][row]:.6g}",
+        *(f"{table[f'intensity_mean-{c}'][row]:.6g}" for c in range(3)),
+    ]

@@ -249,6 +249,18 @@ class _OnnxRunner:
         return tuple(torch.from_numpy(np.asarray(out)) for out in outputs)
 
 
+def _tiling(model_dir: Path, meta: dict[str, Any]) -> tuple[int, int, int]:
+    """``(max_size, tile_size, overlap)`` of the metadata's ``tiling`` (max_size 0: no tiling)."""
+    tiling = meta.get("tiling", {})
+    above, size, overlap = (int(tiling.get(k, 0)) for k in ("max_size", "tile_size", "overlap"))
+    if above > 0 and not 0 <= overlap < size:
+        raise ExportedModelError(
+            f"{model_dir / METADATA_FILE}: tiling.overlap must be at least 0 and smaller than "
+            "tiling.tile_size"
+        )
+    return above, size, overlap
+
+
 class ExportedPredictor:
     """Predict cells with an exported model folder: a drop-in for ``CellPredictor``.
 
@@ -306,17 +318,7 @@ class ExportedPredictor:
         self.detection_cap = int(meta.get("detections_per_image", 0))
         self.images_at_detection_cap = 0
         self.batch_size = 1
-        tiling = meta.get("tiling", {})
-        self.tile_above = int(tiling.get("max_size", 0))
-        self.tile_size, self.tile_overlap = (
-            int(tiling.get("tile_size", 0)),
-            int(tiling.get("overlap", 0)),
-        )
-        if self.tile_above > 0 and not 0 <= self.tile_overlap < self.tile_size:
-            raise ExportedModelError(
-                f"{self.model_dir / METADATA_FILE}: tiling.overlap must be at least 0 and "
-                "smaller than tiling.tile_size"
-            )
+        self.tile_above, self.tile_size, self.tile_overlap = _tiling(self.model_dir, meta)
         self._inputs_at_cap = 0
 
     def raw_outputs(self, image: np.ndarray) -> tuple[tuple[torch.Tensor, ...], tuple[int, int]]:
@@ -329,6 +331,7 @@ class ExportedPredictor:
         return self.runner(tensor), (new_h, new_w)
 
     def _predict_one(self, image: np.ndarray) -> list[Detection]:
+        """Detections of one untiled image, above the score threshold, in image pixels."""
         (boxes, classes, scores, masks), input_size = self.raw_outputs(image)
         self._inputs_at_cap += bool(self.detection_cap) and len(scores) >= self.detection_cap
         keep = scores >= self.score_threshold
@@ -340,6 +343,7 @@ class ExportedPredictor:
         )
 
     def _predict_batch(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
+        """One model call per image: the graph was traced for one image."""
         return [self._predict_one(image) for image in images]
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:

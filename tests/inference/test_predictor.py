@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from detectron2.data import transforms as T
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
@@ -118,3 +119,16 @@ def test_detection_cap_is_counted_and_warned_once(
         roomy.warn_detection_cap(1)
     assert roomy.images_at_detection_cap == 0
     assert not [r for r in caplog.records if "detection cap" in r.getMessage()]
+
+
+def test_model_input_is_the_evaluation_resize_in_the_model_format(tmp_path: Path) -> None:
+    sizes = ("INPUT.MIN_SIZE_TEST", 64, "INPUT.MAX_SIZE_TEST", 100)
+    bgr = CellPredictor(instant_cfg("unused", tmp_path, *sizes))
+    image = np.random.default_rng(1).integers(0, 255, (48, 60, 3), dtype=np.uint8)
+    item = bgr.model_input(image)
+    assert (item["height"], item["width"]) == (48, 60)  # the size detections are mapped to
+    resized = T.ResizeShortestEdge([64, 64], 100).get_transform(image).apply_image(image)
+    assert torch.equal(item["image"], torch.as_tensor(resized.transpose(2, 0, 1).copy()))
+    assert tuple(item["image"].shape) == (3, 64, 80)
+    rgb = CellPredictor(instant_cfg("unused", tmp_path, *sizes, "INPUT.FORMAT", "RGB"))
+    assert torch.equal(rgb.model_input(image)["image"], item["image"].flip(0))
