@@ -14,8 +14,8 @@ import numpy as np
 import shapely
 from shapely.geometry import Polygon
 
-from cellseg_d2.data.convert import prepare_cell_dataset
 from cellseg_d2.data.io import read_instance_mask
+from cellseg_d2.data.prepare import prepare_cell_dataset
 from cellseg_d2.utils.layout import class_index_of
 
 

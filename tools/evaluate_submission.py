@@ -32,7 +32,8 @@ from cellseg_d2.evaluation.scoring import (
     load_ground_truth_coco,
     write_scores_json,
 )
-from cellseg_d2.evaluation.submission import read_submission, require_valid_submission
+from cellseg_d2.evaluation.submission_check import require_valid_submission
+from cellseg_d2.evaluation.submission_read import read_submission
 from cellseg_d2.utils.cli import add_class_names_argument
 
 

@@ -20,8 +20,8 @@ import logging
 import sys
 
 from cellseg_d2.config import default_cells_root
-from cellseg_d2.data.convert import format_summary, prepare_cell_dataset
 from cellseg_d2.data.limits import DEFAULT_MAX_INSTANCES_PER_IMAGE
+from cellseg_d2.data.prepare import format_summary, prepare_cell_dataset
 from cellseg_d2.data.validate import DEFAULT_MIN_IMAGE_SIZE
 from cellseg_d2.errors import CellDataError
 from cellseg_d2.utils.cli import add_class_names_argument

@@ -9,8 +9,8 @@ Example::
 Prints detections per image and per class and every violation (unknown image id, category
 outside 1..N for the N ``--class-names``, mask size different from the image, box outside the
 image or away from its mask, score not in [0, 1]); see
-:func:`cellseg_d2.evaluation.submission.validate_submission`. Exit status 0 means the submission
-is valid, 2 that it has violations or a file is unreadable.
+:func:`cellseg_d2.evaluation.submission_check.validate_submission`. Exit status 0 means the
+submission is valid, 2 that it has violations or a file is unreadable.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import sys
 
 from cellseg_d2.data.id_map import load_id_map
 from cellseg_d2.errors import CellDataError
-from cellseg_d2.evaluation.submission import format_report, read_submission, validate_submission
+from cellseg_d2.evaluation.submission_check import format_report, validate_submission
+from cellseg_d2.evaluation.submission_read import read_submission
 from cellseg_d2.utils.cli import add_class_names_argument
 
 

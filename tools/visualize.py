@@ -33,11 +33,9 @@ from detectron2.config import CfgNode
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
 from cellseg_d2.data.id_map import load_id_map
 from cellseg_d2.errors import CellSegError
-from cellseg_d2.evaluation.submission import (
-    group_by_image,
-    read_submission,
-    require_valid_submission,
-)
+from cellseg_d2.evaluation.submission import group_by_image
+from cellseg_d2.evaluation.submission_check import require_valid_submission
+from cellseg_d2.evaluation.submission_read import read_submission
 from cellseg_d2.inference.figures import STYLES
 from cellseg_d2.inference.predict import build_predict_config, predict_folder
 from cellseg_d2.inference.predictor import CellPredictor

@@ -95,9 +95,7 @@ def inference_figures(
     if cfg.MODEL.DEVICE.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     predictor = CellPredictor(cfg)
-    # NOTE: CellPredictor offers no public name for its network input yet (its owner is asked
-    # to make ``_model_input`` public); this is the one private read left in the benchmark.
-    inputs = [predictor._model_input(read_image(image_dir / e["file_name"])) for e in entries]
+    inputs = [predictor.model_input(read_image(image_dir / e["file_name"])) for e in entries]
     rounds_s = _timed_rounds(predictor, inputs, image_dir, entries, rounds)
     rss_once = rss_mib("VmRSS")
     for _ in range(2):  # memory must not grow with the number of images predicted

@@ -20,9 +20,9 @@ from cellseg_d2.benchmark.machine import reset_peak_rss, rss_mib
 from cellseg_d2.data.io import write_tiff
 from cellseg_d2.data.rle import decode_rle, label_image_to_instances
 from cellseg_d2.data.synthetic import synthesize_image
+from cellseg_d2.inference.detections import Detection
 from cellseg_d2.inference.export import EXPORT_FORMATS
 from cellseg_d2.inference.predict import predict_to_files
-from cellseg_d2.inference.predictor import Detection
 
 __all__ = ["FixedDetector", "measure_stream_memory"]
 

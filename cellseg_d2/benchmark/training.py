@@ -23,7 +23,7 @@ from detectron2.engine import DefaultTrainer
 from detectron2.utils.events import EventStorage
 
 from cellseg_d2.benchmark.machine import cuda_sync, reset_peak_rss, rss_mib
-from cellseg_d2.data.convert import load_cell_train_dicts
+from cellseg_d2.data.dataset_dicts import load_cell_train_dicts
 from cellseg_d2.data.mapper import CellDatasetMapper
 from cellseg_d2.engine.trainer import CellTrainer
 from cellseg_d2.utils.layout import TRAIN_DIR

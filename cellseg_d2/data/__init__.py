@@ -4,14 +4,10 @@ Importing this package registers nothing; call :func:`register_cell_datasets` (o
 :func:`register_cell_datasets_from_config`) where the datasets are needed.
 """
 
-from cellseg_d2.data.convert import (
-    load_cell_test_dicts,
-    load_cell_train_dicts,
-    load_test_coco,
-    load_train_coco,
-    prepare_cell_dataset,
-)
+from cellseg_d2.data.convert import load_test_coco, load_train_coco
+from cellseg_d2.data.dataset_dicts import load_cell_test_dicts, load_cell_train_dicts
 from cellseg_d2.data.io import read_image, read_instance_mask, write_tiff
+from cellseg_d2.data.prepare import prepare_cell_dataset
 from cellseg_d2.data.register import register_cell_datasets, register_cell_datasets_from_config
 from cellseg_d2.data.rle import decode_rle, encode_mask, label_image_to_instances
 from cellseg_d2.data.splits import split_of, write_coco_subset

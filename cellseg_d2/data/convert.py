@@ -1,4 +1,8 @@
-"""Dataset folder -> detectron2 dataset dicts, through a COCO-JSON cache.
+"""Dataset folder -> COCO JSON cache: the conversion of masks into RLE annotations.
+
+The detectron2 dataset dicts are made from these COCO dicts in
+:mod:`cellseg_d2.data.dataset_dicts`; the validation run and report of ``prepare_dataset`` are in
+:mod:`cellseg_d2.data.prepare`.
 
 Decoding hundreds of TIFFs and encoding tens of thousands of masks takes seconds to minutes, so
 the result is cached under ``<root>/.cellseg_cache/`` (:data:`CACHE_DIR`, a hidden folder the
@@ -32,10 +36,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
 from pathlib import Path
-
-from detectron2.structures import BoxMode
 
 from cellseg_d2.data.cache import fingerprint, read_cache, write_cache
 from cellseg_d2.data.limits import (
@@ -50,7 +51,6 @@ from cellseg_d2.data.validate import (
     DEFAULT_MIN_IMAGE_SIZE,
     DatasetFiles,
     TrainFolder,
-    raise_if_strict,
     read_test_images,
     read_train_sample,
     scan_dataset,
@@ -69,52 +69,27 @@ from cellseg_d2.utils.layout import (
 __all__ = [
     "CONVERSION_VERSION",
     "CONVERT_WORKERS_ENV",
-    "DatasetSummary",
+    "TEST_JSON_NAME",
+    "TRAIN_JSON_NAME",
+    "cached_test_coco",
+    "cached_train_coco",
     "check_has_instances",
-    "coco_to_test_dicts",
-    "coco_to_train_dicts",
-    "format_summary",
-    "load_cell_test_dicts",
-    "load_cell_train_dicts",
+    "convert_workers",
     "load_test_coco",
     "load_train_coco",
-    "prepare_cell_dataset",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: Bump whenever the cache content changes for the same inputs; old caches are then rebuilt.
 CONVERSION_VERSION = 2
-#: The project's cache folder under a dataset root (hidden, so scanning ignores it).
+#: File names of the two caches inside :data:`~cellseg_d2.utils.layout.CACHE_DIR`.
 TRAIN_JSON_NAME = "instances_train.json"
 TEST_JSON_NAME = "test_images.json"
 #: Environment variable: number of conversion worker processes (default 2; 1 = no pool).
 CONVERT_WORKERS_ENV = "CELLSEG_CONVERT_WORKERS"
 _DEFAULT_WORKERS = 2
 _POOL_MIN_IMAGES = 8  # below this, starting worker processes costs more than it saves
-
-
-@dataclass
-class DatasetSummary:
-    """What :func:`prepare_cell_dataset` found, for the tool's report.
-
-    Attributes:
-        train_images: number of training images.
-        empty_images: folder names of training images without any kept instance.
-        instances_per_class: ``{class name: n}`` over all training images, in class order.
-        dropped_small: instances dropped for having fewer than ``min_area`` pixels.
-        test_images: number of test images, or None without a test set.
-        warnings: the layout warnings of :func:`~cellseg_d2.data.validate.scan_dataset`.
-        cache_files: the COCO JSON files the loaders read.
-    """
-
-    train_images: int = 0
-    empty_images: list[str] = field(default_factory=list)
-    instances_per_class: dict[str, int] = field(default_factory=dict)
-    dropped_small: int = 0
-    test_images: int | None = None
-    warnings: list[str] = field(default_factory=list)
-    cache_files: list[Path] = field(default_factory=list)
 
 
 def _train_key(files: DatasetFiles, min_area: int, class_names: Sequence[str]) -> dict:
@@ -182,6 +157,9 @@ def _convert_folder(job: tuple[TrainFolder, int, int, int]) -> tuple[dict, list[
 
 def convert_workers() -> int:
     """Number of conversion worker processes: ``$CELLSEG_CONVERT_WORKERS``, default 2.
+
+    Why an environment variable: the conversion runs inside registration, which every tool
+    reaches, so one variable sets it for all of them (1 turns the pool off where memory is short).
 
     Raises:
         CellDataError: the variable is not an integer >= 1.
@@ -257,17 +235,31 @@ def _build_train_coco(files: DatasetFiles, key: dict, min_size: int, max_instanc
     return {"info": info, "images": images, "annotations": annotations, "categories": categories}
 
 
-def _load_train_coco(
+def cached_train_coco(
     files: DatasetFiles,
     min_area: int,
     min_size: int,
     class_names: Sequence[str],
     max_instances: int = DEFAULT_MAX_INSTANCES_PER_IMAGE,
 ) -> tuple[dict, Path]:
-    """The training COCO dict of scanned ``files``, from the cache or freshly converted.
+    """The training COCO dict of scanned ``files``, from the cache or freshly converted, and the
+    cache file's path.
+
+    Why apart from :func:`load_train_coco`: ``prepare_dataset`` scans the root once and needs the
+    path for its report; this is the step after the scan.
 
     The instance cap is checked on the masks when converting, and on the cached instances when
     the cache is read (it may have been built under a larger cap).
+
+    Args:
+        files: the result of :func:`~cellseg_d2.data.validate.scan_dataset`.
+        min_area, min_size, class_names, max_instances: see :func:`load_train_coco`.
+
+    Returns:
+        ``(coco dict, path of <root>/.cellseg_cache/instances_train.json)``.
+
+    Raises:
+        CellDataError: no training images, any problem with the data, or no image holds a cell.
     """
     max_instances = check_max_instances(max_instances)
     if min_area < 0:
@@ -331,13 +323,18 @@ def load_train_coco(
     """
     class_names = check_class_names(class_names)
     files = scan_dataset(root, class_names)
-    return _load_train_coco(files, min_area, min_size, class_names, max_instances)[0]
+    return cached_train_coco(files, min_area, min_size, class_names, max_instances)[0]
 
 
-def _load_test_coco(
+def cached_test_coco(
     files: DatasetFiles, min_size: int, class_names: Sequence[str]
 ) -> tuple[dict, Path]:
-    """The test COCO dict (images only) of scanned ``files``, cached like the training one."""
+    """The test COCO dict (images only) of scanned ``files``, cached like the training one, and
+    the cache file's path (see :func:`cached_train_coco` for why apart from the loader).
+
+    Raises:
+        CellDataError: no test set (folder or id map missing), or an id-map or image problem.
+    """
     if files.test_images is None or files.id_map is None:
         raise CellDataError(f"{files.root / TEST_DIR}: no test set (folder or id map missing)")
     path = files.root / CACHE_DIR / TEST_JSON_NAME
@@ -368,6 +365,9 @@ def load_test_coco(
 ) -> dict:
     """The test images as a COCO dict without ``annotations``, ids from the id map.
 
+    Why: the test split's ``json_file`` for detectron2's COCOEvaluator, which then only saves
+    predictions; the ids are the ones a submission must use.
+
     Args:
         root: dataset root holding ``test_release/`` and ``test_image_name_to_ids.json``.
         min_size: smallest accepted image side in pixels.
@@ -377,171 +377,4 @@ def load_test_coco(
         CellDataError: no test set, or an id-map or image problem, naming the file.
     """
     class_names = check_class_names(class_names)
-    return _load_test_coco(scan_dataset(root, class_names), min_size, class_names)[0]
-
-
-def coco_to_train_dicts(coco: dict, root: str | os.PathLike) -> list[dict]:
-    """Turn a training COCO dict into detectron2 dataset dicts (no file access).
-
-    Each dict has ``file_name`` (absolute), ``image_id`` (the COCO int id, which COCOEvaluator
-    matches against ``json_file``), ``height``, ``width``, ``folder`` and ``annotations`` with
-    ``bbox`` (XYWH_ABS), ``bbox_mode``, 0-based ``category_id``, ``segmentation`` (compressed RLE,
-    str counts), ``iscrowd`` and ``area``.
-
-    NOTE: the RLE dicts are shared with ``coco``, not copied; detectron2's mapper deep-copies
-    each dataset dict before changing it.
-    """
-    root = os.path.abspath(root)
-    per_image: dict[int, list[dict]] = {image["id"]: [] for image in coco["images"]}
-    for annotation in coco["annotations"]:
-        per_image[annotation["image_id"]].append(
-            {
-                "bbox": annotation["bbox"],
-                "bbox_mode": BoxMode.XYWH_ABS,
-                "category_id": annotation["category_id"] - 1,
-                "segmentation": annotation["segmentation"],
-                "iscrowd": annotation["iscrowd"],
-                "area": annotation["area"],
-            }
-        )
-    return [
-        {
-            "file_name": os.path.join(root, image["file_name"]),
-            "image_id": image["id"],
-            "height": image["height"],
-            "width": image["width"],
-            "folder": image["folder"],
-            "annotations": per_image[image["id"]],
-        }
-        for image in coco["images"]
-    ]
-
-
-def coco_to_test_dicts(coco: dict, root: str | os.PathLike) -> list[dict]:
-    """Turn the test COCO dict into detectron2 dataset dicts without annotations.
-
-    ``image_id`` is the id-map id, the one a submission must use.
-    """
-    root = os.path.abspath(root)
-    return [
-        {
-            "file_name": os.path.join(root, image["file_name"]),
-            "image_id": image["id"],
-            "height": image["height"],
-            "width": image["width"],
-        }
-        for image in coco["images"]
-    ]
-
-
-def load_cell_train_dicts(
-    root: str | os.PathLike,
-    min_area: int = 4,
-    min_size: int = DEFAULT_MIN_IMAGE_SIZE,
-    class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
-    max_instances: int = DEFAULT_MAX_INSTANCES_PER_IMAGE,
-) -> list[dict]:
-    """Load all training images of a dataset root as detectron2 dataset dicts.
-
-    The first call converts the folder (a few seconds per hundred images, on two processes) and
-    writes the cache; later calls read the cache (well under a second) unless a source file,
-    ``min_area`` or :data:`CONVERSION_VERSION` changed. The dicts hold paths and RLE, never
-    pixels, so they are cheap to pickle into data-loader workers.
-
-    Args:
-        root: dataset root holding ``train/<id>/image.tif`` and ``class1..N.tif``.
-        min_area: instances with fewer pixels are dropped; the count is logged.
-        min_size: smallest accepted image side in pixels.
-        class_names: name K is the class of ``classK.tif``.
-        max_instances: most instance ids per image (``DATASETS.MAX_INSTANCES_PER_IMAGE``).
-
-    Returns:
-        One dict per training image in folder-name order; see :func:`coco_to_train_dicts`.
-
-    Raises:
-        CellDataError: any problem with the data, naming the file.
-    """
-    coco = load_train_coco(root, min_area, min_size, class_names, max_instances)
-    return coco_to_train_dicts(coco, root)
-
-
-def load_cell_test_dicts(
-    root: str | os.PathLike,
-    min_size: int = DEFAULT_MIN_IMAGE_SIZE,
-    class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
-) -> list[dict]:
-    """Load the test images as detectron2 dataset dicts whose ``image_id`` is the id-map id.
-
-    Raises:
-        CellDataError: no test set, or an id-map or image problem, naming the file.
-    """
-    return coco_to_test_dicts(load_test_coco(root, min_size, class_names), root)
-
-
-def prepare_cell_dataset(
-    root: str | os.PathLike,
-    min_area: int = 4,
-    min_size: int = DEFAULT_MIN_IMAGE_SIZE,
-    strict: bool = False,
-    class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
-    max_instances: int = DEFAULT_MAX_INSTANCES_PER_IMAGE,
-) -> DatasetSummary:
-    """Validate a dataset root and build (or confirm) its caches; the work of prepare_dataset.
-
-    Every pixel is checked as the cache is built; a fresh cache means the same files passed
-    before, so they are not decoded again.
-
-    Args:
-        root: dataset root.
-        min_area: instances with fewer pixels are dropped.
-        min_size: smallest accepted image side in pixels.
-        strict: treat layout warnings (e.g. an image without masks) as errors.
-        class_names: name K is the class of ``classK.tif``.
-        max_instances: most instance ids per image, all masks together (see
-            :func:`~cellseg_d2.data.limits.check_instance_count`).
-
-    Returns:
-        Counts and warnings for the report.
-
-    Raises:
-        CellDataError: bad data (naming the file), or any warning when ``strict``.
-    """
-    class_names = check_class_names(class_names)
-    files = scan_dataset(root, class_names)
-    raise_if_strict(files.warnings, strict)
-    summary = DatasetSummary(warnings=list(files.warnings))
-    if files.train:
-        coco, path = _load_train_coco(files, min_area, min_size, class_names, max_instances)
-        summary.cache_files.append(path)
-        summary.train_images = len(coco["images"])
-        counts = dict.fromkeys((c["id"] for c in coco["categories"]), 0)
-        annotated = set()
-        for annotation in coco["annotations"]:
-            counts[annotation["category_id"]] += 1
-            annotated.add(annotation["image_id"])
-        names = {c["id"]: c["name"] for c in coco["categories"]}
-        summary.instances_per_class = {names[k]: n for k, n in counts.items()}
-        summary.empty_images = [i["folder"] for i in coco["images"] if i["id"] not in annotated]
-        summary.dropped_small = coco["info"]["cellseg"]["dropped_small"]
-    if files.test_images is not None:
-        coco, path = _load_test_coco(files, min_size, class_names)
-        summary.cache_files.append(path)
-        summary.test_images = len(coco["images"])
-    return summary
-
-
-def format_summary(summary: DatasetSummary) -> str:
-    """A short human-readable report of :func:`prepare_cell_dataset`'s result."""
-    lines = [
-        f"training images:   {summary.train_images}",
-        f"  without cells:   {len(summary.empty_images)}",
-        f"  instances:       {sum(summary.instances_per_class.values())}",
-    ]
-    lines += [f"    {name}:{count:>14}" for name, count in summary.instances_per_class.items()]
-    lines.append(f"  dropped (small): {summary.dropped_small}")
-    test = "none" if summary.test_images is None else str(summary.test_images)
-    lines.append(f"test images:       {test}")
-    lines.append(f"warnings:          {len(summary.warnings)}")
-    lines += [f"  {warning}" for warning in summary.warnings]
-    lines += [f"cache: {path}" for path in summary.cache_files]
-    return "\n".join(lines)
+    return cached_test_coco(scan_dataset(root, class_names), min_size, class_names)[0]

@@ -33,11 +33,10 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from cellseg_d2.data.convert import (
     TEST_JSON_NAME,
     TRAIN_JSON_NAME,
-    coco_to_test_dicts,
-    coco_to_train_dicts,
     load_test_coco,
     load_train_coco,
 )
+from cellseg_d2.data.dataset_dicts import coco_to_test_dicts, coco_to_train_dicts
 from cellseg_d2.data.limits import DEFAULT_MAX_INSTANCES_PER_IMAGE, check_max_instances
 from cellseg_d2.data.splits import (
     assign_splits,
@@ -220,6 +219,7 @@ def register_cell_datasets(
             class names; any problem with the data (naming the file), or no training image
             holds a cell. Nothing is registered then.
     """
+    # Long for its docstring: the code is one short pass (check, convert, register).
     class_names = check_class_names(class_names)
     max_instances = check_max_instances(max_instances)
     num_folds = num_folds or None

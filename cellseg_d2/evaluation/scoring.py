@@ -239,7 +239,7 @@ def evaluate_submission(gt_coco: dict, results: list[dict]) -> dict[str, dict[st
     Args:
         gt_coco: from :func:`load_ground_truth_coco`.
         results: detections in submission format, e.g. checked by
-            :func:`~cellseg_d2.evaluation.submission.validate_submission`.
+            :func:`~cellseg_d2.evaluation.submission_check.validate_submission`.
 
     Returns:
         ``{"segm": {...}, "bbox": {...}}``, each with ``AP``, ``AP50``, ``AP75`` (mean over the

@@ -103,7 +103,7 @@ def read_submission(
 
     Returns:
         The results list as stored; its entries are checked by
-        :func:`~cellseg_d2.evaluation.submission.validate_submission`.
+        :func:`~cellseg_d2.evaluation.submission_check.validate_submission`.
 
     Raises:
         CellDataError: naming ``path`` when it is missing, larger than a limit (the message
@@ -111,6 +111,7 @@ def read_submission(
             absurdly long numbers), a zip without ``test-results.json``, or when its top level
             is not a list.
     """
+    # Long for its docstring: the bounds are checked in order, each before its step.
     path = Path(path)
     if not path.is_file():
         raise CellDataError(f"{path}: file not found")

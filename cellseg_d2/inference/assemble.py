@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import TextIO
 
 from cellseg_d2.errors import CellDataError
-from cellseg_d2.evaluation.submission import RESULTS_FILE_NAME, write_submission_parts
+from cellseg_d2.evaluation.submission import write_submission_parts
+from cellseg_d2.evaluation.submission_read import RESULTS_FILE_NAME
 from cellseg_d2.inference.export import CSV_COLUMNS
 from cellseg_d2.inference.outputs import CSV_FILE_NAME, staging_path
 from cellseg_d2.inference.shards import PredictionShards
@@ -52,6 +53,7 @@ def iter_json_list(stream: TextIO, source: str) -> Iterator[object]:
         CellDataError: naming ``source``: not a JSON list, malformed, trailing data, or an item
             longer than :data:`MAX_RESULT_CHARS`.
     """
+    # One piece on purpose: a small streaming parser whose helpers share the buffer state.
     decoder = json.JSONDecoder()
     buffer, pos, eof = "", 0, False
 

@@ -1,20 +1,26 @@
 """Detections as crops, mask pasting and tile merging, with torch and numpy only (no detectron2).
 
-Why this module exists: an exported model (:mod:`cellseg_d2.inference.exported`) must run where
-detectron2 is not installed, yet give the same detections as the eager
-:class:`~cellseg_d2.inference.predictor.CellPredictor`. Everything after the network that the
-eager path does (box rescaling, the mask paste, tight crops, tiling and the merge of tiles) is
-here without a detectron2 import.
+The one home of everything after the network that both predictors share: box rescaling, the
+mask paste, tight crops, tiling and the merge of tiles. The eager
+:class:`~cellseg_d2.inference.predictor.CellPredictor` and the exported model's
+:class:`~cellseg_d2.inference.exported.ExportedPredictor` both import it, so they give the same
+detections by construction.
 
-NOTE: ``inference/predictor.py`` still holds its own copies of :class:`Detection`,
-:func:`paste_masks_in_boxes`, :func:`tile_windows` and :func:`merge_tile_detections`;
-``tests/test_exported.py`` checks that both give identical results. The copies there should
-become imports from here (one definition), which is a change to predictor.py only.
+Why without detectron2: an exported model must run where detectron2 is not installed
+(``tests/inference/test_model_export.py`` runs the exported runtime in such a process).
+
+Speed is won around the model, so predictions never become full-size masks: each detection's
+28x28 mask is pasted only into its own box (the values detectron2's paste computes, for many
+boxes per call), thresholded there, trimmed to its tight extent and kept as a small crop.
+
+Images larger than ``TEST.TILING.MAX_SIZE`` run as overlapping tiles: a detection touching a tile
+edge inside the image is a cell cut by the tile and is dropped (the neighbouring tile, overlapping
+by more than a cell, holds it whole); cells whole in two tiles are merged by NMS.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,11 +28,15 @@ import torch
 from torchvision.ops import box_iou
 
 __all__ = [
+    "PASTE_CHUNK",
+    "TILE_MERGE_IOU",
     "Detection",
     "merge_tile_detections",
     "paste_masks_in_boxes",
+    "predict_in_tiles",
     "raw_outputs_to_detections",
     "tile_windows",
+    "trim_detection",
 ]
 
 #: IoU above which two whole detections from different tiles are the same cell.
@@ -58,10 +68,17 @@ class Detection:
         return self.left, self.top, self.left + self.mask.shape[1], self.top + self.mask.shape[0]
 
 
-def _detection(
+def trim_detection(
     category: int, score: float, top: int, left: int, mask: np.ndarray
 ) -> Detection | None:
-    """A :class:`Detection` trimmed to its mask's tight box; None for an empty mask."""
+    """A :class:`Detection` trimmed to its mask's tight box; None for an empty mask.
+
+    Why: a detection is stored as its tight crop (its box is the mask's box, as a submission
+    needs), and a mask left without a pixel by the threshold is no cell at all.
+
+    NOTE: the same trim as :func:`cellseg_d2.data.rle.tight_crop`, which this module cannot
+    import: importing ``cellseg_d2.data`` loads detectron2.
+    """
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
         return None
@@ -75,9 +92,10 @@ def paste_masks_in_boxes(
 ) -> list[tuple[int, int, np.ndarray]]:
     """Paste N mask probability maps into their boxes and binarise, without full-size masks.
 
-    Computes what detectron2's ``paste_masks_in_image`` computes on CPU (the same grid,
-    ``grid_sample`` and region: the box rounded out by one pixel, clipped to the image), for a
-    chunk of similar-sized boxes per call, and returns each mask as a crop.
+    Computes exactly what detectron2's ``paste_masks_in_image`` computes on CPU (the same grid,
+    ``grid_sample`` and region: the box rounded out by one pixel, clipped to the image), but for
+    a chunk of similar-sized boxes in one call instead of one call per box, and returns each
+    mask as a crop.
 
     Args:
         masks: N x M x M probabilities.
@@ -165,7 +183,7 @@ def raw_outputs_to_detections(
     masks = (masks[:, 0] if masks.dim() == 4 else masks)[valid]
     pasted = paste_masks_in_boxes(masks, boxes[valid], height, width, mask_threshold)
     kept = zip(classes.cpu()[valid].tolist(), scores.cpu()[valid].tolist(), pasted)
-    detections = [_detection(c, s, top, left, binary) for c, s, (top, left, binary) in kept]
+    detections = [trim_detection(c, s, top, left, binary) for c, s, (top, left, binary) in kept]
     return [d for d in detections if d is not None]
 
 
@@ -191,6 +209,38 @@ def tile_windows(
         for top in starts(height)
         for left in starts(width)
     ]
+
+
+def predict_in_tiles(
+    image: np.ndarray,
+    tile_size: int,
+    overlap: int,
+    batch_size: int,
+    predict: Callable[[list[np.ndarray]], list[list[Detection]]],
+) -> list[Detection]:
+    """Predict a large image tile by tile and merge the tiles' detections into the image's.
+
+    Why one function: the eager and the exported predictor must tile alike to give the same
+    cells; each passes its own ``predict`` (a batch of HxWx3 crops in, detections in crop
+    pixels per crop out).
+
+    Args:
+        image: HxWx3 image.
+        tile_size, overlap: the windows of :func:`tile_windows`.
+        batch_size: tiles per ``predict`` call.
+        predict: the model call on a list of tiles.
+
+    Returns:
+        The image's detections, see :func:`merge_tile_detections`.
+    """
+    height, width = image.shape[:2]
+    windows = tile_windows(height, width, tile_size, overlap)
+    per_tile = []
+    for start in range(0, len(windows), batch_size):
+        batch = windows[start : start + batch_size]
+        crops = [image[top:bottom, left:right] for top, left, bottom, right in batch]
+        per_tile.extend(zip(batch, predict(crops)))
+    return merge_tile_detections(per_tile, height, width)
 
 
 def merge_tile_detections(
@@ -224,7 +274,9 @@ def merge_tile_detections(
                 tile_of.append(tile)
     if len(kept) < 2:
         return kept
-    # Greedy by score; within a tile the model's own NMS already decided (see predictor.py).
+    # Greedy, by score: a kept detection removes its best-matching copy (IoU above the
+    # threshold) from each *other* tile. Within a tile the model's own NMS already decided
+    # which overlapping cells to keep, and a copy stands for one cell, not for its neighbours.
     matches = _tile_overlap_matches(kept, tile_of, [window for window, _ in tiles])
     removed = [False] * len(kept)
     result = []
@@ -248,8 +300,14 @@ def _tile_overlap_matches(
     windows: Sequence[tuple[int, int, int, int]],
 ) -> dict[int, list[tuple[float, int]]]:
     """``{i: [(IoU, j), ...]}`` for detections of different tiles with box IoU above
-    :data:`TILE_MERGE_IOU`, comparing only boxes that reach into the overlap of two windows
-    (memory grows with the cells along tile seams, not with the square of all cells)."""
+    :data:`TILE_MERGE_IOU`, comparing only what can overlap.
+
+    Why not one IoU matrix over every detection: a 20k x 20k image holds hundreds of thousands
+    of cells (a dense matrix of ~40 GB). A detection lies inside its own tile's window, so it
+    can only match a detection of a tile whose window overlaps its own, and only if its box
+    reaches into that window. Each pair of overlapping windows therefore compares the boxes of
+    its overlap zone only: memory and time grow with the cells along tile seams.
+    """
     boxes = np.array([d.box for d in detections], dtype=np.float32).reshape(-1, 4)
     tile_ids = np.asarray(tile_of)
     win = np.array(windows, dtype=np.float32).reshape(-1, 4)  # top, left, bottom, right

@@ -2,7 +2,7 @@
 
 People who segment cells for a living open results in napari, Fiji, Cellpose or QuPath and
 measure cells in tables; those tools speak label images and GeoJSON, not COCO RLE. Each writer
-here takes one image's :class:`~cellseg_d2.inference.predictor.Detection` list (tight mask crops)
+here takes one image's :class:`~cellseg_d2.inference.detections.Detection` list (tight mask crops)
 and writes its file atomically, so a prediction run can stream folder after folder without ever
 holding more than one image's results.
 
@@ -33,7 +33,7 @@ import numpy as np
 from skimage import measure
 
 from cellseg_d2.data.io import write_tiff
-from cellseg_d2.inference.predictor import Detection
+from cellseg_d2.inference.detections import Detection
 from cellseg_d2.utils.files import atomic_write
 from cellseg_d2.utils.layout import class_color, class_name
 
@@ -315,25 +315,35 @@ def cell_table_rows(
     writer = csv.writer(buffer, lineterminator="\n")
     for row in range(len(table["label"])):
         det = labels.kept[int(table["label"][row]) - 1]
-        writer.writerow(
-            [
-                spreadsheet_safe(image_name),
-                image_id,
-                int(table["label"][row]),
-                det.category + 1,
-                spreadsheet_safe(class_name(det.category, class_names)),
-                f"{det.score:.6g}",
-                int(table["area"][row]),
-                f"{table['centroid-1'][row]:.6g}",
-                f"{table['centroid-0'][row]:.6g}",
-                int(table["bbox-1"][row]),
-                int(table["bbox-0"][row]),
-                int(table["bbox-3"][row]),
-                int(table["bbox-2"][row]),
-                f"{table['perimeter'][row]:.6g}",
-                f"{table['eccentricity'][row]:.6g}",
-                f"{table['solidity'][row]:.6g}",
-                *(f"{table[f'intensity_mean-{c}'][row]:.6g}" for c in range(3)),
-            ]
-        )
+        writer.writerow(_table_row(table, row, det, image_name, image_id, class_names))
     return buffer.getvalue()
+
+
+def _table_row(
+    table: dict[str, np.ndarray],
+    row: int,
+    det: Detection,
+    image_name: str,
+    image_id: int,
+    class_names: Sequence[str],
+) -> list[object]:
+    """The :data:`CSV_COLUMNS` values of one cell: row ``row`` of the regionprops table."""
+    return [
+        spreadsheet_safe(image_name),
+        image_id,
+        int(table["label"][row]),
+        det.category + 1,
+        spreadsheet_safe(class_name(det.category, class_names)),
+        f"{det.score:.6g}",
+        int(table["area"][row]),
+        f"{table['centroid-1'][row]:.6g}",
+        f"{table['centroid-0'][row]:.6g}",
+        int(table["bbox-1"][row]),
+        int(table["bbox-0"][row]),
+        int(table["bbox-3"][row]),
+        int(table["bbox-2"][row]),
+        f"{table['perimeter'][row]:.6g}",
+        f"{table['eccentricity'][row]:.6g}",
+        f"{table['solidity'][row]:.6g}",
+        *(f"{table[f'intensity_mean-{c}'][row]:.6g}" for c in range(3)),
+    ]

@@ -20,13 +20,12 @@ The graph stops before the paste (it returns masks per box, not masks in the ima
 detectron2's ``ResizeShortestEdge`` (PIL bilinear for uint8), run, rescale boxes, paste masks
 (:func:`~cellseg_d2.inference.detections.raw_outputs_to_detections`), tile large images.
 
-NOTE: nothing here imports detectron2; ``tests/test_exported.py`` runs this module in a process
-where importing detectron2 fails.
+NOTE: nothing here imports detectron2; ``tests/inference/test_model_export.py`` runs this module
+in a process where importing detectron2 fails.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -41,10 +40,10 @@ from PIL import Image
 from cellseg_d2.errors import CellSegError
 from cellseg_d2.inference.detections import (
     Detection,
-    merge_tile_detections,
+    predict_in_tiles,
     raw_outputs_to_detections,
-    tile_windows,
 )
+from cellseg_d2.utils.files import sha256_file
 
 __all__ = [
     "EMBEDDED_KEY",
@@ -54,7 +53,6 @@ __all__ = [
     "OUTPUT_NAMES",
     "ExportedModelError",
     "ExportedPredictor",
-    "file_sha256",
     "read_metadata",
     "resize_image",
     "resized_shape",
@@ -82,15 +80,6 @@ class ExportedModelError(CellSegError):
     """An exported model folder that cannot be used: missing or unreadable metadata, an unknown
     format version, a model file that is missing, truncated or from another export, or class
     names that do not match the model. The message names the file."""
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in chunks (model files are large)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_metadata(model_dir: str | os.PathLike) -> dict[str, Any]:
@@ -187,7 +176,7 @@ def _check_model_file(model_dir: Path, meta: dict[str, Any]) -> Path:
     path = model_dir / str(meta["model_file"])
     if path.name != str(meta["model_file"]) or not path.is_file():
         raise ExportedModelError(f"{path}: model file named in {METADATA_FILE} not found")
-    if file_sha256(path) != meta["model_sha256"]:
+    if sha256_file(path) != meta["model_sha256"]:
         raise ExportedModelError(
             f"{path}: does not match {model_dir / METADATA_FILE} (sha256 differs): the file is "
             "truncated, modified or from another export; copy the whole folder again"
@@ -260,6 +249,18 @@ class _OnnxRunner:
         return tuple(torch.from_numpy(np.asarray(out)) for out in outputs)
 
 
+def _tiling(model_dir: Path, meta: dict[str, Any]) -> tuple[int, int, int]:
+    """``(max_size, tile_size, overlap)`` of the metadata's ``tiling`` (max_size 0: no tiling)."""
+    tiling = meta.get("tiling", {})
+    above, size, overlap = (int(tiling.get(k, 0)) for k in ("max_size", "tile_size", "overlap"))
+    if above > 0 and not 0 <= overlap < size:
+        raise ExportedModelError(
+            f"{model_dir / METADATA_FILE}: tiling.overlap must be at least 0 and smaller than "
+            "tiling.tile_size"
+        )
+    return above, size, overlap
+
+
 class ExportedPredictor:
     """Predict cells with an exported model folder: a drop-in for ``CellPredictor``.
 
@@ -317,17 +318,7 @@ class ExportedPredictor:
         self.detection_cap = int(meta.get("detections_per_image", 0))
         self.images_at_detection_cap = 0
         self.batch_size = 1
-        tiling = meta.get("tiling", {})
-        self.tile_above = int(tiling.get("max_size", 0))
-        self.tile_size, self.tile_overlap = (
-            int(tiling.get("tile_size", 0)),
-            int(tiling.get("overlap", 0)),
-        )
-        if self.tile_above > 0 and not 0 <= self.tile_overlap < self.tile_size:
-            raise ExportedModelError(
-                f"{self.model_dir / METADATA_FILE}: tiling.overlap must be at least 0 and "
-                "smaller than tiling.tile_size"
-            )
+        self.tile_above, self.tile_size, self.tile_overlap = _tiling(self.model_dir, meta)
         self._inputs_at_cap = 0
 
     def raw_outputs(self, image: np.ndarray) -> tuple[tuple[torch.Tensor, ...], tuple[int, int]]:
@@ -340,6 +331,7 @@ class ExportedPredictor:
         return self.runner(tensor), (new_h, new_w)
 
     def _predict_one(self, image: np.ndarray) -> list[Detection]:
+        """Detections of one untiled image, above the score threshold, in image pixels."""
         (boxes, classes, scores, masks), input_size = self.raw_outputs(image)
         self._inputs_at_cap += bool(self.detection_cap) and len(scores) >= self.detection_cap
         keep = scores >= self.score_threshold
@@ -351,6 +343,7 @@ class ExportedPredictor:
         )
 
     def _predict_batch(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
+        """One model call per image: the graph was traced for one image."""
         return [self._predict_one(image) for image in images]
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
@@ -359,13 +352,8 @@ class ExportedPredictor:
         for image in images:
             before = self._inputs_at_cap
             if self.tile_above > 0 and max(image.shape[:2]) > self.tile_above:
-                height, width = image.shape[:2]
-                windows = tile_windows(height, width, self.tile_size, self.tile_overlap)
-                per_tile = [
-                    (window, self._predict_one(image[window[0] : window[2], window[1] : window[3]]))
-                    for window in windows
-                ]
-                results.append(merge_tile_detections(per_tile, height, width))
+                tiles = (self.tile_size, self.tile_overlap, self.batch_size, self._predict_batch)
+                results.append(predict_in_tiles(image, *tiles))
             else:
                 results.append(self._predict_one(image))
             self.images_at_detection_cap += self._inputs_at_cap > before

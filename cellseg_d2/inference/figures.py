@@ -246,6 +246,7 @@ def render_comparison(
     Raises:
         ValueError: a mask whose size differs from the image's, or an unknown style.
     """
+    # Long for its docstring: the code is one short pass over the panels.
     if style not in STYLES:
         raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
     rgb = np.ascontiguousarray(image[:, :, ::-1])

@@ -34,7 +34,6 @@ from cellseg_d2.inference.exported import (
     OUTPUT_NAMES,
     ExportedModelError,
     ExportedPredictor,
-    file_sha256,
     resize_image,
     resized_shape,
 )
@@ -45,6 +44,7 @@ from cellseg_d2.modeling.export import (
     export_torchscript,
     raw_inference,
 )
+from cellseg_d2.utils.files import sha256_file
 from cellseg_d2.utils.layout import class_colors
 
 __all__ = [
@@ -190,6 +190,30 @@ def check_export_target(
     return opset
 
 
+def _write_model_file(
+    model: torch.nn.Module,
+    sample: torch.Tensor,
+    fmt: str,
+    path: Path,
+    opset: int | None,
+    embedded: str,
+) -> None:
+    """Trace ``model`` on ``sample`` into ``path`` as ``fmt``, with the ``embedded`` facts stored
+    inside the file (TorchScript extra file, ONNX metadata property)."""
+    if fmt == "torchscript":
+        export_torchscript(model, sample, path, extra_files={EMBEDDED_KEY: embedded})
+    else:
+        export_onnx(
+            model,
+            sample,
+            path,
+            opset=int(opset),
+            input_name=INPUT_NAME,
+            output_names=OUTPUT_NAMES,
+            metadata_props={EMBEDDED_KEY: embedded},
+        )
+
+
 def export_model_folder(
     cfg: CfgNode,
     model: torch.nn.Module,
@@ -218,6 +242,7 @@ def export_model_folder(
         ExportedModelError: unknown format, an opset too low, or ``output`` exists (without
             ``overwrite``) or is not a folder.
     """
+    # One piece: the temporary folder, its swap into place and its cleanup belong together.
     output = Path(output)
     opset = check_export_target(fmt, output, opset, overwrite)
     sample = sample_input(cfg) if sample is None else sample
@@ -238,19 +263,8 @@ def export_model_folder(
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
     try:
         model_path = work / MODEL_FILES[fmt]
-        if fmt == "torchscript":
-            export_torchscript(model, sample, model_path, extra_files={EMBEDDED_KEY: embedded})
-        else:
-            export_onnx(
-                model,
-                sample,
-                model_path,
-                opset=int(opset),
-                input_name=INPUT_NAME,
-                output_names=OUTPUT_NAMES,
-                metadata_props={EMBEDDED_KEY: embedded},
-            )
-        meta = build_metadata(cfg, fmt, file_sha256(model_path), opset, class_colors(num_classes))
+        _write_model_file(model, sample, fmt, model_path, opset, embedded)
+        meta = build_metadata(cfg, fmt, sha256_file(model_path), opset, class_colors(num_classes))
         (work / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         work.chmod(0o777 & ~_umask())
         old = None

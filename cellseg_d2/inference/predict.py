@@ -31,6 +31,7 @@ from cellseg_d2.data.register import check_num_classes
 from cellseg_d2.errors import CellDataError
 from cellseg_d2.evaluation.submission import encode_results
 from cellseg_d2.inference.assemble import assemble_outputs
+from cellseg_d2.inference.detections import Detection
 from cellseg_d2.inference.export import (
     cell_table_rows,
     detections_to_label_images,
@@ -39,7 +40,7 @@ from cellseg_d2.inference.export import (
     write_label_images,
 )
 from cellseg_d2.inference.outputs import claim_outputs, remove_stale_temps, run_files
-from cellseg_d2.inference.predictor import CellPredictor, Detection, detections_to_results
+from cellseg_d2.inference.predictor import CellPredictor, detections_to_results
 from cellseg_d2.inference.shards import PredictionShards, skipped_list_path, work_dir_for
 from cellseg_d2.utils.files import atomic_write
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cellseg_d2.benchmark.stream import FixedDetector, measure_stream_memory
-from cellseg_d2.inference.predictor import Detection
+from cellseg_d2.inference.detections import Detection
 from tests.conftest import REPO_ROOT, load_tool
 
 

@@ -1,10 +1,10 @@
-"""RLE helpers, dataset validation and conversion to detectron2 dicts with the COCO-JSON cache."""
+"""cellseg_d2.data.convert: the COCO-JSON cache (built, reused, rebuilt, never half-written),
+and the RLE helpers and dataset validation it relies on."""
 
 from __future__ import annotations
 
 import faulthandler
 import json
-import logging
 import os
 import runpy
 import shutil
@@ -15,77 +15,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from detectron2.structures import BoxMode
 from pycocotools import mask as mask_util
 
 from cellseg_d2.data import convert
-from cellseg_d2.data.convert import (
-    load_cell_test_dicts,
-    load_cell_train_dicts,
-    load_train_coco,
-    prepare_cell_dataset,
-)
+from cellseg_d2.data.convert import load_train_coco
+from cellseg_d2.data.dataset_dicts import load_cell_test_dicts, load_cell_train_dicts
 from cellseg_d2.data.io import read_instance_mask, write_tiff
+from cellseg_d2.data.prepare import prepare_cell_dataset
 from cellseg_d2.data.rle import decode_rle, encode_mask, label_image_to_instances
 from cellseg_d2.data.validate import TrainFolder, scan_dataset
 from cellseg_d2.errors import CellDataError
 from cellseg_d2.utils.layout import DEFAULT_CLASS_NAMES
+from tests.data.tiny_dataset import bump_mtime, labels_a, make_dataset, rgba_image
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 PREPARE_TOOL = REPO / "tools" / "prepare_dataset.py"
 
 
-# ---- fixtures -------------------------------------------------------------------------------
-
-
-def _image(height: int, width: int) -> np.ndarray:
-    """An RGBA uint8 image with constant alpha, like the real exports."""
-    rgba = np.full((height, width, 4), 255, np.uint8)
-    rgba[..., :3] = np.arange(height * width * 3, dtype=np.uint8).reshape(height, width, 3)
-    return rgba
-
-
-def _labels_a() -> dict[int, np.ndarray]:
-    """Masks of image ``a``: a box, a two-piece cell, a 2-px cell (dropped), ids across classes."""
-    class1 = np.zeros((20, 24), np.float64)
-    class1[2:6, 3:9] = 5  # 24 px box
-    class1[10:13, 1:4] = 9  # instance 9, piece one ...
-    class1[15:18, 18:22] = 9  # ... and piece two
-    class1[0, 22:24] = 2  # 2 px: below min_area=4
-    class3 = np.zeros((20, 24), np.float64)
-    class3[6:20, 10:12] = 11  # touches the bottom border
-    return {1: class1, 3: class3}
-
-
-def _make_dataset(root: Path) -> Path:
-    """A tiny dataset: train/a (3 masks' worth of cases), train/b (class2 only), two test images."""
-    write_tiff(root / "train" / "a" / "image.tif", _image(20, 24), compression="lzw")
-    for cls, labels in _labels_a().items():
-        write_tiff(root / "train" / "a" / f"class{cls}.tif", labels)
-    write_tiff(root / "train" / "b" / "image.tif", _image(18, 16), compression="lzw")
-    class2 = np.zeros((18, 16), np.float64)
-    class2[:, 0:2] = 40  # full-height column run
-    write_tiff(root / "train" / "b" / "class2.tif", class2)
-    write_tiff(root / "test_release" / "x.tif", _image(17, 19), compression="lzw")
-    write_tiff(root / "test_release" / "y.tif", _image(21, 16), compression="lzw")
-    id_map = [
-        {"file_name": "x.tif", "id": 7, "height": 17, "width": 19},
-        {"file_name": "y.tif", "id": 3, "height": 21, "width": 16},
-    ]
-    (root / "test_image_name_to_ids.json").write_text(json.dumps(id_map))
-    return root
-
-
 @pytest.fixture
 def dataset(tmp_path: Path) -> Path:
-    return _make_dataset(tmp_path / "cells")
-
-
-def _bump_mtime(path: Path) -> None:
-    """Move a file's mtime forward so a rewrite is visible even on coarse-clock file systems."""
-    stat = path.stat()
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
+    return make_dataset(tmp_path / "cells")
 
 
 # ---- RLE ------------------------------------------------------------------------------------
@@ -134,39 +84,6 @@ def test_encode_decode_round_trip_and_uncompressed_counts() -> None:
 # ---- conversion -----------------------------------------------------------------------------
 
 
-def test_round_trip_reproduces_the_masks(dataset: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="cellseg_d2.data.convert"):
-        dicts = load_cell_train_dicts(dataset, min_area=4)
-    assert "dropped 1 instance(s)" in caplog.text
-    assert [d["folder"] for d in dicts] == ["a", "b"]
-    first = dicts[0]
-    assert first["file_name"] == str((dataset / "train" / "a" / "image.tif").resolve())
-    assert (first["height"], first["width"], first["image_id"]) == (20, 24, 1)
-    expected = {
-        (cls - 1, int(i))
-        for cls, labels in _labels_a().items()
-        for i in np.unique(labels)
-        if i and (labels == i).sum() >= 4
-    }
-    assert {(a["category_id"], a["area"]) for a in first["annotations"]} == {
-        (cat, int((_labels_a()[cat + 1] == i).sum())) for cat, i in expected
-    }
-    for annotation in first["annotations"]:
-        assert annotation["bbox_mode"] == BoxMode.XYWH_ABS and annotation["iscrowd"] == 0
-        assert isinstance(annotation["segmentation"]["counts"], str)
-        mask = decode_rle(annotation["segmentation"])
-        labels = _labels_a()[annotation["category_id"] + 1]
-        (value,) = np.unique(labels[mask])
-        assert (mask == (labels == value)).all()  # exact, and one id = one instance
-        ys, xs = np.nonzero(mask)
-        x, y, w, h = annotation["bbox"]
-        assert (x, y, x + w - 1, y + h - 1) == (xs.min(), ys.min(), xs.max(), ys.max())
-    two_piece = [a for a in first["annotations"] if a["area"] == 9 + 12]
-    assert len(two_piece) == 1  # instance 9: two blobs, one annotation
-    (column,) = dicts[1]["annotations"]
-    assert column["category_id"] == 1 and column["bbox"] == [0, 0, 2, 18]
-
-
 def test_cache_content(dataset: Path) -> None:
     summary = prepare_cell_dataset(dataset)
     coco = json.loads((dataset / convert.CACHE_DIR / "instances_train.json").read_text())
@@ -198,15 +115,6 @@ def test_cache_content(dataset: Path) -> None:
     ]
 
 
-def test_test_dicts_carry_the_id_map_ids(dataset: Path) -> None:
-    dicts = load_cell_test_dicts(dataset)
-    assert [(d["image_id"], Path(d["file_name"]).name, d["height"]) for d in dicts] == [
-        (3, "y.tif", 21),
-        (7, "x.tif", 17),
-    ]
-    assert all("annotations" not in d and Path(d["file_name"]).is_file() for d in dicts)
-
-
 def test_cache_is_reused(dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = load_cell_train_dicts(dataset)
     cache = dataset / convert.CACHE_DIR / "instances_train.json"
@@ -226,7 +134,7 @@ def test_cache_is_rebuilt_when_a_mask_changes(dataset: Path) -> None:
     labels = read_instance_mask(mask_path).astype(np.float64)
     labels[10:14, 8:12] = 41
     write_tiff(mask_path, labels)
-    _bump_mtime(mask_path)
+    bump_mtime(mask_path)
     assert len(load_cell_train_dicts(dataset)[1]["annotations"]) == 2
 
 
@@ -334,12 +242,12 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], None], str, str]] = {
     "negative": (_set_mask_value(-3.0), "a/class1.tif", "negative"),
     "non-integer": (_set_mask_value(1.5), "a/class1.tif", "non-integer"),
     "tiny image": (
-        lambda r: write_tiff(r / "train" / "c" / "image.tif", _image(8, 40)),
+        lambda r: write_tiff(r / "train" / "c" / "image.tif", rgba_image(8, 40)),
         "c/image.tif",
         "minimum side",
     ),
     "id map misses a file": (
-        lambda r: write_tiff(r / "test_release" / "z.tif", _image(20, 20)),
+        lambda r: write_tiff(r / "test_release" / "z.tif", rgba_image(20, 20)),
         "test_release/z.tif",
         "missing from the id map",
     ),
@@ -397,7 +305,7 @@ def test_error_leaves_no_half_written_cache(dataset: Path) -> None:
     with pytest.raises(CellDataError):
         load_cell_train_dicts(dataset)
     assert not annotations.exists() or list(annotations.iterdir()) == []
-    write_tiff(dataset / "train" / "a" / "class1.tif", _labels_a()[1])
+    write_tiff(dataset / "train" / "a" / "class1.tif", labels_a()[1])
     load_cell_train_dicts(dataset)
     before = (annotations / "instances_train.json").read_bytes()
     _truncate(dataset / "train" / "b" / "image.tif")
@@ -405,18 +313,6 @@ def test_error_leaves_no_half_written_cache(dataset: Path) -> None:
         load_cell_train_dicts(dataset)
     assert (annotations / "instances_train.json").read_bytes() == before
     assert sorted(p.name for p in annotations.iterdir()) == ["instances_train.json"]
-
-
-def test_folder_without_masks_is_a_warning_and_strict_makes_it_an_error(dataset: Path) -> None:
-    write_tiff(dataset / "train" / "empty" / "image.tif", _image(20, 20))
-    (dataset / "train" / "b" / "notes.txt").write_text("stray")
-    summary = prepare_cell_dataset(dataset)
-    assert summary.train_images == 3 and summary.empty_images == ["empty"]
-    assert len(summary.warnings) == 2
-    assert any("empty: no class1..4.tif mask" in w for w in summary.warnings)
-    with pytest.raises(CellDataError, match="strict") as info:
-        prepare_cell_dataset(dataset, strict=True)
-    assert "notes.txt" in str(info.value)
 
 
 def test_scan_without_test_release_warns_about_the_id_map(dataset: Path) -> None:
@@ -438,26 +334,6 @@ def test_missing_root_and_empty_root(tmp_path: Path) -> None:
 
 def _prepare_main() -> Callable[[list[str]], int]:
     return runpy.run_path(str(PREPARE_TOOL))["main"]
-
-
-def test_prepare_tool_ok_and_exit_2_naming_the_file(
-    dataset: Path, capsys: pytest.CaptureFixture
-) -> None:
-    main = _prepare_main()
-    assert main(["--root", str(dataset)]) == 0
-    out = capsys.readouterr().out
-    assert "training images:   2" in out and "dropped (small): 1" in out
-    write_tiff(dataset / "train" / "a" / "class5.tif", np.zeros((20, 24)))
-    assert main(["--root", str(dataset)]) == 2
-    assert "class5.tif" in capsys.readouterr().err
-
-
-def test_prepare_tool_strict(dataset: Path, capsys: pytest.CaptureFixture) -> None:
-    write_tiff(dataset / "train" / "empty" / "image.tif", _image(20, 20))
-    main = _prepare_main()
-    assert main(["--root", str(dataset), "--min-area", "1"]) == 0
-    assert main(["--root", str(dataset), "--strict"]) == 2
-    assert "train/empty" in capsys.readouterr().err
 
 
 # ---- real data ------------------------------------------------------------------------------
@@ -563,7 +439,7 @@ def test_uint64_mask_and_non_utf8_folder(prepared: Path, capsys: pytest.CaptureF
     labels[:, 0:2] = 2**64 - 1
     labels[5:9, 6:10] = 2**63
     write_tiff(prepared / "train" / "b" / "class2.tif", labels)
-    _bump_mtime(prepared / "train" / "b" / "class2.tif")
+    bump_mtime(prepared / "train" / "b" / "class2.tif")
     assert _prepare_main()(["--root", str(prepared)]) == 0
     assert "lymphocyte:" in capsys.readouterr().out
     (b_annotations,) = [d for d in load_cell_train_dicts(prepared) if d["folder"] == "b"]
@@ -575,7 +451,7 @@ def test_uint64_mask_and_non_utf8_folder(prepared: Path, capsys: pytest.CaptureF
 def test_pixel_cap_exits_2_naming_file_limit_and_override(
     prepared: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _bump_mtime(prepared / "train" / "a" / "image.tif")  # forces a rebuild that reads pixels
+    bump_mtime(prepared / "train" / "a" / "image.tif")  # forces a rebuild that reads pixels
     monkeypatch.setenv("CELLSEG_MAX_IMAGE_PIXELS", "100")
     _fails_keeping_cache(
         prepared, capsys, "a/image.tif", "limit of 100 pixels", "CELLSEG_MAX_IMAGE_PIXELS"
@@ -586,14 +462,14 @@ def test_cache_never_overwrites_a_user_file(prepared: Path, capsys: pytest.Captu
     user = prepared / "annotations" / "instances_train.json"
     user.parent.mkdir()
     user.write_text('{"mine": true}')
-    _bump_mtime(prepared / "train" / "a" / "class1.tif")
+    bump_mtime(prepared / "train" / "a" / "class1.tif")
     assert _prepare_main()(["--root", str(prepared)]) == 0
     assert user.read_text() == '{"mine": true}'
     capsys.readouterr()
     foreign = prepared / convert.CACHE_DIR / "test_images.json"
     foreign.write_text('{"also": "mine"}')
     (prepared / "test_release" / "x.tif").touch()  # the test list must be rebuilt
-    _bump_mtime(prepared / "test_release" / "x.tif")
+    bump_mtime(prepared / "test_release" / "x.tif")
     _fails_keeping_cache(prepared, capsys, str(foreign), "refusing to overwrite")
     assert foreign.read_text() == '{"also": "mine"}'
 
@@ -603,7 +479,7 @@ def test_all_empty_training_data_exits_2_naming_the_root(
 ) -> None:
     for mask in (prepared / "train").glob("*/class*.tif"):
         write_tiff(mask, np.zeros(read_instance_mask(mask).shape))
-        _bump_mtime(mask)
+        bump_mtime(mask)
     err = _fails_keeping_cache(prepared, capsys, "none of the 2 training images holds a cell")
     assert str(prepared) in err
 

@@ -31,7 +31,7 @@ from cellseg_d2.data.limits import (
 )
 from cellseg_d2.errors import CellDataError
 from tests.conftest import REPO_ROOT, load_tool
-from tests.data.test_convert import _bump_mtime, _make_dataset
+from tests.data.tiny_dataset import bump_mtime, make_dataset
 
 PREPARE = REPO_ROOT / "tools" / "prepare_dataset.py"
 
@@ -134,8 +134,8 @@ def _many_ids(shape: tuple[int, int], count: int) -> np.ndarray:
 
 @pytest.fixture
 def prepared(tmp_path: Path, capsys: pytest.CaptureFixture) -> Path:
-    """The tiny dataset of test_convert, its cache built by the tool."""
-    root = _make_dataset(tmp_path / "cells")
+    """The tiny dataset (tests/data/tiny_dataset.py), its cache built by the tool."""
+    root = make_dataset(tmp_path / "cells")
     assert load_tool(PREPARE).main(["--root", str(root)]) == 0
     capsys.readouterr()
     return root
@@ -157,7 +157,7 @@ def test_a_mask_with_too_many_ids_is_refused_before_encoding(
 ) -> None:
     mask = prepared / "train" / "b" / "class2.tif"
     write_tiff(mask, _many_ids((18, 16), 40))
-    _bump_mtime(mask)
+    bump_mtime(mask)
 
     encode = convert.label_image_to_instances
 
@@ -177,7 +177,7 @@ def test_the_cap_counts_all_masks_of_an_image(
     folder = prepared / "train" / "a"
     write_tiff(folder / "class1.tif", _many_ids((20, 24), 6))
     write_tiff(folder / "class3.tif", _many_ids((20, 24), 5))
-    _bump_mtime(folder / "class1.tif")
+    bump_mtime(folder / "class1.tif")
     err = _refused(prepared, capsys, "--max-instances", "10")
     assert f"{folder}: 11 instance ids (all masks together: class1.tif 6, class3.tif 5)" in err
     assert load_tool(PREPARE).main(["--root", str(prepared), "--max-instances", "11"]) == 0

@@ -11,6 +11,7 @@ import pytest
 
 from cellseg_d2.data.limits import (
     MAX_DETECTIONS_ENV,
+    MAX_SUBMISSION_MB_ENV,
     MIN_SUBMISSION_BYTES_PER_VALUE,
     VALUES_PER_ENTRY,
     max_submission_entries,
@@ -143,3 +144,62 @@ def test_memory_of_a_refused_list_of_zeros_stays_near_its_size(
         tracemalloc.stop()
     assert "JSON values" in capsys.readouterr().err
     assert peak < 3 * size, f"peak {peak} bytes for a {size}-byte file"
+
+
+def test_read_errors_name_the_file(tmp_path: Path) -> None:
+    not_json = tmp_path / "a.json"
+    not_json.write_text("[{")
+    not_list = tmp_path / "b.json"
+    not_list.write_text('{"image_id": 1}')
+    wrong_zip = tmp_path / "c.zip"
+    with zipfile.ZipFile(wrong_zip, "w") as archive:
+        archive.writestr("results.json", "[]")
+    for path in (not_json, not_list, wrong_zip, tmp_path / "missing.json"):
+        with pytest.raises(CellDataError, match=path.name):
+            read_submission(path)
+
+
+def test_zip_member_size_is_capped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(RESULTS_FILE_NAME, "[" + " " * (3 * 2**20) + "]")
+    assert bomb.stat().st_size < 20_000
+    assert read_submission(bomb) == []  # under the default limit
+    monkeypatch.setenv(MAX_SUBMISSION_MB_ENV, "1")
+    with pytest.raises(CellDataError) as error:
+        read_submission(bomb)
+    for part in ("bomb.zip", RESULTS_FILE_NAME, "1 MiB", MAX_SUBMISSION_MB_ENV):
+        assert part in str(error.value)
+    # A header that understates the size: the read stops at the cap (Python's zipfile stops at
+    # the header's size and then fails the CRC), a clear error either way, no traceback.
+    lying = tmp_path / "lying.zip"
+    data = bomb.read_bytes()
+    info = zipfile.ZipFile(bomb).getinfo(RESULTS_FILE_NAME)
+    real = info.file_size.to_bytes(4, "little")
+    assert data.count(real) == 2  # local header and central directory
+    lying.write_bytes(data.replace(real, (100).to_bytes(4, "little")))
+    with pytest.raises(CellDataError, match="lying.zip"):
+        read_submission(lying)
+    plain = tmp_path / "big.json"
+    plain.write_text("[" + " " * (2 * 2**20) + "]")
+    with pytest.raises(CellDataError, match="big.json.*1 MiB"):
+        read_submission(plain)
+    monkeypatch.setenv(MAX_SUBMISSION_MB_ENV, "lots")
+    with pytest.raises(CellDataError, match=MAX_SUBMISSION_MB_ENV):
+        read_submission(plain)
+
+
+def test_hostile_json_ends_in_a_clear_error(tmp_path: Path) -> None:
+    nested = tmp_path / "nested.json"
+    nested.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CellDataError, match="nested.json: holds up to 100001 JSON values"):
+        read_submission(nested)  # one value per 2 bytes: refused before parsing (issue 16)
+    nested.write_text("[" * 100_000 + " " * 300_000 + "]" * 100_000)  # sparse enough to parse
+    with pytest.raises(CellDataError, match="nested.json.*nested too deeply"):
+        read_submission(nested)
+    huge = tmp_path / "huge.json"
+    huge.write_text('[{"image_id": ' + "9" * 5000 + "}]")
+    with pytest.raises(CellDataError, match="huge.json.*5000 digits"):
+        read_submission(huge)

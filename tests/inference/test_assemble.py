@@ -13,8 +13,9 @@ import pytest
 import cellseg_d2.inference.assemble as assemble_module
 from cellseg_d2.errors import CellDataError
 from cellseg_d2.inference.assemble import assemble_outputs, iter_json_list
+from cellseg_d2.inference.detections import Detection
 from cellseg_d2.inference.outputs import staging_path
-from cellseg_d2.inference.predictor import Detection, detections_to_results
+from cellseg_d2.inference.predictor import detections_to_results
 from cellseg_d2.inference.shards import PredictionShards
 
 ENTRIES = [{"file_name": f"im{i}.tif", "id": 10 + i, "height": 16, "width": 24} for i in range(3)]

@@ -13,6 +13,7 @@ from skimage.draw import polygon as draw_polygon
 from cellseg_d2.data import decode_rle, label_image_to_instances
 from cellseg_d2.data.io import read_tiff
 from cellseg_d2.data.synthetic import synthesize_image
+from cellseg_d2.inference.detections import Detection
 from cellseg_d2.inference.export import (
     CSV_COLUMNS,
     cell_table_rows,
@@ -23,7 +24,7 @@ from cellseg_d2.inference.export import (
     write_geojson,
     write_label_images,
 )
-from cellseg_d2.inference.predictor import Detection, detections_to_results
+from cellseg_d2.inference.predictor import detections_to_results
 from cellseg_d2.utils.layout import class_color
 
 CLASS_NAMES = ["epithelial", "lymphocyte", "neutrophil", "macrophage"]

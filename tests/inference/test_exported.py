@@ -1,9 +1,9 @@
-"""cellseg_d2.inference.exported and .detections: the detectron2-free runtime of exported models.
+"""cellseg_d2.inference.exported: the detectron2-free runtime of exported models.
 
-The pieces that replace detectron2 (resize, paste, box rescale, tiling) are checked against
-detectron2 and the eager predictor's own functions; the predictor and the folder checks run on
-small fake graphs (TorchScript and ONNX) with the exported interface, so no Mask R-CNN is
-exported here (tests/test_export_model.py does that).
+The resize that replaces detectron2's is checked against detectron2 (the paste, box rescale and
+tiling it shares with the eager predictor are tested in test_detections.py); the predictor and
+the folder checks run on small fake graphs (TorchScript and ONNX) with the exported interface, so
+no Mask R-CNN is exported here (tests/inference/test_model_export.py does that).
 """
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ import numpy as np
 import pytest
 import torch
 from detectron2.data import transforms as T
-from detectron2.structures import Boxes, Instances
 
 from cellseg_d2.config import get_cellseg_cfg
 from cellseg_d2.errors import CellSegError
 from cellseg_d2.inference import detections as free
-from cellseg_d2.inference import predictor as eager
 from cellseg_d2.inference.exported import (
     EMBEDDED_KEY,
     INPUT_NAME,
@@ -29,11 +27,11 @@ from cellseg_d2.inference.exported import (
     OUTPUT_NAMES,
     ExportedModelError,
     ExportedPredictor,
-    file_sha256,
     resize_image,
     resized_shape,
 )
 from cellseg_d2.inference.model_export import build_metadata, check_export_target
+from cellseg_d2.utils.files import sha256_file
 
 #: The fake graph's boxes as fractions of the input (x0, y0, x1, y1).
 FRACTIONS = torch.tensor([[0.1, 0.2, 0.5, 0.6], [0.25, 0.0, 1.0, 0.5]])
@@ -87,7 +85,7 @@ def _write_folder(folder: Path, fmt: str = "torchscript", **cfg_opts: object) ->
     cfg.merge_from_list(["INPUT.MIN_SIZE_TEST", 64, "INPUT.MAX_SIZE_TEST", 128])
     cfg.merge_from_list([item for pair in cfg_opts.items() for item in pair])
     colors = [[10 * k, 0, 0] for k in range(len(cfg.DATASETS.CLASS_NAMES))]
-    meta = build_metadata(cfg, fmt, file_sha256(path), 17 if fmt == "onnx" else None, colors)
+    meta = build_metadata(cfg, fmt, sha256_file(path), 17 if fmt == "onnx" else None, colors)
     (folder / METADATA_FILE).write_text(json.dumps(meta))
     return folder
 
@@ -108,63 +106,6 @@ def test_resize_matches_detectron2(size: tuple[int, int]) -> None:
         assert resized_shape(*size, 64, 128) == (transform.new_h, transform.new_w)
         ours = resize_image(image, transform.new_h, transform.new_w)
         assert ours.dtype == dtype and np.array_equal(ours, transform.apply_image(image))
-
-
-def _random_raw(rng: np.random.Generator, n: int, size: tuple[int, int]) -> dict:
-    height, width = size
-    xy = rng.uniform(-5, [width, height], size=(n, 2))
-    wh = rng.uniform(0.2, 40, size=(n, 2))
-    return {
-        "boxes": torch.tensor(np.concatenate([xy, xy + wh], 1), dtype=torch.float32),
-        "classes": torch.tensor(rng.integers(0, 4, n)),
-        "scores": torch.tensor(rng.random(n), dtype=torch.float32),
-        "masks": torch.tensor(rng.random((n, 1, 28, 28)), dtype=torch.float32),
-    }
-
-
-def test_paste_and_detections_equal_the_eager_predictors() -> None:
-    rng = np.random.default_rng(0)
-    raw = _random_raw(rng, 70, (90, 120))
-    boxes = raw["boxes"].clamp(min=0)
-    theirs = eager.paste_masks_in_boxes(raw["masks"][:, 0], boxes, 90, 120, 0.5)
-    ours = free.paste_masks_in_boxes(raw["masks"][:, 0], boxes, 90, 120, 0.5)
-    assert len(ours) == len(theirs) == 70
-    for (t0, l0, m0), (t1, l1, m1) in zip(ours, theirs):
-        assert (t0, l0) == (t1, l1) and np.array_equal(m0, m1)
-    instances = Instances((90, 120))
-    instances.pred_boxes = Boxes(raw["boxes"])
-    instances.pred_classes, instances.scores = raw["classes"], raw["scores"]
-    instances.pred_masks = raw["masks"]
-    want = eager.raw_instances_to_detections(instances, 181, 243, 0.6)
-    got = free.raw_outputs_to_detections(
-        raw["boxes"], raw["classes"], raw["scores"], raw["masks"], (90, 120), 181, 243, 0.6
-    )
-    assert len(got) == len(want) > 30
-    for a, b in zip(got, want):
-        assert (a.category, a.score, a.top, a.left) == (b.category, b.score, b.top, b.left)
-        assert np.array_equal(a.mask, b.mask)
-
-
-def test_tiling_equals_the_eager_predictors() -> None:
-    assert free.tile_windows(300, 700, 256, 64) == eager.tile_windows(300, 700, 256, 64)
-    windows = free.tile_windows(200, 330, 128, 48)
-    rng = np.random.default_rng(1)
-    tiles_free, tiles_eager = [], []
-    for top, left, bottom, right in windows:
-        dets = []
-        for _ in range(25):
-            h, w = rng.integers(3, 30, 2)
-            y, x = rng.integers(0, bottom - top - h), rng.integers(0, right - left - w)
-            mask = rng.random((h, w)) > 0.3
-            dets.append((int(rng.integers(0, 4)), float(rng.random()), int(y), int(x), mask))
-        tiles_free.append(((top, left, bottom, right), [free.Detection(*d) for d in dets]))
-        tiles_eager.append(((top, left, bottom, right), [eager.Detection(*d) for d in dets]))
-    ours = free.merge_tile_detections(tiles_free, 200, 330)
-    theirs = eager.merge_tile_detections(tiles_eager, 200, 330)
-    assert len(ours) == len(theirs) > 0
-    assert [(d.category, d.score, d.box) for d in ours] == [
-        (d.category, d.score, d.box) for d in theirs
-    ]
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
@@ -244,7 +185,7 @@ def test_corrupted_folder_names_the_file(tmp_path: Path, damage: str, named: str
     elif damage.startswith("truncated"):
         model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
         if damage == "truncated_rehashed":
-            _edit_metadata(folder, model_sha256=file_sha256(model))
+            _edit_metadata(folder, model_sha256=sha256_file(model))
     elif damage == "no_model":
         model.unlink()
     elif damage == "class_count":
@@ -264,7 +205,7 @@ def test_truncated_onnx_names_the_file(tmp_path: Path) -> None:
     folder = _write_folder(tmp_path / "model", "onnx")
     model = folder / "model.onnx"
     model.write_bytes(model.read_bytes()[:200])
-    _edit_metadata(folder, model_sha256=file_sha256(model))
+    _edit_metadata(folder, model_sha256=sha256_file(model))
     with pytest.raises(ExportedModelError, match="not a loadable ONNX model") as info:
         ExportedPredictor(folder)
     assert str(model) in str(info.value)

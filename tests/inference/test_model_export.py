@@ -25,10 +25,11 @@ from cellseg_d2.config import load_cellseg_config
 from cellseg_d2.data import register_cell_datasets
 from cellseg_d2.data.synthetic import synthesize_image
 from cellseg_d2.engine.trainer import CellTrainer
-from cellseg_d2.inference.exported import METADATA_FILE, ExportedPredictor, file_sha256
+from cellseg_d2.inference.exported import METADATA_FILE, ExportedPredictor
 from cellseg_d2.inference.model_export import compare_with_eager
 from cellseg_d2.inference.predictor import CellPredictor
 from cellseg_d2.modeling.export import raw_inference
+from cellseg_d2.utils.files import sha256_file
 from tests.conftest import INSTANT_CONFIG, REPO_ROOT, instant_cfg, load_tool
 
 pytest.importorskip("onnxruntime", reason="the export extra (onnx, onnxruntime) is not installed")
@@ -114,7 +115,7 @@ def test_exported_raw_outputs_equal_eager(exported: Path, eager: CellPredictor, 
     image = _bgr(*size, seed=size[0])
     predictor = ExportedPredictor(exported)
     outputs, input_size = predictor.raw_outputs(image)
-    model_input = eager._model_input(image)["image"]
+    model_input = eager.model_input(image)["image"]
     assert tuple(model_input.shape[1:]) == input_size  # the same resize as the eager path
     with torch.no_grad():
         reference = raw_inference(eager.model, model_input.float())
@@ -186,7 +187,7 @@ def test_metadata_fields(exported: Path, trained: Path) -> None:
     fmt = exported.name
     assert meta["format"] == fmt and meta["format_version"] == 1
     assert meta["opset"] == (17 if fmt == "onnx" else None)
-    assert meta["model_sha256"] == file_sha256(exported / meta["model_file"])
+    assert meta["model_sha256"] == sha256_file(exported / meta["model_file"])
     assert meta["class_names"] == ["epithelial", "lymphocyte", "neutrophil", "macrophage"]
     assert meta["class_colors"][0] == [230, 25, 75] and len(meta["class_colors"]) == 4
     assert meta["pixel_size"] is None

@@ -15,6 +15,7 @@ import pytest
 
 from cellseg_d2.data.id_map import load_id_map
 from cellseg_d2.errors import CellDataError
+from cellseg_d2.inference.detections import Detection
 from cellseg_d2.inference.outputs import (
     check_export_names,
     check_output_paths,
@@ -22,7 +23,6 @@ from cellseg_d2.inference.outputs import (
     staging_path,
 )
 from cellseg_d2.inference.predict import predict_to_files
-from cellseg_d2.inference.predictor import Detection
 from cellseg_d2.inference.shards import work_dir_for
 from tests.conftest import INSTANT_CONFIG, REPO_ROOT, load_tool
 

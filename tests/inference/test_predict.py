@@ -1,4 +1,4 @@
-"""Prediction: crop-based mask paste, tiling, the predict tool and its input checks."""
+"""Prediction runs (cellseg_d2.inference.predict): the predict tool and its input checks."""
 
 from __future__ import annotations
 
@@ -10,139 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from detectron2.modeling.postprocessing import detector_postprocess
-from detectron2.structures import Boxes, Instances
 
-from cellseg_d2.data import decode_rle, label_image_to_instances
-from cellseg_d2.data.synthetic import synthesize_image
+from cellseg_d2.data import decode_rle
 from cellseg_d2.errors import CellDataError
-from cellseg_d2.evaluation.submission import read_submission, validate_submission
-from cellseg_d2.inference.predictor import (
-    CellPredictor,
-    Detection,
-    detections_to_results,
-    merge_tile_detections,
-    raw_instances_to_detections,
-    tile_windows,
-)
+from cellseg_d2.evaluation.submission_check import validate_submission
+from cellseg_d2.evaluation.submission_read import read_submission
+from cellseg_d2.inference.detections import Detection
 from cellseg_d2.inference.shards import skipped_list_path, work_dir_for
-from tests.conftest import INSTANT_CONFIG, REPO_ROOT, instant_cfg, load_tool
+from tests.conftest import INSTANT_CONFIG, REPO_ROOT, load_tool
 
 PREDICT = [sys.executable, str(REPO_ROOT / "tools" / "predict.py")]
-
-
-def _random_raw_instances(n: int, in_size: tuple[int, int], seed: int = 0) -> Instances:
-    gen = torch.Generator().manual_seed(seed)
-    h, w = in_size
-    xy = torch.rand(n, 2, generator=gen) * torch.tensor([w - 20, h - 20])
-    wh = 4 + torch.rand(n, 2, generator=gen) * 30
-    instances = Instances(in_size)
-    instances.pred_boxes = Boxes(torch.cat([xy, xy + wh], dim=1))
-    instances.scores = torch.rand(n, generator=gen)
-    instances.pred_classes = torch.randint(0, 4, (n,), generator=gen)
-    instances.pred_masks = torch.rand(n, 1, 28, 28, generator=gen)
-    return instances
-
-
-@pytest.mark.parametrize("threshold", [0.5, 0.6])
-def test_crop_paste_equals_detectron2_postprocess(threshold: float) -> None:
-    raw = _random_raw_instances(40, (120, 160))
-    out_h, out_w = 150, 200  # a resized input mapped back to its original size
-    ours = raw_instances_to_detections(raw, out_h, out_w, threshold)
-    reference = detector_postprocess(raw, out_h, out_w, mask_threshold=threshold)
-    full = [m.numpy() for m in reference.pred_masks if m.any()]
-    assert len(ours) == len(full)
-    for det, mask in zip(ours, full):
-        pasted = np.zeros((out_h, out_w), bool)
-        y, x = det.top, det.left
-        pasted[y : y + det.mask.shape[0], x : x + det.mask.shape[1]] = det.mask
-        assert np.array_equal(pasted, mask)
-        rle = detections_to_results([det], 1, out_h, out_w)[0]["segmentation"]
-        assert np.array_equal(decode_rle(rle), mask)
-
-
-def test_tile_windows_cover_with_overlap() -> None:
-    windows = tile_windows(100, 700, tile=256, overlap=64)
-    covered = np.zeros((100, 700), int)
-    for top, left, bottom, right in windows:
-        covered[top:bottom, left:right] += 1
-        assert right - left == 256 and bottom - top == 100
-    assert covered.min() >= 1
-    lefts = sorted({w[1] for w in windows})
-    assert all(b - a <= 256 - 64 for a, b in zip(lefts, lefts[1:]))
-    with pytest.raises(ValueError, match="OVERLAP"):
-        tile_windows(100, 700, tile=64, overlap=64)
-
-
-def _oracle_detections(labels: dict[int, np.ndarray], window) -> list[Detection]:
-    """What a perfect model sees in a tile: every ground-truth cell, cut by the tile edges."""
-    top, left, bottom, right = window
-    detections = []
-    for cls, label in labels.items():
-        for inst in label_image_to_instances(label[top:bottom, left:right].astype(np.int64)):
-            x, y, w, h = inst.bbox
-            crop = decode_rle(inst.rle)[y : y + h, x : x + w]
-            detections.append(Detection(cls - 1, 0.9, y, x, crop))
-    return detections
-
-
-def test_tiled_result_matches_untiled_on_three_tiles() -> None:
-    rng = np.random.default_rng(3)
-    _, labels = synthesize_image(rng, 160, 384)
-    height, width = 160, 384
-    whole = _oracle_detections(labels, (0, 0, height, width))
-    windows = tile_windows(height, width, tile=160, overlap=48)
-    assert len({w[1] for w in windows}) == 3
-    tiled = merge_tile_detections(
-        [(w, _oracle_detections(labels, w)) for w in windows], height, width
-    )
-
-    def keyed(dets):
-        return sorted(
-            (d.category, r["segmentation"]["counts"])
-            for d, r in zip(dets, detections_to_results(dets, 1, height, width))
-        )
-
-    assert len(tiled) == len(whole)
-    assert keyed(tiled) == keyed(whole)
-
-
-def test_tile_merge_keeps_overlaps_within_a_tile() -> None:
-    mask = np.ones((10, 10), bool)
-    # a and b overlap (IoU 0.68) inside tile 0, both in the overlap with tile 1 (x 50..64)
-    a, b = Detection(0, 0.9, 20, 52, mask), Detection(1, 0.8, 21, 51, mask)
-    copy = Detection(0, 0.95, 20, 2, mask)  # `a` again, seen whole by tile 1, scoring higher
-    windows = [(0, 0, 60, 64), (0, 50, 60, 114)]
-    merged = merge_tile_detections([(windows[0], [a, b]), (windows[1], [copy])], 60, 114)
-    assert sorted(d.score for d in merged) == [0.8, 0.95]  # b kept, a merged into its copy
-    assert {(d.top, d.left) for d in merged} == {(20, 52), (21, 51)}
-
-
-def test_predictor_tiles_large_images_and_batches(cells_prefix: str, tmp_path: Path) -> None:
-    cfg = instant_cfg(cells_prefix, tmp_path, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0)
-    cfg.merge_from_list(["TEST.TILING.MAX_SIZE", 200, "TEST.TILING.TILE_SIZE", 128])
-    cfg.merge_from_list(["TEST.TILING.OVERLAP", 32, "TEST.IMS_PER_BATCH", 2])
-    predictor = CellPredictor(cfg)
-    tiled_shapes = []
-    untiled = predictor.predict_tiled
-
-    def spy(image, predict):
-        tiled_shapes.append(image.shape[:2])
-        return untiled(image, predict)
-
-    predictor.predict_tiled = spy
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in [(96, 120), (150, 330)]]
-    outputs = predictor(images)
-    assert tiled_shapes == [(150, 330)]  # only the image above TEST.TILING.MAX_SIZE
-    assert len(outputs) == 2
-    for image, detections in zip(images, outputs):
-        assert detections, "a random model at score 0 still detects something"
-        for det in detections:
-            x0, y0, x1, y1 = det.box
-            assert 0 <= x0 < x1 <= image.shape[1] and 0 <= y0 < y1 <= image.shape[0]
-            assert det.mask.any(axis=0)[[0, -1]].all() and det.mask.any(axis=1)[[0, -1]].all()
 
 
 def _run_predict(synthetic_root: Path, output: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -160,7 +37,6 @@ def _run_predict(synthetic_root: Path, output: Path, *extra: str) -> subprocess.
 
 def test_predict_tool_writes_valid_zip(synthetic_root: Path, tmp_path: Path) -> None:
     from cellseg_d2.data.id_map import load_id_map
-    from cellseg_d2.evaluation.submission import read_submission, validate_submission
 
     output = tmp_path / "submission.zip"
     proc = _run_predict(
@@ -181,7 +57,6 @@ def test_predict_tool_writes_valid_zip(synthetic_root: Path, tmp_path: Path) -> 
 def test_predict_tool_tta(synthetic_root: Path, tmp_path: Path) -> None:
     output = tmp_path / "tta.json"
     from cellseg_d2.data.id_map import load_id_map
-    from cellseg_d2.evaluation.submission import validate_submission
 
     opts = ["--score-thresh", "0.0", "TEST.AUG.MIN_SIZES", "(96, 128)"]
     proc = _run_predict(synthetic_root, output, "--tta", *opts)
@@ -229,117 +104,6 @@ def test_predict_tool_rejects_id_map_mismatch(
     named = "extra.tif" if problem == "unlisted" else entries[0]["file_name"]
     assert named in proc.stderr
     assert not output.exists()
-
-
-def _dense_merge_reference(kept: list[Detection], tile_of: list[int]) -> list[Detection]:
-    """The merge as it was before it compared only neighbouring tiles: one dense IoU matrix."""
-    from torchvision.ops import box_iou
-
-    from cellseg_d2.inference.predictor import TILE_MERGE_IOU
-
-    boxes = torch.tensor([d.box for d in kept], dtype=torch.float32)
-    iou = box_iou(boxes, boxes)
-    tile_ids = torch.tensor(tile_of)
-    iou[tile_ids[:, None] == tile_ids[None, :]] = 0.0
-    removed = torch.zeros(len(kept), dtype=torch.bool)
-    result = []
-    for i in sorted(range(len(kept)), key=lambda k: -kept[k].score):
-        if removed[i]:
-            continue
-        result.append(kept[i])
-        removed[i] = True
-        candidates = iou[i].masked_fill(removed, 0.0)
-        for tile in torch.unique(tile_ids[candidates > TILE_MERGE_IOU]).tolist():
-            removed[int(torch.argmax(candidates.masked_fill(tile_ids != tile, 0.0)))] = True
-    return result
-
-
-def test_tile_merge_compares_only_neighbouring_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
-    import cellseg_d2.inference.predictor as predictor_module
-
-    height = width = 700
-    windows = tile_windows(height, width, tile=300, overlap=60)
-    assert len(windows) == 9  # 3 x 3
-    rng = np.random.default_rng(5)
-    cells = []  # (top, left, side) in image pixels, some in seams, most inside one tile
-    for _ in range(400):
-        side = int(rng.integers(4, 20))
-        cells.append(
-            (int(rng.integers(0, height - side)), int(rng.integers(0, width - side)), side)
-        )
-    tiles, kept, tile_of = [], [], []
-    for index, (top, left, bottom, right) in enumerate(windows):
-        dets = []
-        for y, x, side in cells:
-            # a whole cell, a little shifted (a model sees it slightly differently per tile)
-            y2, x2 = y + int(rng.integers(0, 2)), x + int(rng.integers(0, 2))
-            if (
-                top + 2 <= y2
-                and y2 + side <= bottom - 2
-                and left + 2 <= x2
-                and x2 + side <= right - 2
-            ):
-                mask = np.ones((side, side), bool)
-                score = float(rng.random())
-                dets.append(Detection(int(rng.integers(0, 4)), score, y2 - top, x2 - left, mask))
-                kept.append(Detection(dets[-1].category, score, y2, x2, mask))
-                tile_of.append(index)
-        tiles.append(((top, left, bottom, right), dets))
-    compared = []
-    real_box_iou = predictor_module.box_iou
-
-    def counting_box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        compared.append((a.clone(), b.clone()))
-        return real_box_iou(a, b)
-
-    monkeypatch.setattr(predictor_module, "box_iou", counting_box_iou)
-    merged = merge_tile_detections(tiles, height, width)
-    expected = _dense_merge_reference(kept, tile_of)
-    key = [(d.top, d.left, d.score) for d in expected]
-    assert [(d.top, d.left, d.score) for d in merged] == key
-    assert len(kept) - len(merged) > 50  # seam cells seen by 2-4 tiles were merged
-    assert len(merged) >= len(cells) - 5  # ... without merging distinct cells (rare exact twins)
-    # Every compared box reaches into an overlap zone of two windows (interior cells are never
-    # compared) and the comparisons are a small fraction of the dense matrix.
-    seams = np.zeros((height, width), int)
-    for top, left, bottom, right in windows:
-        seams[top:bottom, left:right] += 1
-    for a, b in compared:
-        for x0, y0, x1, y1 in torch.cat([a, b]).int().tolist():
-            assert seams[y0:y1, x0:x1].max() >= 2
-    pairs = sum(len(a) * len(b) for a, b in compared)
-    assert 0 < pairs < len(kept) ** 2 / 20
-
-
-def test_detection_cap_is_counted_and_warned_once(
-    cells_prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    cfg = instant_cfg(cells_prefix, tmp_path, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0)
-    cfg.merge_from_list(["TEST.DETECTIONS_PER_IMAGE", 3, "TEST.TILING.MAX_SIZE", 200])
-    cfg.merge_from_list(["TEST.TILING.TILE_SIZE", 128, "TEST.TILING.OVERLAP", 32])
-    predictor = CellPredictor(cfg)
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in [(96, 120), (150, 330)]]
-    outputs = predictor(images)
-    caplog.clear()
-    assert predictor.images_at_detection_cap == 2  # the tiled image counts once
-    assert len(outputs[0]) <= 3
-    # Documented: a tiled image is capped per tile, its merged result is not cut again.
-    assert len(outputs[1]) > 3
-    with caplog.at_level("WARNING", logger="cellseg_d2.inference.predictor"):
-        predictor.warn_detection_cap(len(images))
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(warnings) == 1
-    assert "2 of 2 image(s)" in warnings[0] and "TEST.DETECTIONS_PER_IMAGE=3" in warnings[0]
-
-    roomy = CellPredictor(instant_cfg(cells_prefix, tmp_path, "TEST.DETECTIONS_PER_IMAGE", 10**6))
-    roomy(images[:1])
-    caplog.clear()
-    assert roomy.detection_cap == 10**6
-    with caplog.at_level("WARNING", logger="cellseg_d2.inference.predictor"):
-        roomy.warn_detection_cap(1)
-    assert roomy.images_at_detection_cap == 0
-    assert not [r for r in caplog.records if "detection cap" in r.getMessage()]
 
 
 PREDICT_TOOL = REPO_ROOT / "tools" / "predict.py"

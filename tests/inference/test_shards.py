@@ -11,8 +11,9 @@ import pytest
 
 from cellseg_d2.data.id_map import load_id_map
 from cellseg_d2.errors import CellDataError
+from cellseg_d2.inference.detections import Detection
 from cellseg_d2.inference.predict import predict_to_files
-from cellseg_d2.inference.predictor import Detection, detections_to_results
+from cellseg_d2.inference.predictor import detections_to_results
 from cellseg_d2.inference.shards import (
     FINGERPRINT_FILE,
     PredictionShards,

@@ -44,6 +44,37 @@ FORMATS: dict[str, tuple[Reader, tuple[str, ...] | None, frozenset[str]]] = {
 }
 
 
+def _split_options(
+    source_format: str, format_options: dict[str, object], has_test: bool
+) -> dict[str, dict[str, object]]:
+    """The reader's keyword options per split (``train``, ``test``), refusing options the format
+    does not take and ``test_images`` without a test source.
+
+    Folder options (``images``) apply to the training split; the test split gets the flags and
+    ``test_images`` as its ``images``.
+    """
+    _, _, known = FORMATS[source_format]
+    test_images = format_options.get("test_images")
+    given = {
+        k: v for k, v in format_options.items() if k != "test_images" and v not in (None, False)
+    }
+    unknown = sorted(k for k in given if k not in known)
+    if test_images is not None and "images" not in known:
+        unknown.append("test_images")
+    if unknown:
+        names = ", ".join("--" + k.replace("_", "-") for k in unknown)
+        raise CellDataError(f"--from {source_format} does not take {names}")
+    if test_images is not None and not has_test:
+        raise CellDataError("--test-images needs a test source (--test)")
+    split_options = {
+        "train": given,
+        "test": {k: v for k, v in given.items() if isinstance(v, bool)},
+    }
+    if test_images is not None:
+        split_options["test"]["images"] = Path(test_images)
+    return split_options
+
+
 def import_dataset(
     source_format: str,
     source: str | os.PathLike,
@@ -81,28 +112,13 @@ def import_dataset(
     if source_format not in FORMATS:
         raise CellDataError(f"unknown format {source_format!r}; one of {sorted(FORMATS)}")
     options = options if options is not None else ImportOptions()
-    reader, default_names, known = FORMATS[source_format]
-    test_images = format_options.pop("test_images", None)
-    given = {k: v for k, v in format_options.items() if v not in (None, False)}
-    unknown = sorted(k for k in given if k not in known)
-    if test_images is not None and "images" not in known:
-        unknown.append("test_images")
-    if unknown:
-        names = ", ".join("--" + k.replace("_", "-") for k in unknown)
-        raise CellDataError(f"--from {source_format} does not take {names}")
-    if test_images is not None and test is None:
-        raise CellDataError("--test-images needs a test source (--test)")
-    split_options = {
-        "train": given,
-        "test": {k: v for k, v in given.items() if isinstance(v, bool)},
-    }
-    if test_images is not None:
-        split_options["test"]["images"] = Path(test_images)
+    reader, default_names, _ = FORMATS[source_format]
+    split_options = _split_options(source_format, format_options, test is not None)
     classes = ClassTable(options, default_names)
     summary = ImportSummary(source_format)
     sources = [Path(source)] + ([Path(test)] if test is not None else [])
-    sources += [Path(v) for v in given.values() if isinstance(v, (str, os.PathLike))]
-    sources += [Path(test_images)] if test_images is not None else []
+    for split_option in split_options.values():  # folders the options name (images=...)
+        sources += [Path(v) for v in split_option.values() if isinstance(v, (str, os.PathLike))]
     with DatasetWriter(output, classes, summary, overwrite=overwrite, sources=sources) as writer:
         for split, path in (("train", Path(source)), ("test", test)):
             if path is None:

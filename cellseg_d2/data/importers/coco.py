@@ -181,6 +181,47 @@ def _image_names(entries: list[dict]) -> dict[int, str]:
     }
 
 
+def _annotations_by_image(data: dict, source: Path) -> dict[int, list[dict]]:
+    """The annotations grouped by ``image_id``, each of which must name an entry of ``images``."""
+    by_image: dict[int, list[dict]] = defaultdict(list)
+    image_ids = {entry["id"] for entry in data["images"]}
+    for annotation in data["annotations"]:
+        if annotation.get("image_id") not in image_ids:
+            raise CellDataError(
+                f"{source}: annotation id {annotation['id']} names image_id "
+                f"{annotation.get('image_id')!r}, which is not in 'images'"
+            )
+        by_image[annotation["image_id"]].append(annotation)
+    return by_image
+
+
+def _instance(
+    annotation: dict,
+    categories: dict[int, int],
+    classes: ClassTable,
+    summary: ImportSummary,
+    size: tuple[int, int],
+    place: str,
+) -> Instance | None:
+    """One annotation as an instance crop of its class; None (counted in ``summary``) for a
+    crowd region or an annotation the class rules skip."""
+    if annotation.get("iscrowd"):
+        summary.skip("iscrowd=1: a crowd region, not one cell", place)
+        return None
+    category_id = annotation.get("category_id")
+    if category_id is None:
+        category = classes.index(None, place)
+    elif category_id in categories:
+        category = categories[category_id]
+    else:
+        raise CellDataError(f"{place}: category_id {category_id!r} is not in 'categories'")
+    if category is None:
+        summary.skip("no class", place)
+        return None
+    mask = decode_segmentation(annotation.get("segmentation"), *size, place)
+    return _crop(mask, category, place)
+
+
 def read_coco(
     source: Path, classes: ClassTable, summary: ImportSummary, *, images: Path | None = None
 ) -> Iterator[ImportedImage]:
@@ -203,15 +244,7 @@ def read_coco(
     data = _load(source)
     categories = _categories(data, source, classes)
     folders = [images] if images is not None else [source.parent, source.parent / "images"]
-    by_image: dict[int, list[dict]] = defaultdict(list)
-    image_ids = {entry["id"] for entry in data["images"]}
-    for annotation in data["annotations"]:
-        if annotation.get("image_id") not in image_ids:
-            raise CellDataError(
-                f"{source}: annotation id {annotation['id']} names image_id "
-                f"{annotation.get('image_id')!r}, which is not in 'images'"
-            )
-        by_image[annotation["image_id"]].append(annotation)
+    by_image = _annotations_by_image(data, source)
     logger.info(
         "%s: %d images, %d annotations, categories %s",
         source,
@@ -232,20 +265,8 @@ def read_coco(
         instances = []
         for annotation in by_image.get(entry["id"], []):
             place = f"{source}: annotation id {annotation['id']} (image {entry['file_name']})"
-            if annotation.get("iscrowd"):
-                summary.skip("iscrowd=1: a crowd region, not one cell", place)
-                continue
-            category_id = annotation.get("category_id")
-            if category_id is None:
-                category = classes.index(None, place)
-            elif category_id in categories:
-                category = categories[category_id]
-            else:
-                raise CellDataError(f"{place}: category_id {category_id!r} is not in 'categories'")
-            if category is None:
-                summary.skip("no class", place)
-                continue
-            mask = decode_segmentation(annotation.get("segmentation"), height, width, place)
-            instances.append(_crop(mask, category, place))
+            instance = _instance(annotation, categories, classes, summary, (height, width), place)
+            if instance is not None:
+                instances.append(instance)
         labels = paint_instances(instances, height, width, summary)
         yield ImportedImage(names[entry["id"]], path, labels, f"{source}: {entry['file_name']}")

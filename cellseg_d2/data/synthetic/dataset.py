@@ -199,6 +199,7 @@ def generate_synthetic_dataset(
         ValueError: invalid counts, seed, sizes or number of classes.
         FileExistsError: ``output`` already holds a dataset and ``overwrite`` is False.
     """
+    # Long for its docstring: the code is one short pass (check, write splits, id map).
     _validate(num_train, num_test, seed, min_size, max_size)
     check_num_classes(num_classes)
     classes = range(1, num_classes + 1)

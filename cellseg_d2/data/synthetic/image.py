@@ -203,6 +203,7 @@ def synthesize_image(
         each class K present, 0 for background and one distinct non-zero id per cell. Ids are
         non-contiguous, start above 1 and increase across classes 1..N (like the real export).
     """
+    # Long for its docstring: the code is one pass (plan the cells, place them, paint).
     if height < 1 or width < 1:
         raise ValueError(f"image size must be positive, got {height}x{width}")
     check_num_classes(num_classes)
