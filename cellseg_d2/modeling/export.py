@@ -12,7 +12,8 @@ ONNX: torchvision exports its *aligned* ``roi_align`` (which detectron2's ROIAli
 uses) correctly only from opset 16, where ONNX's RoiAlign gained
 ``coordinate_transformation_mode="half_pixel"``; below it, the export silently drops the
 half-pixel offset and the outputs differ from eager. :data:`MIN_ONNX_OPSET` is therefore 16 and
-the default :data:`ONNX_OPSET` is 17 (checked equal to eager in ``tests/inference/test_model_export.py``).
+the default :data:`ONNX_OPSET` is 17 (checked equal to eager in
+``tests/inference/test_model_export.py``).
 """
 
 from __future__ import annotations
