@@ -17,6 +17,7 @@ import numpy as np
 from skimage import draw, measure
 
 from cellseg_d2.inference.detections import Detection
+from cellseg_d2.inference.slide_stitch import SlideCell
 
 TISSUE_RGB = (225, 185, 205)
 CLASS_VALUES = (20, 95)  # grey level of class 0 and class 1 discs
@@ -124,11 +125,13 @@ def make_canvas(
     tissue_width: int = 200,
     seed: int = 0,
     extra: tuple[tuple[int, int], ...] = (),
+    gap: int = 4,
+    count: int = 60,
 ) -> tuple[np.ndarray, list[Disc]]:
     """A slide canvas: tissue in ``x < tissue_width``, white glass beyond, discs on tissue.
 
-    Discs are placed at random (12 px apart edge to edge at least) plus at ``extra`` centres
-    (e.g. on tile seams); classes alternate.
+    Discs are placed at random (centres ``2 * RADIUS + gap`` apart at least, ``count`` in
+    all) after the ``extra`` (row, column) centres (e.g. on tile seams); classes alternate.
     """
     rng = np.random.default_rng(seed)
     canvas = np.full((height, width, 3), 255, np.uint8)
@@ -138,9 +141,9 @@ def make_canvas(
     for _ in range(4000):
         cy = int(rng.integers(margin, height - margin))
         cx = int(rng.integers(margin, tissue_width - margin))
-        if all((cy - y) ** 2 + (cx - x) ** 2 >= (2 * RADIUS + 4) ** 2 for y, x in centres):
+        if all((cy - y) ** 2 + (cx - x) ** 2 >= (2 * RADIUS + gap) ** 2 for y, x in centres):
             centres.append((cy, cx))
-        if len(centres) >= 60:
+        if len(centres) >= count:
             break
     discs = []
     for i, (cy, cx) in enumerate(centres):
@@ -179,3 +182,24 @@ class DiscPredictor:
             score = 0.5 + 0.4 * category
             detections.append(Detection(category, score, top, left, region.image.copy()))
         return detections
+
+
+def slide_cell(
+    x: float, y: float, tile: int = 0, category: int = 0, size: float = 4.0
+) -> SlideCell:
+    """A square cell as the stitcher would make it (for the store and writer tests)."""
+    ring = [[x, y], [x + size, y], [x + size, y + size], [x, y + size], [x, y]]
+    return SlideCell(
+        tile=tile,
+        category=category,
+        score=0.75,
+        box=(x, y, x + size, y + size),
+        area=size * size,
+        centroid_x=x + size / 2 - 0.5,
+        centroid_y=y + size / 2 - 0.5,
+        perimeter=4 * size,
+        eccentricity=0.0,
+        solidity=1.0,
+        mean_rgb=(1.0, 2.0, 3.0),
+        geometry={"type": "Polygon", "coordinates": [ring]},
+    )
