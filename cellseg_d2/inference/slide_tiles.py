@@ -221,7 +221,7 @@ def plan_slide_tiles(
     """Cut a slide into overlapping model-scale tiles, skipping those without tissue.
 
     The grid is laid out in level-0 pixels: a tile covers ``round(tile_size / scale)`` level-0
-    pixels and starts ``round((tile_size - overlap) / scale)`` after the previous one; the last
+    pixels and overlaps the previous one by at least ``ceil(overlap / scale)``; the last
     row and column are aligned to the slide's edge (so no tile reads past it) and a slide
     smaller than one tile is one smaller tile. Each tile reads the level
     :func:`choose_level` gives for ``1 / scale`` and is resized to ``round(width * scale)``
@@ -248,7 +248,8 @@ def plan_slide_tiles(
     if not scale > 0 or not math.isfinite(scale):
         raise ConfigError(f"slide scale must be a positive number, got {scale}")
     window = max(1, round(tile_size / scale))
-    step = max(1, round((tile_size - overlap) / scale))
+    # ceil: rounding must never leave less level-0 overlap than the largest cell needs
+    step = max(1, window - math.ceil(overlap / scale - 1e-9))
     level = choose_level(info.level_downsamples, 1.0 / scale)
     downsample = float(info.level_downsamples[level])
     columns = _starts_and_cores(info.width, window, step)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -39,6 +41,10 @@ def test_cores_partition_the_slide_and_windows_stay_inside(scale: float) -> None
     assert (_coverage(tiles, info.width, info.height, use_core=True) == 1).all()
     windows = _coverage(tiles, info.width, info.height, use_core=False)
     assert windows.min() >= 1
+    by_position = {(t.row, t.column): t for t in tiles}
+    for (row, column), tile in by_position.items():  # rounding never shrinks the overlap
+        right = by_position.get((row, column + 1))
+        assert right is None or tile.x + tile.width - right.x >= math.ceil(16 / scale)
     for tile in tiles:
         assert 0 <= tile.x and tile.x + tile.width <= info.width
         assert 0 <= tile.y and tile.y + tile.height <= info.height
