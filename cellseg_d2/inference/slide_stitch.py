@@ -1,0 +1,199 @@
+"""From a tile's detections (model pixels) to the slide's cells (level-0 pixels), each once.
+
+Two rules make every cell come out exactly once:
+
+1. **Ownership** (exact): a detection is kept only by the tile whose core
+   (:class:`~cellseg_d2.inference.slide_tiles.SlideTile`) contains the centre of its level-0
+   box. Cores partition the slide, so a cell seen whole by two tiles is kept by one, and a copy
+   cut by a tile edge has its box centre outside that tile's core as long as the overlap holds
+   the cell (:func:`~cellseg_d2.inference.slide_tiles.check_overlap`).
+2. **Safety net**: the model is not a function of the cell alone; near an edge it may place a
+   box a little differently, so two copies could fall in two cores. Among the tiles written
+   together (one chunk), kept cells of different tiles whose boxes overlap with IoU above
+   ``TILE_MERGE_IOU`` are the same cell and only the higher score stays
+   (:func:`drop_seam_duplicates`).
+
+Why not :func:`~cellseg_d2.inference.detections.merge_tile_detections` as a whole: it drops
+every detection touching an inner tile edge, which ownership already decides exactly (and,
+for a cell larger than the overlap, would drop both cut copies); and it takes integer
+detections in the windows' own pixels, while here tiles are model pixels and windows level-0
+pixels (different when ``scale != 1``). Its seam-aware pair search
+(``_tile_overlap_matches``: only boxes reaching into two windows' overlap are compared) is
+reused as it is, on level-0 float boxes, followed by the same greedy pass by score.
+
+Measurements follow the per-cell table of :mod:`~cellseg_d2.inference.export` (regionprops on
+the cell's mask and the image as the model saw it), on each cell's own mask (a slide has no
+label image). Lengths and areas are converted to level-0 pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from skimage import measure
+
+from cellseg_d2.inference.detections import Detection, _tile_overlap_matches
+from cellseg_d2.inference.export import mask_to_polygons
+from cellseg_d2.inference.slide_tiles import SlideTile
+
+__all__ = ["COORDINATE_DECIMALS", "SlideCell", "drop_seam_duplicates", "tile_cells"]
+
+#: Decimals kept of level-0 polygon vertices (sub-pixel when the model's scale differs).
+COORDINATE_DECIMALS = 4
+
+
+@dataclass(frozen=True)
+class SlideCell:
+    """One cell of a slide, in level-0 pixels of the slide (the reader's offset not added).
+
+    Attributes:
+        tile: index of the tile that owns it.
+        category: 0-based class.
+        score: the model's confidence.
+        box: ``(x0, y0, x1, y1)`` tight box of the mask, exclusive ends (floats when the
+            model's scale is not 1).
+        area: mask area in level-0 pixels (model pixels / scale^2).
+        centroid_x, centroid_y: mask centroid in pixel-index coordinates (the centre of pixel
+            ``i`` is ``i``), as the per-cell table of images has it.
+        perimeter: regionprops perimeter in level-0 pixels.
+        eccentricity, solidity: regionprops, scale-free.
+        mean_rgb: mean R, G, B of the cell in the tile the model saw.
+        geometry: GeoJSON ``Polygon`` / ``MultiPolygon`` (holes kept) with vertices on pixel
+            edges: pixel ``i`` spans ``[i, i + 1]`` and its centre is ``i + 0.5``, the
+            convention of :func:`~cellseg_d2.inference.export.mask_to_polygons` and QuPath.
+    """
+
+    tile: int
+    category: int
+    score: float
+    box: tuple[float, float, float, float]
+    area: float
+    centroid_x: float
+    centroid_y: float
+    perimeter: float
+    eccentricity: float
+    solidity: float
+    mean_rgb: tuple[float, float, float]
+    geometry: dict
+
+
+def _level0_box(tile: SlideTile, det: Detection) -> tuple[float, float, float, float]:
+    """The detection's tight box mapped from the tile's model pixels to level-0 pixels."""
+    sx, sy = tile.level0_per_model_pixel
+    x0, y0, x1, y1 = det.box
+    return tile.x + x0 * sx, tile.y + y0 * sy, tile.x + x1 * sx, tile.y + y1 * sy
+
+
+def _geometry(tile: SlideTile, det: Detection) -> dict | None:
+    """The mask's outline (:func:`mask_to_polygons`) mapped to level-0 pixels, or None."""
+    sx, sy = tile.level0_per_model_pixel
+    pieces = mask_to_polygons(det.mask, det.top, det.left)
+    if not pieces:
+        return None
+    mapped = [
+        [
+            [
+                [
+                    round(tile.x + x * sx, COORDINATE_DECIMALS),
+                    round(tile.y + y * sy, COORDINATE_DECIMALS),
+                ]
+                for x, y in ring
+            ]
+            for ring in piece
+        ]
+        for piece in pieces
+    ]
+    if len(mapped) == 1:
+        return {"type": "Polygon", "coordinates": mapped[0]}
+    return {"type": "MultiPolygon", "coordinates": mapped}
+
+
+def tile_cells(
+    tile: SlideTile, detections: Sequence[Detection], image: np.ndarray
+) -> list[SlideCell]:
+    """The cells this tile owns, measured and in level-0 pixels, in the model's order.
+
+    Args:
+        tile: the tile the detections were predicted on.
+        detections: the predictor's output for the tile (model pixels, tile origin).
+        image: the BGR tile the model saw (for the mean intensities).
+
+    Returns:
+        The detections whose box centre lies in the tile's core, as :class:`SlideCell`.
+    """
+    sx, sy = tile.level0_per_model_pixel
+    cells = []
+    for det in detections:
+        if not det.mask.any():
+            continue
+        box = _level0_box(tile, det)
+        if not tile.owns((box[0] + box[2]) / 2, (box[1] + box[3]) / 2):
+            continue
+        geometry = _geometry(tile, det)
+        if geometry is None:
+            continue
+        height, width = det.mask.shape
+        rgb = image[det.top : det.top + height, det.left : det.left + width, ::-1]
+        props = measure.regionprops(det.mask.astype(np.uint8), intensity_image=rgb)[0]
+        row, col = props.centroid
+        mean = props.intensity_mean
+        cells.append(
+            SlideCell(
+                tile=tile.index,
+                category=int(det.category),
+                score=float(det.score),
+                box=box,
+                area=float(props.area) * sx * sy,
+                # pixel-index centroid -> pixel centre (+0.5) -> level-0 -> pixel index (-0.5)
+                centroid_x=tile.x + (det.left + col + 0.5) * sx - 0.5,
+                centroid_y=tile.y + (det.top + row + 0.5) * sy - 0.5,
+                perimeter=float(props.perimeter) * math.sqrt(sx * sy),
+                eccentricity=float(props.eccentricity),
+                solidity=float(props.solidity),
+                mean_rgb=(float(mean[0]), float(mean[1]), float(mean[2])),
+                geometry=geometry,
+            )
+        )
+    return cells
+
+
+def drop_seam_duplicates(cells: Sequence[SlideCell], tiles: Sequence[SlideTile]) -> list[SlideCell]:
+    """Remove cells kept twice by neighbouring tiles (the safety net of ownership).
+
+    Greedy by score like the image tiling merge: the best remaining cell stays and removes its
+    best-matching copy (box IoU above ``TILE_MERGE_IOU``, any class) from each other tile.
+    Cells of one tile are never compared (the model's own NMS decided there), nor cells whose
+    boxes do not reach into the overlap of two windows.
+
+    Args:
+        cells: the owned cells of some tiles.
+        tiles: those tiles (every ``cell.tile`` among their indices).
+
+    Returns:
+        The surviving cells in their input order (deterministic ids downstream).
+    """
+    if len(cells) < 2:
+        return list(cells)
+    position = {tile.index: i for i, tile in enumerate(tiles)}
+    tile_of = [position[cell.tile] for cell in cells]
+    # _tile_overlap_matches reads only ``.box``; SlideCell's is a level-0 float box.
+    matches = _tile_overlap_matches(cells, tile_of, [tile.window for tile in tiles])  # type: ignore[arg-type]
+    if not matches:
+        return list(cells)
+    removed = [False] * len(cells)
+    survivors = []
+    for i in sorted(range(len(cells)), key=lambda k: (-cells[k].score, k)):
+        if removed[i]:
+            continue
+        survivors.append(i)
+        removed[i] = True
+        best: dict[int, tuple[float, int]] = {}  # tile -> (IoU, -index): ties go to the first
+        for iou, j in matches.get(i, ()):
+            if not removed[j]:
+                best[tile_of[j]] = max(best.get(tile_of[j], (0.0, 0)), (iou, -j))
+        for _, negative_j in best.values():
+            removed[-negative_j] = True
+    return [cells[i] for i in sorted(survivors)]
