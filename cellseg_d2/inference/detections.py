@@ -35,6 +35,7 @@ __all__ = [
     "paste_masks_in_boxes",
     "predict_in_tiles",
     "raw_outputs_to_detections",
+    "tile_overlap_matches",
     "tile_windows",
     "trim_detection",
 ]
@@ -277,7 +278,7 @@ def merge_tile_detections(
     # Greedy, by score: a kept detection removes its best-matching copy (IoU above the
     # threshold) from each *other* tile. Within a tile the model's own NMS already decided
     # which overlapping cells to keep, and a copy stands for one cell, not for its neighbours.
-    matches = _tile_overlap_matches(kept, tile_of, [window for window, _ in tiles])
+    matches = tile_overlap_matches(kept, tile_of, [window for window, _ in tiles])
     removed = [False] * len(kept)
     result = []
     for i in sorted(range(len(kept)), key=lambda k: -kept[k].score):
@@ -294,7 +295,7 @@ def merge_tile_detections(
     return result
 
 
-def _tile_overlap_matches(
+def tile_overlap_matches(
     detections: Sequence[Detection],
     tile_of: Sequence[int],
     windows: Sequence[tuple[int, int, int, int]],

@@ -18,7 +18,7 @@ every detection touching an inner tile edge, which ownership already decides exa
 for a cell larger than the overlap, would drop both cut copies); and it takes integer
 detections in the windows' own pixels, while here tiles are model pixels and windows level-0
 pixels (different when ``scale != 1``). Its seam-aware pair search
-(``_tile_overlap_matches``: only boxes reaching into two windows' overlap are compared) is
+(``tile_overlap_matches``: only boxes reaching into two windows' overlap are compared) is
 reused as it is, on level-0 float boxes, followed by the same greedy pass by score.
 
 Measurements follow the per-cell table of :mod:`~cellseg_d2.inference.export` (regionprops on
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 from skimage import measure
 
-from cellseg_d2.inference.detections import Detection, _tile_overlap_matches
+from cellseg_d2.inference.detections import Detection, tile_overlap_matches
 from cellseg_d2.inference.export import mask_to_polygons
 from cellseg_d2.inference.slide_tiles import SlideTile
 
@@ -179,8 +179,8 @@ def drop_seam_duplicates(cells: Sequence[SlideCell], tiles: Sequence[SlideTile])
         return list(cells)
     position = {tile.index: i for i, tile in enumerate(tiles)}
     tile_of = [position[cell.tile] for cell in cells]
-    # _tile_overlap_matches reads only ``.box``; SlideCell's is a level-0 float box.
-    matches = _tile_overlap_matches(cells, tile_of, [tile.window for tile in tiles])  # type: ignore[arg-type]
+    # tile_overlap_matches reads only ``.box``; SlideCell's is a level-0 float box.
+    matches = tile_overlap_matches(cells, tile_of, [tile.window for tile in tiles])  # type: ignore[arg-type]
     if not matches:
         return list(cells)
     removed = [False] * len(cells)
