@@ -273,7 +273,10 @@ def predict_slide(
         "slide": slide_name,
         "width": info.width,
         "height": info.height,
-        "offset": list(info.offset),
+        # Outputs are in QuPath's frame: its OpenSlide server crops to the slide's bounds, as our
+        # reader does, so no offset is added; the bounds' corner is kept for reference.
+        "offset": [0, 0],
+        "bounds_offset": list(info.offset),
         "pixel_size_um": pixel_size,
         "model_pixel_size": model_pixel_size or None,
         "scale": scale,

@@ -5,8 +5,9 @@ A slide's cells do not fit in memory as Python objects, so both writers read the
 :func:`~cellseg_d2.utils.files.atomic_write` file: a reader sees the old file or the complete
 new one. Both carry the store's ``cell_id``, so a cell picked in QuPath is found in the table.
 
-Coordinates are level-0 pixels of the slide plus the reader's offset (the settings' ``offset``,
-which aligns them with QuPath's view of formats whose level 0 starts inside the scan). The
+Coordinates are level-0 pixels of the slide plus the settings' ``offset``; prediction sets it to
+(0, 0) because QuPath's OpenSlide server crops to the slide's bounds as our reader does (the
+bounds' corner is recorded as ``bounds_offset``, add it for OpenSlide's full-slide frame). The
 formats follow the per-image exports of :mod:`~cellseg_d2.inference.export`: a
 ``FeatureCollection`` of ``detection`` objects with ``classification {name, color}`` from the
 project palette, vertices on pixel edges; the table keeps the image table's columns that make
