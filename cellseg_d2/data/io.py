@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+from PIL import Image
 
 from cellseg_d2.data.tiff_header import tiff_header_problem
 from cellseg_d2.errors import CellDataError
@@ -21,6 +22,8 @@ from cellseg_d2.utils.files import atomic_write
 
 __all__ = [
     "MAX_PIXELS_ENV",
+    "image_size",
+    "read_any_image",
     "max_image_pixels",
     "read_image",
     "read_image_size",
@@ -177,7 +180,8 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read a microscopy image as HxWx3 uint8 BGR, detectron2's ``INPUT.FORMAT``.
+    """Read a microscopy image (TIFF, PNG, JPEG) as HxWx3 uint8 BGR, detectron2's
+    ``INPUT.FORMAT``.
 
     Grayscale (HxW or HxWx1) is repeated to three channels; an alpha channel (the 4th channel of
     RGBA) is dropped, with a warning-free pass when it is constant and an error otherwise, since a
@@ -188,7 +192,59 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     Raises:
         CellDataError: unreadable file, an unsupported shape, or one refused by :func:`read_tiff`.
     """
-    return to_bgr_image(read_tiff(path, channel_pages=True), path)
+    return to_bgr_image(read_any_image(path), path)
+
+
+#: Pillow modes kept as they are; others are converted to RGB (palette, CMYK, YCbCr, ...).
+_KEPT_MODES = ("L", "RGB", "RGBA", "I;16", "I", "F")
+
+
+def read_any_image(path: str | os.PathLike) -> np.ndarray:
+    """Pixels of a PNG/JPEG/BMP (Pillow) or TIFF (tifffile) file, as stored (no rescaling).
+
+    Why here: the importers, the slide readers and prediction read PNG/JPEG with the same
+    pixel cap and mode rules as TIFFs.
+
+    Raises:
+        CellDataError: unreadable file, or one above the pixel cap of the project's reader.
+    """
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        return read_tiff(path, channel_pages=True)
+    try:
+        with Image.open(path) as image:
+            limit = max_image_pixels()
+            if limit and image.width * image.height > limit:
+                raise CellDataError(
+                    f"{path}: {image.height}x{image.width} px exceeds the limit of {limit} pixels"
+                )
+            if image.mode == "LA" or (image.mode == "P" and "transparency" in image.info):
+                image = image.convert("RGBA")
+            elif image.mode not in _KEPT_MODES:
+                image = image.convert("RGB")
+            return np.asarray(image)
+    except CellDataError:
+        raise
+    except Exception as exc:  # Pillow raises many types for corrupt or unknown files
+        raise CellDataError(f"{path}: unreadable image: {exc}") from exc
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(height, width)`` of a TIFF, PNG or JPEG file from its header, without decoding pixels.
+
+    Raises:
+        CellDataError: missing or unreadable file.
+    """
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        return read_image_size(path)
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except FileNotFoundError:
+        raise CellDataError(f"{path}: file not found") from None
+    except Exception as exc:  # Pillow raises many types for corrupt or unknown files
+        raise CellDataError(f"{path}: unreadable image: {exc}") from exc
 
 
 def to_bgr_image(image: np.ndarray, path: str | os.PathLike) -> np.ndarray:

@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from cellseg_d2.data.importers.layout import read_any_image
 from cellseg_d2.data.importers.metadata import pixel_size_of
-from cellseg_d2.data.io import max_image_pixels, read_image, to_bgr_image
+from cellseg_d2.data.io import max_image_pixels, read_any_image, read_image, to_bgr_image
 from cellseg_d2.data.slide_base import (
     SlideInfo,
     SlideReader,

@@ -23,7 +23,7 @@ from skimage.color import rgb2hsv
 from skimage.filters import threshold_otsu
 from skimage.morphology import disk
 
-from cellseg_d2.data.importers.layout import read_any_image
+from cellseg_d2.data.io import read_any_image
 from cellseg_d2.errors import CellDataError
 
 __all__ = ["load_mask_image", "tissue_area_mm2", "tissue_mask"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +46,7 @@ from cellseg_d2.utils.files import atomic_write
 
 __all__ = [
     "MAX_ID_MAP_BYTES",
+    "entry_paths",
     "PredictionSummary",
     "build_predict_config",
     "iter_batches",
@@ -116,6 +117,15 @@ def iter_batches(
             yield batch
 
 
+def entry_paths(
+    input_dir: str | os.PathLike | Mapping[str, Path], entries: Sequence[dict]
+) -> list[Path]:
+    """The file of each id-map entry: in ``input_dir``, or looked up by file name."""
+    if isinstance(input_dir, Mapping):
+        return [Path(input_dir[entry["file_name"]]) for entry in entries]
+    return [Path(input_dir) / entry["file_name"] for entry in entries]
+
+
 def iter_predictions(
     predictor: CellPredictor, paths: Sequence[Path], progress: bool = True
 ) -> Iterator[tuple[int, np.ndarray | CellDataError, list[Detection]]]:
@@ -145,7 +155,7 @@ def iter_predictions(
 
 def predict_folder(
     predictor: CellPredictor,
-    input_dir: str | os.PathLike,
+    input_dir: str | os.PathLike | Mapping[str, Path],
     entries: Sequence[dict],
     progress: bool = True,
 ) -> list[dict]:
@@ -156,7 +166,8 @@ def predict_folder(
 
     Args:
         predictor: the model wrapper.
-        input_dir: folder holding the ``file_name`` of every entry.
+        input_dir: folder holding the ``file_name`` of every entry, or ``file_name -> path``
+            (inputs from several folders, :func:`~cellseg_d2.inference.inputs.collect_inputs`).
         entries: checked id-map entries (``file_name``, ``id``, ``height``, ``width``).
         progress: show a progress bar with images/s and ETA.
 
@@ -166,7 +177,7 @@ def predict_folder(
     Raises:
         CellDataError: an image cannot be read.
     """
-    paths = [Path(input_dir) / entry["file_name"] for entry in entries]
+    paths = entry_paths(input_dir, entries)
     results: list[dict] = []
     for index, image, detections in iter_predictions(predictor, paths, progress):
         if isinstance(image, CellDataError):
@@ -203,7 +214,7 @@ class PredictionSummary:
 
 def predict_to_files(
     predictor: CellPredictor,
-    input_dir: str | os.PathLike,
+    input_dir: str | os.PathLike | Mapping[str, Path],
     entries: Sequence[dict],
     *,
     formats: Sequence[str],
@@ -227,7 +238,8 @@ def predict_to_files(
 
     Args:
         predictor: the model wrapper.
-        input_dir: folder holding the ``file_name`` of every entry.
+        input_dir: folder holding the ``file_name`` of every entry, or ``file_name -> path``
+            (inputs from several folders, :func:`~cellseg_d2.inference.inputs.collect_inputs`).
         entries: checked id-map entries (``file_name``, ``id``, ``height``, ``width``).
         formats: any of :data:`~cellseg_d2.inference.export.EXPORT_FORMATS`.
         fingerprint: from :func:`~cellseg_d2.inference.shards.prediction_fingerprint`, stored
@@ -270,7 +282,7 @@ def predict_to_files(
         summary.resumed = len(entries) - len(todo)
         if summary.resumed:
             logger.info("Resuming: %d of %d images already done", summary.resumed, len(entries))
-        paths = [Path(input_dir) / entry["file_name"] for entry in todo]
+        paths = entry_paths(input_dir, todo)
         for index, image, detections in iter_predictions(predictor, paths, progress):
             entry = todo[index]
             if isinstance(image, CellDataError):

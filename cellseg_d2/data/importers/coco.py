@@ -36,8 +36,8 @@ from cellseg_d2.data.importers.common import (
     Instance,
     paint_instances,
 )
-from cellseg_d2.data.importers.layout import image_size
 from cellseg_d2.data.importers.raster import rings_to_mask
+from cellseg_d2.data.io import image_size
 from cellseg_d2.data.rle import check_rle
 from cellseg_d2.errors import CellDataError
 from cellseg_d2.utils.files import parse_json

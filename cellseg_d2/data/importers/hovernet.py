@@ -35,7 +35,8 @@ import scipy.io
 
 from cellseg_d2.data.importers.common import ClassTable, ImportedImage, ImportSummary
 from cellseg_d2.data.importers.labels import split_by_class
-from cellseg_d2.data.importers.layout import find_image, image_size
+from cellseg_d2.data.importers.layout import find_image
+from cellseg_d2.data.io import image_size
 from cellseg_d2.errors import CellDataError
 
 __all__ = ["read_hovernet", "read_mat_labels"]

@@ -39,7 +39,8 @@ import numpy as np
 from scipy import ndimage
 
 from cellseg_d2.data.importers.common import ClassTable, ImportedImage, ImportSummary
-from cellseg_d2.data.importers.layout import IMAGE_SUFFIXES, read_any_image
+from cellseg_d2.data.importers.layout import IMAGE_SUFFIXES
+from cellseg_d2.data.io import read_any_image
 from cellseg_d2.errors import CellDataError
 from cellseg_d2.utils.files import parse_json
 

@@ -28,12 +28,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from cellseg_d2.data.dataset_info import DatasetInfo, write_dataset_info
 from cellseg_d2.data.importers.common import ClassTable, ImportSummary, label_dtype, safe_name
 from cellseg_d2.data.importers.metadata import pixel_size_of
-from cellseg_d2.data.io import max_image_pixels, read_image, read_image_size, read_tiff, write_tiff
+from cellseg_d2.data.io import read_any_image, read_image, write_tiff
 from cellseg_d2.data.validate import DEFAULT_MIN_IMAGE_SIZE
 from cellseg_d2.errors import CellDataError
 from cellseg_d2.utils.files import atomic_write
@@ -50,8 +49,6 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "DatasetWriter",
     "find_image",
-    "image_size",
-    "read_any_image",
     "stage_image",
 ]
 
@@ -60,51 +57,6 @@ logger = logging.getLogger(__name__)
 #: Image files the importers read: TIFFs with the project's reader, the others with Pillow.
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 _GT_DIR = "test_gt"
-#: Pillow modes kept as they are; others are converted to RGB (palette, CMYK, YCbCr, ...).
-_KEPT_MODES = ("L", "RGB", "RGBA", "I;16", "I", "F")
-
-
-def read_any_image(path: Path) -> np.ndarray:
-    """Pixels of a PNG/JPEG/BMP (Pillow) or TIFF (tifffile) file, as stored (no rescaling).
-
-    Raises:
-        CellDataError: unreadable file, or one above the pixel cap of the project's reader.
-    """
-    if path.suffix.lower() in (".tif", ".tiff"):
-        return read_tiff(path, channel_pages=True)
-    try:
-        with Image.open(path) as image:
-            limit = max_image_pixels()
-            if limit and image.width * image.height > limit:
-                raise CellDataError(
-                    f"{path}: {image.height}x{image.width} px exceeds the limit of {limit} pixels"
-                )
-            if image.mode == "LA" or (image.mode == "P" and "transparency" in image.info):
-                image = image.convert("RGBA")
-            elif image.mode not in _KEPT_MODES:
-                image = image.convert("RGB")
-            return np.asarray(image)
-    except CellDataError:
-        raise
-    except Exception as exc:  # Pillow raises many types for corrupt or unknown files
-        raise CellDataError(f"{path}: unreadable image: {exc}") from exc
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """``(height, width)`` of an image file from its header, without decoding pixels.
-
-    Raises:
-        CellDataError: missing or unreadable file.
-    """
-    if path.suffix.lower() in (".tif", ".tiff"):
-        return read_image_size(path)
-    try:
-        with Image.open(path) as image:
-            return image.height, image.width
-    except FileNotFoundError:
-        raise CellDataError(f"{path}: file not found") from None
-    except Exception as exc:  # Pillow raises many types for corrupt or unknown files
-        raise CellDataError(f"{path}: unreadable image: {exc}") from exc
 
 
 def find_image(folders: list[Path], stem: str) -> Path | None:

@@ -42,8 +42,9 @@ from cellseg_d2.data.importers.common import (
     Instance,
     paint_instances,
 )
-from cellseg_d2.data.importers.layout import IMAGE_SUFFIXES, find_image, image_size
+from cellseg_d2.data.importers.layout import IMAGE_SUFFIXES, find_image
 from cellseg_d2.data.importers.raster import rings_to_mask
+from cellseg_d2.data.io import image_size
 from cellseg_d2.errors import CellDataError
 from cellseg_d2.utils.files import parse_json
 
