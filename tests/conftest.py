@@ -14,7 +14,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.logger import setup_logger
 
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
-from cellseg_d2.config import get_cellseg_cfg
+from cellseg_d2.config import load_cellseg_config
 from cellseg_d2.data import register_cell_datasets
 from cellseg_d2.data.synthetic import generate_synthetic_dataset
 
@@ -81,10 +81,13 @@ def cells_prefix(synthetic_root: Path, request: pytest.FixtureRequest) -> Iterat
 
 
 def instant_cfg(prefix: str, output_dir: Path, *opts: object) -> CfgNode:
-    """The instant-test config on CPU, trained on ``<prefix>_train``, evaluated on ``_val``."""
-    cfg = get_cellseg_cfg()
-    cfg.merge_from_file(str(INSTANT_CONFIG))
-    cfg.merge_from_list(
+    """The instant-test config on CPU, trained on ``<prefix>_train``, evaluated on ``_val``.
+
+    Read with the project's safe loader, as the tools read configs; ``opts`` are ``KEY, VALUE``
+    overrides (Python values are taken as they are).
+    """
+    return load_cellseg_config(
+        INSTANT_CONFIG,
         [
             "MODEL.DEVICE",
             "cpu",
@@ -95,9 +98,8 @@ def instant_cfg(prefix: str, output_dir: Path, *opts: object) -> CfgNode:
             "OUTPUT_DIR",
             str(output_dir),
             *opts,
-        ]
+        ],
     )
-    return cfg
 
 
 def load_tool(path: Path) -> ModuleType:

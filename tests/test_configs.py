@@ -16,7 +16,7 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from cellseg_d2.checkpoint.checkpointer import AtomicDetectionCheckpointer, is_class_layer
-from cellseg_d2.config import add_cellseg_config, get_cellseg_cfg
+from cellseg_d2.config import add_cellseg_config, load_cellseg_config
 from cellseg_d2.engine import CellTrainer
 from cellseg_d2.modeling import CellRCNN
 from tests.conftest import CONFIGS
@@ -28,10 +28,8 @@ ALL_CONFIGS = sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml"
 
 
 def _cfg(name: str, *opts: object):
-    cfg = get_cellseg_cfg()
-    cfg.merge_from_file(str(CONFIGS / name))
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
-    return cfg
+    """A shipped config read with the project's safe loader, on CPU, without weights."""
+    return load_cellseg_config(CONFIGS / name, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
 
 
 def _small_inputs(cfg_size: int = 128) -> list[dict]:
@@ -86,8 +84,7 @@ def test_base_config_cell_settings() -> None:
 
 def test_real_configs_start_from_imagenet_and_demo_from_scratch() -> None:
     for name in ALL_CONFIGS:
-        cfg = get_cellseg_cfg()
-        cfg.merge_from_file(str(CONFIGS / name))
+        cfg = load_cellseg_config(CONFIGS / name)
         if "scratch" in name:
             assert cfg.MODEL.WEIGHTS == "", name
         elif "_coco" in name:  # detectron2's COCO model, trained from the same MSRA weights
@@ -116,9 +113,8 @@ def test_import_cellseg_d2_registers_the_meta_architecture() -> None:
     code = (
         "import cellseg_d2\n"
         "from detectron2.modeling import build_model\n"
-        "from cellseg_d2.config import get_cellseg_cfg\n"
-        "cfg = get_cellseg_cfg()\n"
-        f"cfg.merge_from_file({str(CONFIGS / 'quick_schedules' / 'instant_test.yaml')!r})\n"
+        "from cellseg_d2.config import load_cellseg_config\n"
+        f"cfg = load_cellseg_config({str(CONFIGS / 'quick_schedules' / 'instant_test.yaml')!r})\n"
         "cfg.MODEL.DEVICE = 'cpu'\n"
         "print(type(build_model(cfg)).__name__)\n"
     )

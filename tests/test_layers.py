@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,115 @@ def test_submission_tools_do_not_load_the_trainer(tool: str) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("CLEAN"), proc.stdout[-500:]
+
+
+# ---- tests mirror the package; modules stay small; no test reads YAML unsafely --------------
+
+TESTS = REPO / "tests"
+#: The longest a package module may grow before it is split.
+MAX_MODULE_LINES = 400
+#: Tests that call detectron2's ``merge_from_file`` on purpose, as a control. Everything else
+#: reads configs with ``cellseg_d2.config.load_cellseg_config`` (or ``merge_config_file``),
+#: which never runs code from a YAML file.
+UNSAFE_MERGE_ALLOWED: dict[tuple[str, str], str] = {
+    ("tests/config/test_loader.py", "test_detectron2_merge_from_file_would_run_the_payload"): (
+        "proves the payload is real: detectron2's loader runs it, ours refuses it"
+    ),
+    ("tests/config/test_loader.py", "test_shipped_configs_load_as_detectron2_loads_them"): (
+        "the reference the safe loader must equal on every shipped config"
+    ),
+}
+_UNSAFE_MERGE = re.compile(r"\.merge_from_file\(")
+
+
+def _expected_test_file(module: Path) -> Path:
+    """``cellseg_d2/a/b.py`` -> ``tests/a/test_b.py`` (``cellseg_d2/errors.py`` ->
+    ``tests/test_errors.py``)."""
+    relative = module.relative_to(PACKAGE)
+    return TESTS / relative.parent / f"test_{relative.name}"
+
+
+def _unsafe_merges(path: Path) -> list[tuple[str, int]]:
+    """``(function, line)`` of every call of detectron2's file merge in a file, in code or in a
+    string (code run in a subprocess); the function is the outermost one around the line."""
+    text = path.read_text(encoding="utf-8")
+    functions = [
+        node
+        for node in ast.parse(text).body
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+    ]
+    found = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if _UNSAFE_MERGE.search(line):
+            owner = next(
+                (f.name for f in functions if f.lineno <= number <= f.end_lineno), "<module>"
+            )
+            found.append((owner, number))
+    return found
+
+
+@pytest.mark.xfail(strict=False, reason="other workers finish the splits")
+def test_every_module_has_its_test_file() -> None:
+    missing = [
+        f"{module.relative_to(REPO)} -> {_expected_test_file(module).relative_to(REPO)}"
+        for module in _modules()
+        if module.name != "__init__.py" and not _expected_test_file(module).is_file()
+    ]
+    assert not missing, "modules without their own test file:\n" + "\n".join(missing)
+
+
+def test_test_file_mapping() -> None:
+    assert _expected_test_file(PACKAGE / "errors.py") == TESTS / "test_errors.py"
+    assert _expected_test_file(PACKAGE / "data" / "importers" / "raster.py") == (
+        TESTS / "data" / "importers" / "test_raster.py"
+    )
+
+
+@pytest.mark.xfail(strict=False, reason="other workers finish the splits")
+def test_modules_stay_small() -> None:
+    long = []
+    for module in _modules():
+        lines = len(module.read_text(encoding="utf-8").splitlines())
+        if lines > MAX_MODULE_LINES:
+            long.append(f"{module.relative_to(REPO)}: {lines} lines")
+    assert not long, f"modules above {MAX_MODULE_LINES} lines (split them):\n" + "\n".join(long)
+
+
+def test_no_test_uses_the_unsafe_yaml_merge() -> None:
+    found = [
+        (str(path.relative_to(REPO)), function, line)
+        for path in sorted(TESTS.rglob("*.py"))
+        for function, line in _unsafe_merges(path)
+    ]
+    unexpected = [
+        f"{file}:{line} in {function}"
+        for file, function, line in found
+        if (file, function) not in UNSAFE_MERGE_ALLOWED
+    ]
+    assert not unexpected, (
+        "use cellseg_d2.config.load_cellseg_config (it never runs code from YAML):\n"
+        + "\n".join(unexpected)
+    )
+    # Every allowed control still exists and still calls detectron2's loader (else drop it).
+    for file, function in UNSAFE_MERGE_ALLOWED:
+        assert (REPO / file).is_file(), file
+        assert any(f[:2] == (file, function) for f in found), (
+            f"{file}::{function} no longer calls it; remove it from UNSAFE_MERGE_ALLOWED"
+        )
+
+
+def test_unsafe_merge_scan_sees_calls_and_code_in_strings(tmp_path: Path) -> None:
+    merge = "merge_from_file"  # spelled apart so that this file holds no such call
+    module = tmp_path / "test_x.py"
+    module.write_text(
+        "def test_a(cfg):\n"
+        f"    cfg.{merge}('a.yaml')\n"
+        "\n"
+        "def test_b():\n"
+        f"    code = 'cfg.{merge}(path)'\n"
+        "\n"
+        "def test_c(cfg):\n"
+        "    cfg.merge_from_list(['A', 1])\n"
+        f"    cfg.{merge}  # mentioned, not called\n"
+    )
+    assert _unsafe_merges(module) == [("test_a", 2), ("test_b", 5)]

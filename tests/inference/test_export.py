@@ -154,12 +154,6 @@ def test_polygon_of_island_in_hole_is_its_own_piece() -> None:
     assert min(xs) == 20.0 and max(xs) == 31.0  # pixel corners: left edge to right edge
 
 
-def test_class_colors_distinct_for_many_classes() -> None:
-    colors = [tuple(class_color(k)) for k in range(12)]
-    assert len(set(colors)) == 12
-    assert all(0 <= v <= 255 for color in colors for v in color)
-
-
 def test_cell_table_rows_one_per_kept_cell() -> None:
     height, width = 128, 160
     detections = _synthetic_detections(seed=2)

@@ -37,7 +37,7 @@ from detectron2.utils.events import EventStorage
 from torchvision.models.detection import maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
 
 from cellseg_d2.checkpoint.checkpointer import AtomicDetectionCheckpointer
-from cellseg_d2.config import get_cellseg_cfg
+from cellseg_d2.config import load_cellseg_config
 from cellseg_d2.errors import CellSegError
 from cellseg_d2.inference.predictor import CellPredictor
 from cellseg_d2.modeling.torchvision_weights import (
@@ -80,9 +80,7 @@ def _random_torchvision_model(variant: str, num_classes: int = 3) -> torch.nn.Mo
 
 
 def _detectron2_model(config: Path) -> torch.nn.Module:
-    cfg = get_cellseg_cfg()
-    cfg.merge_from_file(str(config))
-    cfg.MODEL.DEVICE = "cpu"
+    cfg = load_cellseg_config(config, ["MODEL.DEVICE", "cpu"])
     model = build_model(cfg).eval()
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     return model
@@ -173,10 +171,10 @@ def test_predictor_reads_bgr_and_gives_torchvision_scores(tmp_path: Path) -> Non
     tv_model = _random_torchvision_model("v2")
     torch.save(tv_model.state_dict(), tmp_path / "tv.pth")
     result = convert_torchvision_weights(tmp_path / "tv.pth", tmp_path / "d2.pth")
-    cfg = get_cellseg_cfg()
-    cfg.merge_from_file(str(result.config))
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", HEIGHT])
-    cfg.merge_from_list(["INPUT.MAX_SIZE_TEST", WIDTH])
+    cfg = load_cellseg_config(
+        result.config,
+        ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", HEIGHT, "INPUT.MAX_SIZE_TEST", WIDTH],
+    )
     predictor = CellPredictor(cfg)
     rgb = torch.randint(0, 256, (HEIGHT, WIDTH, 3), generator=torch.Generator().manual_seed(4))
     rgb = rgb.to(torch.uint8)
@@ -197,9 +195,9 @@ def test_converted_v2_fine_tunes_with_another_number_of_classes(tmp_path: Path) 
     torch.save(tv_model.state_dict(), tmp_path / "coco.pth")
     result = convert_torchvision_weights(tmp_path / "coco.pth", tmp_path / "d2.pth")
     assert result.num_classes == 90
-    cfg = get_cellseg_cfg()
-    cfg.merge_from_file(str(result.config))
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.NUM_CLASSES", 4])
+    cfg = load_cellseg_config(
+        result.config, ["MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.NUM_CLASSES", 4]
+    )
     model = build_model(cfg)
     checkpointer = AtomicDetectionCheckpointer(model, strict_fit=False)  # a training start
     checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=False)

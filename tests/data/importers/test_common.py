@@ -1,15 +1,12 @@
-"""Shared importer parts: dataset.json, pixel-size metadata, overlaps, class order, writing."""
+"""Shared importer parts: overlaps, class order, safe names, and all-or-nothing writing."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 
-from cellseg_d2.data.dataset_info import DatasetInfo, read_dataset_info, write_dataset_info
 from cellseg_d2.data.importers import ImportOptions, import_dataset
 from cellseg_d2.data.importers.common import (
     ClassTable,
@@ -18,52 +15,9 @@ from cellseg_d2.data.importers.common import (
     paint_instances,
     safe_name,
 )
-from cellseg_d2.data.importers.metadata import pixel_size_of
-from cellseg_d2.data.importers.raster import rings_to_mask
 from cellseg_d2.data.io import write_tiff
 from cellseg_d2.errors import CellDataError
 from tests.importer_helpers import no_leftovers
-
-
-def test_dataset_info_round_trip_and_checks(tmp_path: Path) -> None:
-    assert read_dataset_info(tmp_path) is None
-    write_dataset_info(tmp_path, DatasetInfo(("a", "b"), 0.5, "coco"))
-    assert read_dataset_info(tmp_path) == DatasetInfo(("a", "b"), 0.5, "coco")
-    write_dataset_info(tmp_path, DatasetInfo(("a",)))
-    assert json.loads((tmp_path / "dataset.json").read_text())["pixel_size_um"] is None
-    for bad, message in [
-        ({"class_names": ["a", "a"]}, "distinct"),
-        ({"class_names": ["a"], "pixel_size_um": -1}, "positive"),
-        ({"class_names": ["a"], "pixel_size_um": "0.5"}, "number or null"),
-        ([1, 2], "JSON object"),
-    ]:
-        (tmp_path / "dataset.json").write_text(json.dumps(bad))
-        with pytest.raises(CellDataError, match=message):
-            read_dataset_info(tmp_path)
-
-
-def test_pixel_size_from_tiff_metadata(tmp_path: Path) -> None:
-    pixels = np.zeros((16, 16), np.uint8)
-    tifffile.imwrite(tmp_path / "ome.ome.tif", pixels, metadata={"PhysicalSizeX": 0.5})
-    tifffile.imwrite(
-        tmp_path / "nm.ome.tif",
-        pixels,
-        metadata={"PhysicalSizeX": 250, "PhysicalSizeXUnit": "nm"},
-    )
-    tifffile.imwrite(
-        tmp_path / "ij.tif", pixels, imagej=True, resolution=(4, 4), metadata={"unit": "micron"}
-    )
-    tifffile.imwrite(
-        tmp_path / "cm.tif", pixels, resolution=(2e4, 2e4), resolutionunit="CENTIMETER"
-    )
-    tifffile.imwrite(tmp_path / "inch.tif", pixels, resolution=(72, 72), resolutionunit="INCH")
-    write_tiff(tmp_path / "plain.tif", pixels)
-    assert pixel_size_of(tmp_path / "ome.ome.tif") == pytest.approx(0.5)
-    assert pixel_size_of(tmp_path / "nm.ome.tif") == pytest.approx(0.25)
-    assert pixel_size_of(tmp_path / "ij.tif") == pytest.approx(0.25)
-    assert pixel_size_of(tmp_path / "cm.tif") == pytest.approx(0.5)
-    assert pixel_size_of(tmp_path / "inch.tif") is None
-    assert pixel_size_of(tmp_path / "plain.tif") is None
 
 
 def test_paint_instances_smaller_on_top() -> None:
@@ -102,17 +56,6 @@ def test_class_table_rules() -> None:
     assert safe_name("../a b/.c") == "a_b_.c"
     assert safe_name(".hidden") == "hidden"
     assert safe_name("..") == "image"
-
-
-def test_rings_to_mask_holes_and_clipping() -> None:
-    square = np.array([[-2, -2], [6, -2], [6, 6], [-2, 6]], float)
-    hole = np.array([[2, 2], [4, 2], [4, 4], [2, 4]], float)
-    top, left, crop = rings_to_mask([square], [hole], 4, 5)
-    assert (top, left, crop.shape) == (0, 0, (4, 5))
-    expected = np.ones((4, 5), bool)
-    expected[2:4, 2:4] = False
-    assert np.array_equal(crop, expected)
-    assert rings_to_mask([square + 50], [], 4, 5)[2].size == 0
 
 
 def test_failed_overwrite_keeps_the_old_dataset(tmp_path: Path) -> None:
