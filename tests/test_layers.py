@@ -158,7 +158,6 @@ def _unsafe_merges(path: Path) -> list[tuple[str, int]]:
     return found
 
 
-@pytest.mark.xfail(strict=False, reason="other workers finish the splits")
 def test_every_module_has_its_test_file() -> None:
     missing = [
         f"{module.relative_to(REPO)} -> {_expected_test_file(module).relative_to(REPO)}"
@@ -175,7 +174,6 @@ def test_test_file_mapping() -> None:
     )
 
 
-@pytest.mark.xfail(strict=False, reason="other workers finish the splits")
 def test_modules_stay_small() -> None:
     long = []
     for module in _modules():

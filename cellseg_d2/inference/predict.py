@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,11 +46,14 @@ from cellseg_d2.utils.files import atomic_write
 
 __all__ = [
     "MAX_ID_MAP_BYTES",
-    "entry_paths",
+    "Distribute",
+    "ImagesJob",
     "PredictionSummary",
+    "entry_paths",
     "build_predict_config",
     "iter_batches",
     "iter_predictions",
+    "predict_entries",
     "predict_folder",
     "predict_to_files",
 ]
@@ -213,7 +216,7 @@ class PredictionSummary:
 
 
 def predict_to_files(
-    predictor: CellPredictor,
+    predictor: CellPredictor | None,
     input_dir: str | os.PathLike | Mapping[str, Path],
     entries: Sequence[dict],
     *,
@@ -226,6 +229,7 @@ def predict_to_files(
     resume: bool = False,
     skip_bad: bool = False,
     progress: bool = True,
+    distribute: Distribute | None = None,
 ) -> PredictionSummary:
     """Predict every image of an id map into the requested formats, streaming to disk.
 
@@ -253,6 +257,9 @@ def predict_to_files(
             images it has not finished (and those whose shards are bad).
         skip_bad: log, list and skip an unreadable image instead of stopping.
         progress: show a progress bar.
+        distribute: predicts the images still to do in other processes instead of with
+            ``predictor`` here (:mod:`~cellseg_d2.inference.predict_launch`, ``--num-gpus``);
+            the claim, the work folder and the assembly stay in this process.
 
     Returns:
         The run's summary.
@@ -282,23 +289,12 @@ def predict_to_files(
         summary.resumed = len(entries) - len(todo)
         if summary.resumed:
             logger.info("Resuming: %d of %d images already done", summary.resumed, len(entries))
-        paths = entry_paths(input_dir, todo)
-        for index, image, detections in iter_predictions(predictor, paths, progress):
-            entry = todo[index]
-            if isinstance(image, CellDataError):
-                if not skip_bad:
-                    raise CellDataError(
-                        f"{image}\n  {summary.resumed + summary.predicted} finished image(s) are "
-                        f"kept in {shards.work_dir}: replace or fix the file and rerun with "
-                        "--resume, or pass --skip-bad to leave it out"
-                    )
-                logger.warning("Skipping %s", image)
-                summary.skipped.append((entry["file_name"], str(image)))
-                continue
-            _export_image(entry, image, detections, formats, export_dir, class_names, shards)
-            summary.predicted += 1
-            summary.detections += len(detections)
-        predictor.warn_detection_cap(summary.predicted)
+        job = ImagesJob(formats, export_dir, tuple(class_names), skip_bad, progress)
+        if distribute is None:
+            predict_entries(predictor, entry_paths(input_dir, todo), todo, shards, job, summary)
+            predictor.warn_detection_cap(summary.predicted)
+        else:
+            distribute(todo, shards, job, summary)
         assemble_outputs(shards, entries, formats, len(class_names), output, zip_output, export_dir)
         if summary.skipped:
             with atomic_write(skipped_path, "w") as handle:
@@ -315,6 +311,56 @@ def predict_to_files(
             shards.remove()
             summary.work_dir = None
     return summary
+
+
+@dataclass(frozen=True)
+class ImagesJob:
+    """What every image of a run is predicted into (picklable, for worker processes)."""
+
+    formats: tuple[str, ...] | list[str]
+    export_dir: Path | None
+    class_names: tuple[str, ...]
+    skip_bad: bool
+    progress: bool
+
+
+#: ``(todo entries, shards, job, summary)`` -> None: predicts the entries into the shards
+#: elsewhere and adds what it did to the summary.
+Distribute = Callable[[list[dict], PredictionShards, ImagesJob, PredictionSummary], None]
+
+
+def predict_entries(
+    predictor: CellPredictor,
+    paths: Sequence[Path],
+    entries: Sequence[dict],
+    shards: PredictionShards,
+    job: ImagesJob,
+    summary: PredictionSummary,
+) -> None:
+    """Predict ``entries`` (files ``paths``) into their shards and per-image files, counting
+    into ``summary``; the part of a run each process does.
+
+    Raises:
+        CellDataError: an unreadable image without ``job.skip_bad`` (named; finished images
+            stay in the work folder for ``--resume``).
+    """
+    for index, image, detections in iter_predictions(predictor, paths, job.progress):
+        entry = entries[index]
+        if isinstance(image, CellDataError):
+            if not job.skip_bad:
+                raise CellDataError(
+                    f"{image}\n  {summary.resumed + summary.predicted} finished image(s) are "
+                    f"kept in {shards.work_dir}: replace or fix the file and rerun with "
+                    "--resume, or pass --skip-bad to leave it out"
+                )
+            logger.warning("Skipping %s", image)
+            summary.skipped.append((entry["file_name"], str(image)))
+            continue
+        _export_image(
+            entry, image, detections, job.formats, job.export_dir, job.class_names, shards
+        )
+        summary.predicted += 1
+        summary.detections += len(detections)
 
 
 def _export_image(
