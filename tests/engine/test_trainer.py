@@ -167,8 +167,6 @@ def test_checkpoint_save_is_atomic(tmp_path: Path, monkeypatch) -> None:
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
 
 
-
-
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`")
 def test_warmup_longer_than_training_is_shortened_without_epochs(
     cells_prefix: str, tmp_path: Path
