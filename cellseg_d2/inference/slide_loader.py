@@ -25,7 +25,7 @@ import torch.utils.data
 
 from cellseg_d2.inference.slide_tiles import SlideTile
 
-if TYPE_CHECKING:  # written in parallel in data/slide.py
+if TYPE_CHECKING:  # types only: the readers are opened through ``open_reader``
     from cellseg_d2.data.slide import SlideReader
 
 __all__ = ["PREFETCH_BATCHES", "SlideTileDataset", "iter_tile_batches", "read_tile"]

@@ -29,12 +29,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from cellseg_d2.data.slide import SlideInfo, SlideReader, resolve_pixel_size
 from cellseg_d2.errors import CellDataError, ConfigError
 from cellseg_d2.inference.cell_store import CELL_STORE_SUFFIX, CellStore
 from cellseg_d2.inference.detections import Detection
@@ -48,9 +48,6 @@ from cellseg_d2.inference.slide_tiles import (
 )
 from cellseg_d2.inference.slide_writers import SLIDE_FORMATS, write_slide_csv, write_slide_geojson
 from cellseg_d2.utils.layout import DEFAULT_CLASS_NAMES, class_name
-
-if TYPE_CHECKING:  # written in parallel in data/slide.py
-    from cellseg_d2.data.slide import SlideInfo, SlideReader
 
 __all__ = [
     "TISSUE_THUMBNAIL_SIZE",
@@ -190,6 +187,21 @@ def _read_mask_file(path: Path, info: SlideInfo) -> tuple[np.ndarray, float]:
     return mask, downsample
 
 
+def _slide_pixel_size(info: SlideInfo, override: float | None, needed: bool) -> float | None:
+    """The slide's µm/px (:func:`~cellseg_d2.data.slide.resolve_pixel_size`): required, with a
+    clear error naming the file, when the model has a pixel size; otherwise only for areas in
+    µm², so a missing or implausible value leaves them out instead of stopping."""
+    if needed:
+        return resolve_pixel_size(info, override)
+    try:
+        return resolve_pixel_size(info, override)
+    except CellDataError as exc:
+        if override is not None:
+            raise
+        logger.info("%s; areas are given in pixels only", exc)
+        return None
+
+
 def _plan_digest(tiles: Sequence[SlideTile]) -> str:
     """A short hash of the planned tiles (indices, windows, levels) for the resume check."""
     text = ";".join(f"{t.index},{t.x},{t.y},{t.width},{t.height},{t.level}" for t in tiles)
@@ -261,7 +273,7 @@ def predict_slide(
     reader = open_reader(reader_path)
     try:
         info = reader.info
-        pixel_size = pixel_size_override or info.pixel_size_um
+        pixel_size = _slide_pixel_size(info, pixel_size_override, bool(model_pixel_size))
         scale = slide_scale(pixel_size, model_pixel_size)
         grid = plan_slide_tiles(info, scale, tile_size, overlap, max_cell_size=max_cell_size)
         mask, tissue_area = load_tissue(reader, tissue, pixel_size)

@@ -31,7 +31,7 @@ import numpy as np
 
 from cellseg_d2.errors import ConfigError
 
-if TYPE_CHECKING:  # written in parallel in data/slide.py; only its attributes are used here
+if TYPE_CHECKING:  # types only: only the description's attributes are used here
     from cellseg_d2.data.slide import SlideInfo
 
 __all__ = [

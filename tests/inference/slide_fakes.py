@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 from skimage import draw, measure
 
+from cellseg_d2.data.slide_base import SlideInfo
 from cellseg_d2.inference.detections import Detection
 from cellseg_d2.inference.slide_stitch import SlideCell
 
@@ -23,19 +24,8 @@ TISSUE_RGB = (225, 185, 205)
 CLASS_VALUES = (20, 95)  # grey level of class 0 and class 1 discs
 RADIUS = 5  # discs are 11 px wide at level 0
 
-
-@dataclass(frozen=True)
-class FakeSlideInfo:
-    """The attributes of ``cellseg_d2.data.slide.SlideInfo``."""
-
-    path: Path
-    width: int
-    height: int
-    level_dimensions: tuple[tuple[int, int], ...]
-    level_downsamples: tuple[float, ...]
-    pixel_size_um: float | None
-    offset: tuple[int, int]
-    reader: str = "fake"
+#: The real slide description (the fakes only replace the reader).
+FakeSlideInfo = SlideInfo
 
 
 class FakeSlideReader:
@@ -59,6 +49,7 @@ class FakeSlideReader:
             (1.0, 2.0),
             pixel_size_um,
             offset,
+            "fake",
         )
         self.reads: list[tuple[int, int, int, int, int]] = []
         self.closed = False

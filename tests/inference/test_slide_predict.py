@@ -241,7 +241,7 @@ def test_worker_processes_give_the_same_cells(tmp_path: Path) -> None:
 def test_bad_settings_stop_before_reading(tmp_path: Path) -> None:
     canvas, _ = make_canvas()
     opener = Opener(canvas, pixel_size_um=None)
-    with pytest.raises(ConfigError, match="unknown"):
+    with pytest.raises(CellDataError, match="states no pixel size; pass --pixel-size"):
         _run(tmp_path, opener, model_pixel_size=0.25)
     with pytest.raises(ConfigError, match="largest cell"):
         _run(tmp_path, opener, max_cell_size=40)

@@ -12,7 +12,7 @@ from tests.inference.slide_fakes import FakeSlideInfo
 
 
 def _info(width: int = 200, height: int = 100) -> FakeSlideInfo:
-    return FakeSlideInfo(None, width, height, ((width, height),), (1.0,), 0.5, (0, 0))
+    return FakeSlideInfo(None, width, height, ((width, height),), (1.0,), 0.5, (0, 0), "fake")
 
 
 def _square(top: int, left: int, size: int = 10, category: int = 0, score: float = 0.9):

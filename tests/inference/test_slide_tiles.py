@@ -21,7 +21,7 @@ from tests.inference.slide_fakes import FakeSlideInfo
 
 def _info(width: int = 317, height: int = 250, downsamples=(1.0, 2.0, 8.0)) -> FakeSlideInfo:
     dims = tuple((round(width / d), round(height / d)) for d in downsamples)
-    return FakeSlideInfo(None, width, height, dims, tuple(downsamples), 0.5, (0, 0))
+    return FakeSlideInfo(None, width, height, dims, tuple(downsamples), 0.5, (0, 0), "fake")
 
 
 def _coverage(tiles: list[SlideTile], width: int, height: int, use_core: bool) -> np.ndarray:

@@ -1,0 +1,112 @@
+"""Whole slides from a prediction run: the settings a config gives :func:`predict_slide`.
+
+Why apart from :mod:`~cellseg_d2.inference.slide_predict`: that module knows tiles, stores
+and writers but no config; this one is what ``tools/predict.py`` calls for the slides of its
+``--input``, reading tile size, overlap, loader workers and the model's pixel size from the
+finished config, so every slide of a run is predicted the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from detectron2.config import CfgNode
+
+from cellseg_d2.data.slide import open_slide
+from cellseg_d2.errors import CellDataError
+from cellseg_d2.inference.slide_predict import (
+    Predictor,
+    SlideSummary,
+    TissueOption,
+    predict_slide,
+)
+from cellseg_d2.inference.slide_writers import SLIDE_FORMATS
+from cellseg_d2.utils.files import sha256_file
+
+__all__ = ["check_slide_formats", "model_identity", "predict_slides"]
+
+logger = logging.getLogger(__name__)
+
+
+def check_slide_formats(formats: Sequence[str], slides: Sequence[Path]) -> list[str]:
+    """The formats written for whole slides; refuse what a slide cannot give.
+
+    Why: a COCO submission or a whole-canvas label image of a 50,000 px slide is not what
+    anyone opens; slides are written as QuPath GeoJSON and the per-cell table.
+
+    Raises:
+        CellDataError: slides among the inputs but no slide format asked, naming the first.
+    """
+    chosen = [name for name in formats if name in SLIDE_FORMATS]
+    if slides and not chosen:
+        raise CellDataError(
+            f"{slides[0]}: whole slides are written as {' or '.join(SLIDE_FORMATS)} "
+            f"(--format {','.join(SLIDE_FORMATS)} --output-dir DIR); {', '.join(formats)} "
+            "is for images read whole"
+        )
+    return chosen
+
+
+def model_identity(cfg: CfgNode) -> str:
+    """What identifies the model in a slide store, so ``--resume`` never continues a slide
+    with other weights: the SHA-256 of a local weights file, else its name."""
+    weights = cfg.MODEL.WEIGHTS
+    return sha256_file(weights) if weights and os.path.isfile(weights) else str(weights)
+
+
+def predict_slides(
+    cfg: CfgNode,
+    predictor: Predictor,
+    slides: Sequence[Path],
+    output_dir: str | os.PathLike,
+    *,
+    formats: Sequence[str] = SLIDE_FORMATS,
+    pixel_size: float | None = None,
+    tissue: TissueOption = "auto",
+    resume: bool = False,
+    progress: bool = True,
+) -> list[SlideSummary]:
+    """Predict every slide into ``output_dir`` (``<stem>.cells.sqlite``, ``<stem>.geojson``,
+    ``<stem>.cells.csv``) at the model's pixel size (``INPUT.PIXEL_SIZE``; 0 = as scanned).
+
+    Args:
+        cfg: the finished prediction config.
+        predictor: BGR tiles -> detections (the run's :class:`CellPredictor`).
+        slides: the slide files, in order.
+        output_dir: the export folder (claimed by the caller).
+        formats: slide formats (:data:`~cellseg_d2.inference.slide_writers.SLIDE_FORMATS`).
+        pixel_size: µm/px of every slide instead of its metadata (``--pixel-size``).
+        tissue: ``"auto"`` (Otsu on a thumbnail), ``"none"`` or a mask image path.
+        resume: continue each slide from its last finished chunk.
+        progress: a progress bar per slide.
+
+    Raises:
+        CellDataError: an unreadable slide or a missing/implausible pixel size (named).
+    """
+    summaries = []
+    model_id = model_identity(cfg)
+    for slide in slides:
+        summaries.append(
+            predict_slide(
+                slide,
+                open_slide,
+                predictor,
+                output_dir,
+                model_pixel_size=float(cfg.INPUT.PIXEL_SIZE) or None,
+                pixel_size_override=pixel_size,
+                tile_size=int(cfg.TEST.TILING.TILE_SIZE),
+                overlap=int(cfg.TEST.TILING.OVERLAP),
+                batch_size=int(getattr(predictor, "batch_size", 1)),
+                num_workers=int(cfg.DATALOADER.NUM_WORKERS),
+                tissue=tissue,
+                resume=resume,
+                class_names=tuple(cfg.DATASETS.CLASS_NAMES),
+                formats=formats,
+                model_id=model_id,
+                progress=progress,
+            )
+        )
+    return summaries
