@@ -20,6 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from cellseg_d2.utils import cli
+
+cli.quiet_third_party_warnings()  # first: some third-party modules warn as they are imported
+
 import numpy as np
 import torch
 
@@ -34,12 +38,11 @@ from cellseg_d2.inference.predictor import CellPredictor
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags; trailing ``KEY VALUE`` pairs override the config."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config-file", required=True, help="model config (YAML)")
+    parser = cli.tool_parser(__doc__)
+    cli.add_config_arguments(parser)
     parser.add_argument("--size", type=int, default=512, help="square test image side (px)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per engine")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return parser.parse_args(argv)
 
 

@@ -16,6 +16,10 @@ import argparse
 import logging
 import sys
 
+from cellseg_d2.utils import cli
+
+cli.quiet_third_party_warnings()  # first: some third-party modules warn as they are imported
+
 from detectron2.utils.logger import setup_logger
 
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
@@ -37,8 +41,8 @@ logger = logging.getLogger("cellseg_d2.export_model")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags; trailing ``KEY VALUE`` pairs override the config."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config-file", required=True, help="model config (YAML)")
+    parser = cli.tool_parser(__doc__)
+    cli.add_config_arguments(parser)
     parser.add_argument("--format", required=True, choices=sorted(MODEL_FILES))
     parser.add_argument("--output", required=True, help="folder to write (must not exist)")
     parser.add_argument(
@@ -49,7 +53,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "ROIAlign exports correctly)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return parser.parse_args(argv)
 
 
