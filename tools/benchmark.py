@@ -29,7 +29,6 @@ from detectron2.utils.logger import setup_logger
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
 from cellseg_d2.benchmark import format_benchmark, measure_stream_memory, run_benchmark
 from cellseg_d2.config import load_cellseg_config
-from cellseg_d2.errors import CellSegError
 from cellseg_d2.inference.export import EXPORT_FORMATS
 from cellseg_d2.utils.files import atomic_write
 
@@ -65,22 +64,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+@cli.exit_2_on_bad_input
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark, print the table, write the JSON atomically."""
     setup_logger(name="cellseg_d2")
     if args.stream_images is not None:
         report = {"stream": measure_stream_memory(args.stream_images, args.stream_formats)}
-        print(format_benchmark(report))
-        if args.json:
-            with atomic_write(args.json, "w") as handle:
-                json.dump(report, handle, indent=2)
-        return 0
-    try:
+    else:
         cfg = load_cellseg_config(args.config_file, args.opts)
         report = run_benchmark(cfg, args.data, iters=args.iters, loader_batches=args.iters)
-    except CellSegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     print(format_benchmark(report))
     if args.json:
         with atomic_write(args.json, "w") as handle:

@@ -30,7 +30,6 @@ import torch
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
 from cellseg_d2.config import load_cellseg_config
 from cellseg_d2.data.synthetic import synthesize_image
-from cellseg_d2.errors import CellSegError
 from cellseg_d2.inference.exported import ExportedPredictor
 from cellseg_d2.inference.model_export import export_model_folder, load_model_for_export
 from cellseg_d2.inference.predictor import CellPredictor
@@ -46,33 +45,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@cli.exit_2_on_bad_input
 def main(args: argparse.Namespace) -> int:
     """Export, then time the three engines on one image."""
     torch.set_num_threads(args.threads)
-    try:
-        cfg = load_cellseg_config(args.config_file, [*args.opts, "MODEL.DEVICE", "cpu"])
-        cfg.freeze()
-        torch.manual_seed(0)
-        model = load_model_for_export(cfg)
-        rgb, _ = synthesize_image(np.random.default_rng(0), args.size, args.size)
-        image = np.ascontiguousarray(rgb[:, :, 2::-1])
-        eager = CellPredictor(cfg)
-        eager.model.load_state_dict(model.state_dict())
-        engines = {"eager": eager}
-        with tempfile.TemporaryDirectory() as tmp:
-            for fmt in ("torchscript", "onnx"):
-                folder = export_model_folder(cfg, model, fmt, Path(tmp) / fmt)
-                engines[fmt] = ExportedPredictor(folder, num_threads=args.threads)
-            times: dict[str, list[float]] = {name: [] for name in engines}
-            counts = {name: len(engine([image])[0]) for name, engine in engines.items()}
-            for _ in range(args.repeats):
-                for name, engine in engines.items():
-                    start = time.perf_counter()
-                    engine([image])
-                    times[name].append(time.perf_counter() - start)
-    except CellSegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_cellseg_config(args.config_file, [*args.opts, "MODEL.DEVICE", "cpu"])
+    cfg.freeze()
+    torch.manual_seed(0)
+    model = load_model_for_export(cfg)
+    rgb, _ = synthesize_image(np.random.default_rng(0), args.size, args.size)
+    image = np.ascontiguousarray(rgb[:, :, 2::-1])
+    eager = CellPredictor(cfg)
+    eager.model.load_state_dict(model.state_dict())
+    engines = {"eager": eager}
+    with tempfile.TemporaryDirectory() as tmp:
+        for fmt in ("torchscript", "onnx"):
+            folder = export_model_folder(cfg, model, fmt, Path(tmp) / fmt)
+            engines[fmt] = ExportedPredictor(folder, num_threads=args.threads)
+        times: dict[str, list[float]] = {name: [] for name in engines}
+        counts = {name: len(engine([image])[0]) for name, engine in engines.items()}
+        for _ in range(args.repeats):
+            for name, engine in engines.items():
+                start = time.perf_counter()
+                engine([image])
+                times[name].append(time.perf_counter() - start)
     print(f"{args.config_file}: {args.size}x{args.size} image, {args.threads} thread(s)")
     print(f"{'engine':<12} {'median s/img':>12} {'min s/img':>10} {'detections':>10}")
     for name, values in times.items():

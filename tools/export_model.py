@@ -25,7 +25,6 @@ from detectron2.utils.logger import setup_logger
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
 from cellseg_d2.config import load_cellseg_config
 from cellseg_d2.data.register import check_num_classes
-from cellseg_d2.errors import CellSegError
 from cellseg_d2.inference.exported import MODEL_FILES
 from cellseg_d2.inference.model_export import (
     check_export_target,
@@ -35,7 +34,6 @@ from cellseg_d2.inference.model_export import (
 )
 from cellseg_d2.modeling.export import MIN_ONNX_OPSET, ONNX_OPSET
 
-EXIT_BAD_INPUT = 2
 logger = logging.getLogger("cellseg_d2.export_model")
 
 
@@ -56,22 +54,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@cli.exit_2_on_bad_input
 def main(args: argparse.Namespace) -> int:
     """Load the config and weights as prediction does, trace, write the folder."""
     setup_logger(name="cellseg_d2")
-    try:
-        check_export_target(args.format, args.output, args.opset, args.overwrite)
-        cfg = load_cellseg_config(args.config_file, args.opts)
-        check_num_classes(cfg)
-        cfg.freeze()
-        model = load_model_for_export(cfg)
-        export_model_folder(
-            cfg, model, args.format, args.output, opset=args.opset, overwrite=args.overwrite
-        )
-        report = compare_with_eager(cfg, model, args.output)
-    except CellSegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    check_export_target(args.format, args.output, args.opset, args.overwrite)
+    cfg = load_cellseg_config(args.config_file, args.opts)
+    check_num_classes(cfg)
+    cfg.freeze()
+    model = load_model_for_export(cfg)
+    export_model_folder(
+        cfg, model, args.format, args.output, opset=args.opset, overwrite=args.overwrite
+    )
+    report = compare_with_eager(cfg, model, args.output)
     if report["equal"]:
         logger.info("exported == eager on an image of another size: %s", report)
     else:
