@@ -3,15 +3,15 @@
 Every tool maps :class:`CellSegError` to exit status 2 and prints its message, which names the
 file or config key and says what is wrong; anything else is a bug and keeps its traceback. The
 types below derive from this base: :class:`CellDataError` (data files), :class:`ConfigError`
-(config files and overrides) and ``WeightsUnavailableError`` (``MODEL.WEIGHTS``, beside the
-checkpointer).
+(config files and overrides), :class:`OutputExistsError` (an output not to be replaced) and
+``WeightsUnavailableError`` (``MODEL.WEIGHTS``, beside the checkpointer).
 
 NOTE: this module imports nothing from the package, so every module can import it.
 """
 
 from __future__ import annotations
 
-__all__ = ["CellDataError", "CellSegError", "ConfigError"]
+__all__ = ["CellDataError", "CellSegError", "ConfigError", "OutputExistsError"]
 
 
 class CellSegError(Exception):
@@ -28,3 +28,8 @@ class CellDataError(CellSegError, ValueError):
 
     The tools turn it into exit status 2, so scripts can tell bad input from a crash.
     """
+
+
+class OutputExistsError(CellSegError, FileExistsError):
+    """An output that already exists and was not to be replaced: the message names it and how to
+    replace it. Also a ``FileExistsError``, for callers of the API that catch that."""

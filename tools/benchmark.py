@@ -20,24 +20,26 @@ import argparse
 import json
 import sys
 
+from cellseg_d2.utils import cli
+
+cli.quiet_third_party_warnings()  # first: some third-party modules warn as they are imported
+
 from detectron2.utils.logger import setup_logger
 
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
 from cellseg_d2.benchmark import format_benchmark, measure_stream_memory, run_benchmark
 from cellseg_d2.config import build_config
-from cellseg_d2.errors import CellSegError
 from cellseg_d2.inference.export import EXPORT_FORMATS
 from cellseg_d2.utils.files import atomic_write
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags; trailing ``KEY VALUE`` pairs override the config."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config-file", help="model config (YAML)")
+    parser = cli.tool_parser(__doc__)
+    cli.add_config_arguments(parser, required=False)  # not for --stream-images
     parser.add_argument("--data", help="dataset root (train/, test_release/)")
     parser.add_argument("--iters", type=int, default=10, help="timed iterations (default 10)")
     parser.add_argument("--json", help="write the figures to this JSON file")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     parser.add_argument(
         "--stream-images",
         type=int,
@@ -62,22 +64,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+@cli.exit_2_on_bad_input
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark, print the table, write the JSON atomically."""
     setup_logger(name="cellseg_d2")
     if args.stream_images is not None:
         report = {"stream": measure_stream_memory(args.stream_images, args.stream_formats)}
-        print(format_benchmark(report))
-        if args.json:
-            with atomic_write(args.json, "w") as handle:
-                json.dump(report, handle, indent=2)
-        return 0
-    try:
+    else:
         cfg = build_config(args.config_file, args.opts)
         report = run_benchmark(cfg, args.data, iters=args.iters, loader_batches=args.iters)
-    except CellSegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     print(format_benchmark(report))
     if args.json:
         with atomic_write(args.json, "w") as handle:

@@ -20,13 +20,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from cellseg_d2.utils import cli
+
+cli.quiet_third_party_warnings()  # first: some third-party modules warn as they are imported
+
 import numpy as np
 import torch
 
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
 from cellseg_d2.config import build_config
 from cellseg_d2.data.synthetic import synthesize_image
-from cellseg_d2.errors import CellSegError
 from cellseg_d2.inference.exported import ExportedPredictor
 from cellseg_d2.inference.model_export import export_model_folder, load_model_for_export
 from cellseg_d2.inference.predictor import CellPredictor
@@ -34,42 +37,37 @@ from cellseg_d2.inference.predictor import CellPredictor
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags; trailing ``KEY VALUE`` pairs override the config."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config-file", required=True, help="model config (YAML)")
+    parser = cli.tool_parser(__doc__)
+    cli.add_config_arguments(parser)
     parser.add_argument("--size", type=int, default=512, help="square test image side (px)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per engine")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return parser.parse_args(argv)
 
 
+@cli.exit_2_on_bad_input
 def main(args: argparse.Namespace) -> int:
     """Export, then time the three engines on one image."""
     torch.set_num_threads(args.threads)
-    try:
-        cfg = build_config(args.config_file, [*args.opts, "MODEL.DEVICE", "cpu"])
-        cfg.freeze()
-        torch.manual_seed(0)
-        model = load_model_for_export(cfg)
-        rgb, _ = synthesize_image(np.random.default_rng(0), args.size, args.size)
-        image = np.ascontiguousarray(rgb[:, :, 2::-1])
-        eager = CellPredictor(cfg)
-        eager.model.load_state_dict(model.state_dict())
-        engines = {"eager": eager}
-        with tempfile.TemporaryDirectory() as tmp:
-            for fmt in ("torchscript", "onnx"):
-                folder = export_model_folder(cfg, model, fmt, Path(tmp) / fmt)
-                engines[fmt] = ExportedPredictor(folder, num_threads=args.threads)
-            times: dict[str, list[float]] = {name: [] for name in engines}
-            counts = {name: len(engine([image])[0]) for name, engine in engines.items()}
-            for _ in range(args.repeats):
-                for name, engine in engines.items():
-                    start = time.perf_counter()
-                    engine([image])
-                    times[name].append(time.perf_counter() - start)
-    except CellSegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = build_config(args.config_file, [*args.opts, "MODEL.DEVICE", "cpu"])
+    torch.manual_seed(0)
+    model = load_model_for_export(cfg)
+    rgb, _ = synthesize_image(np.random.default_rng(0), args.size, args.size)
+    image = np.ascontiguousarray(rgb[:, :, 2::-1])
+    eager = CellPredictor(cfg)
+    eager.model.load_state_dict(model.state_dict())
+    engines = {"eager": eager}
+    with tempfile.TemporaryDirectory() as tmp:
+        for fmt in ("torchscript", "onnx"):
+            folder = export_model_folder(cfg, model, fmt, Path(tmp) / fmt)
+            engines[fmt] = ExportedPredictor(folder, num_threads=args.threads)
+        times: dict[str, list[float]] = {name: [] for name in engines}
+        counts = {name: len(engine([image])[0]) for name, engine in engines.items()}
+        for _ in range(args.repeats):
+            for name, engine in engines.items():
+                start = time.perf_counter()
+                engine([image])
+                times[name].append(time.perf_counter() - start)
     print(f"{args.config_file}: {args.size}x{args.size} image, {args.threads} thread(s)")
     print(f"{'engine':<12} {'median s/img':>12} {'min s/img':>10} {'detections':>10}")
     for name, values in times.items():

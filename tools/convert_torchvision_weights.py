@@ -16,17 +16,18 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cellseg_d2.utils import cli
+
+cli.quiet_third_party_warnings()  # first: some third-party modules warn as they are imported
+
 from detectron2.utils.logger import setup_logger
 
-from cellseg_d2.modeling.torchvision_weights import (
-    TorchvisionWeightsError,
-    convert_torchvision_weights,
-)
+from cellseg_d2.modeling.torchvision_weights import convert_torchvision_weights
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.tool_parser(__doc__)
     parser.add_argument(
         "source", help="torchvision state dict (.pth), bare or under model/state_dict"
     )
@@ -35,20 +36,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@cli.exit_2_on_bad_input
 def main(args: argparse.Namespace) -> int:
-    """Convert, report what was written; exit 2 on a file that cannot be converted."""
+    """Convert, report what was written; exit 2 on a file that cannot be converted or written."""
     setup_logger(name="cellseg_d2")
-    try:
-        result = convert_torchvision_weights(args.source, args.output, args.config)
-    except TorchvisionWeightsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # an output folder that cannot be written
-        print(
-            f"error: cannot write {exc.filename or args.output}: {exc.strerror or exc}",
-            file=sys.stderr,
-        )
-        return 2
+    result = convert_torchvision_weights(args.source, args.output, args.config)
     print(
         f"torchvision {result.variant}, {result.num_classes} classes -> {result.weights}\n"
         f"train: python tools/train_net.py --config-file {result.config}"

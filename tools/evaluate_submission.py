@@ -20,11 +20,13 @@ validated first; exit status 2 means violations or unreadable input, with the fi
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
+from cellseg_d2.utils import cli
+
+cli.quiet_third_party_warnings()  # first: some third-party modules warn as they are imported
+
 from cellseg_d2.data.id_map import load_id_map
-from cellseg_d2.errors import CellDataError
 from cellseg_d2.evaluation.histology import evaluate_histology, format_histology
 from cellseg_d2.evaluation.scoring import (
     evaluate_submission,
@@ -34,17 +36,15 @@ from cellseg_d2.evaluation.scoring import (
 )
 from cellseg_d2.evaluation.submission_check import require_valid_submission
 from cellseg_d2.evaluation.submission_read import read_submission
-from cellseg_d2.utils.cli import add_class_names_argument
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line; argparse exits with status 2 on bad flags."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.tool_parser(__doc__)
     parser.add_argument("--gt", required=True, help="folder of <image stem>/classK.tif masks")
-    parser.add_argument("--id-map", required=True, help="test_image_name_to_ids.json")
-    parser.add_argument("--pred", required=True, help="submission: results JSON or zip")
+    cli.add_submission_arguments(parser)
     parser.add_argument("--json", help="also write the scores to this JSON file")
-    add_class_names_argument(parser)
+    cli.add_class_names_argument(parser)
     parser.add_argument(
         "--score-thresh",
         type=float,
@@ -54,20 +54,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@cli.exit_2_on_bad_input
 def main(argv: list[str] | None = None) -> int:
     """Validate, score and print the table; 0 on success, 2 on bad input."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        entries = load_id_map(args.id_map)
-        results = read_submission(args.pred, entries)
-        require_valid_submission(results, entries, args.pred, args.class_names)
-        gt_coco = load_ground_truth_coco(args.gt, entries)
-        scores = evaluate_submission(gt_coco, results)
-        histology = evaluate_histology(gt_coco, results, args.score_thresh)
-    except CellDataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cli.log_to_console()
+    entries = load_id_map(args.id_map)
+    results = read_submission(args.pred, entries)
+    require_valid_submission(results, entries, args.pred, args.class_names)
+    gt_coco = load_ground_truth_coco(args.gt, entries)
+    scores = evaluate_submission(gt_coco, results)
+    histology = evaluate_histology(gt_coco, results, args.score_thresh)
     print(format_scores(scores))
     print()
     print(format_histology(histology, args.score_thresh))

@@ -16,12 +16,15 @@ import argparse
 import logging
 import sys
 
+from cellseg_d2.utils import cli
+
+cli.quiet_third_party_warnings()  # first: some third-party modules warn as they are imported
+
 from detectron2.utils.logger import setup_logger
 
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
 from cellseg_d2.config import build_config
 from cellseg_d2.data.register import check_num_classes
-from cellseg_d2.errors import CellSegError
 from cellseg_d2.inference.exported import MODEL_FILES
 from cellseg_d2.inference.model_export import (
     check_export_target,
@@ -31,14 +34,13 @@ from cellseg_d2.inference.model_export import (
 )
 from cellseg_d2.modeling.export import MIN_ONNX_OPSET, ONNX_OPSET
 
-EXIT_BAD_INPUT = 2
 logger = logging.getLogger("cellseg_d2.export_model")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags; trailing ``KEY VALUE`` pairs override the config."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config-file", required=True, help="model config (YAML)")
+    parser = cli.tool_parser(__doc__)
+    cli.add_config_arguments(parser)
     parser.add_argument("--format", required=True, choices=sorted(MODEL_FILES))
     parser.add_argument("--output", required=True, help="folder to write (must not exist)")
     parser.add_argument(
@@ -49,26 +51,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "ROIAlign exports correctly)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return parser.parse_args(argv)
 
 
+@cli.exit_2_on_bad_input
 def main(args: argparse.Namespace) -> int:
     """Load the config and weights as prediction does, trace, write the folder."""
     setup_logger(name="cellseg_d2")
-    try:
-        check_export_target(args.format, args.output, args.opset, args.overwrite)
-        cfg = build_config(args.config_file, args.opts)
-        check_num_classes(cfg)
-        cfg.freeze()
-        model = load_model_for_export(cfg)
-        export_model_folder(
-            cfg, model, args.format, args.output, opset=args.opset, overwrite=args.overwrite
-        )
-        report = compare_with_eager(cfg, model, args.output)
-    except CellSegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    check_export_target(args.format, args.output, args.opset, args.overwrite)
+    cfg = build_config(args.config_file, args.opts)
+    check_num_classes(cfg)
+    model = load_model_for_export(cfg)
+    export_model_folder(
+        cfg, model, args.format, args.output, opset=args.opset, overwrite=args.overwrite
+    )
+    report = compare_with_eager(cfg, model, args.output)
     if report["equal"]:
         logger.info("exported == eager on an image of another size: %s", report)
     else:

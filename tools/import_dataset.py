@@ -23,22 +23,15 @@ like any dataset. The rules of each format are in README.md ("Importing datasets
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import sys
 from pathlib import Path
 
+from cellseg_d2.utils import cli
+
+cli.quiet_third_party_warnings()  # first: some third-party modules warn as they are imported
+
 from cellseg_d2.data.importers import FORMATS, ImportOptions, import_dataset
-from cellseg_d2.errors import CellDataError, CellSegError
-from cellseg_d2.utils.layout import parse_class_names
-
-
-def _class_names(text: str) -> tuple[str, ...]:
-    """argparse type of ``--class-names``: checked names, or an argparse error."""
-    try:
-        return parse_class_names(text)
-    except CellDataError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _pixel_size(text: str) -> float:
@@ -54,15 +47,15 @@ def _pixel_size(text: str) -> float:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line; argparse exits with status 2 on bad flags."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.tool_parser(__doc__)
     parser.add_argument("--from", dest="source_format", required=True, choices=sorted(FORMATS))
     parser.add_argument("source", type=Path, help="the source file or folder (see README)")
     parser.add_argument("--output", required=True, type=Path, help="dataset root to create")
     parser.add_argument("--test", type=Path, help="a second source of the same format: test split")
-    parser.add_argument(
-        "--class-names",
-        type=_class_names,
-        help="comma-separated class names in classK.tif order (default: from the source; "
+    cli.add_class_names_argument(
+        parser,
+        default=None,
+        help_text="comma-separated class names in classK.tif order (default: from the source; "
         "pannuke: its five classes; labels: one class 'cell')",
     )
     group = parser.add_mutually_exclusive_group()
@@ -81,36 +74,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@cli.exit_2_on_bad_input
 def main(argv: list[str] | None = None) -> int:
     """Run the import; return 0 on success, 2 on bad input."""
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    cli.log_to_console(verbose=args.verbose)
     options = ImportOptions(
         class_names=args.class_names,
         unclassified=args.unclassified,
         skip_unclassified=args.skip_unclassified,
         pixel_size_um=args.pixel_size,
     )
-    try:
-        summary = import_dataset(
-            args.source_format,
-            args.source,
-            args.output,
-            options,
-            test=args.test,
-            overwrite=args.overwrite,
-            images=args.images,
-            test_images=args.test_images,
-            labels=args.labels,
-            class_dir=args.classes,
-            nucleus=args.nucleus,
-        )
-    except CellSegError as exc:
-        print(f"import_dataset: error: {exc}", file=sys.stderr)
-        return 2
+    summary = import_dataset(
+        args.source_format,
+        args.source,
+        args.output,
+        options,
+        class_dir=args.classes,
+        **cli.flags(args, "test", "overwrite", "images", "test_images", "labels", "nucleus"),
+    )
     print(summary.format())
     return 0
 

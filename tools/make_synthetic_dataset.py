@@ -23,6 +23,10 @@ import argparse
 import logging
 import sys
 
+from cellseg_d2.utils import cli
+
+cli.quiet_third_party_warnings()  # first: some third-party modules warn as they are imported
+
 from cellseg_d2.data.synthetic import MAX_CLASSES, MIN_IMAGE_SIZE, generate_synthetic_dataset
 
 logger = logging.getLogger("make_synthetic_dataset")
@@ -34,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     Why: argparse's own ``error`` gives the usual usage message and exit status 2, which scripts
     can tell apart from a crash.
     """
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.tool_parser(__doc__)
     parser.add_argument("--output", required=True, help="dataset root folder to write")
     parser.add_argument("--num-train", type=int, default=20, help="training images (default 20)")
     parser.add_argument("--num-test", type=int, default=5, help="test images (default 5)")
@@ -61,6 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+@cli.exit_2_on_bad_input
 def main(argv: list[str] | None = None) -> int:
     """Generate the dataset and log a summary.
 
@@ -70,24 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         The exit status: 0 on success, 2 when the output folder already holds a dataset.
     """
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        summary = generate_synthetic_dataset(
-            args.output,
-            num_train=args.num_train,
-            num_test=args.num_test,
-            seed=args.seed,
-            min_size=args.min_size,
-            max_size=args.max_size,
-            overwrite=args.overwrite,
-            num_classes=args.num_classes,
-        )
-    except FileExistsError as exc:
-        print(f"make_synthetic_dataset: error: {exc} (--overwrite)", file=sys.stderr)
-        return 2
-    except ValueError as exc:
-        print(f"make_synthetic_dataset: error: {exc}", file=sys.stderr)
-        return 2
+    cli.log_to_console()
+    names = ("num_train", "num_test", "seed", "min_size", "max_size", "overwrite", "num_classes")
+    summary = generate_synthetic_dataset(args.output, **cli.flags(args, *names))
     logger.info(
         "%d images (%d dense), instances per class %s, at most %d cells in an image",
         summary["images"],

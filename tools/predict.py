@@ -22,11 +22,15 @@ import sys
 import time
 from pathlib import Path
 
+from cellseg_d2.utils import cli
+
+cli.quiet_third_party_warnings()  # first: some third-party modules warn as they are imported
+
 from detectron2.utils.logger import setup_logger
 
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
 from cellseg_d2.data.validate import check_test_images, list_tiff_images
-from cellseg_d2.errors import CellDataError, CellSegError
+from cellseg_d2.errors import CellDataError
 from cellseg_d2.inference import CellPredictor
 from cellseg_d2.inference.export import EXPORT_FORMATS
 from cellseg_d2.inference.outputs import check_output_paths, claim_outputs
@@ -34,7 +38,6 @@ from cellseg_d2.inference.predict import MAX_ID_MAP_BYTES, build_predict_config,
 from cellseg_d2.inference.shards import prediction_fingerprint, work_dir_for
 from cellseg_d2.utils.files import check_file_size
 
-EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 logger = logging.getLogger("cellseg_d2.predict")
 
@@ -61,10 +64,10 @@ def _formats(text: str) -> list[str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags; trailing ``KEY VALUE`` pairs override the config."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config-file", required=True, help="model config (YAML)")
+    parser = cli.tool_parser(__doc__)
+    cli.add_config_arguments(parser)
     parser.add_argument("--input", required=True, help="folder of test images (.tif)")
-    parser.add_argument("--id-map", required=True, help="test_image_name_to_ids.json")
+    cli.add_submission_arguments(parser, pred=False)
     parser.add_argument("--output", help="submission: results .json, or .zip with --zip (coco)")
     parser.add_argument("--zip", action="store_true", help="write a zip holding test-results.json")
     parser.add_argument("--format", type=_formats, action="extend", help=FORMAT_HELP)
@@ -85,7 +88,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--score-thresh", type=float, help="MODEL.ROI_HEADS.SCORE_THRESH_TEST")
     parser.add_argument("--mask-thresh", type=float, help="MODEL.CELLSEG.MASK_THRESHOLD")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
     args.format = list(dict.fromkeys(args.format or ["coco"]))
     if "coco" in args.format and not args.output:
@@ -97,6 +99,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+@cli.exit_2_on_bad_input
 def main(args: argparse.Namespace) -> int:
     """Check inputs, predict image by image into the work folder, assemble the outputs."""
     setup_logger(name="cellseg_d2")
@@ -131,9 +134,6 @@ def main(args: argparse.Namespace) -> int:
                 progress=not args.no_progress,
             )
             elapsed = time.perf_counter() - start
-    except CellSegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(
             f"interrupted: finished images are kept in {work_dir_for(main_output)}; "

@@ -16,28 +16,23 @@ its ``DATASETS.MAX_INSTANCES_PER_IMAGE`` when that is not the default.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
+
+from cellseg_d2.utils import cli
+
+cli.quiet_third_party_warnings()  # first: some third-party modules warn as they are imported
 
 from cellseg_d2.config import default_cells_root
 from cellseg_d2.data.limits import DEFAULT_MAX_INSTANCES_PER_IMAGE
 from cellseg_d2.data.prepare import format_summary, prepare_cell_dataset
 from cellseg_d2.data.validate import DEFAULT_MIN_IMAGE_SIZE
-from cellseg_d2.errors import CellDataError
-from cellseg_d2.utils.cli import add_class_names_argument
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line; argparse exits with status 2 on bad flags."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--root", default=default_cells_root(), help="dataset root (default: $CELLSEG_DATASETS)"
-    )
+    parser = cli.tool_parser(__doc__)
+    cli.add_dataset_arguments(parser, default_cells_root())
     parser.add_argument("--strict", action="store_true", help="treat warnings as errors")
-    add_class_names_argument(parser)
-    parser.add_argument(
-        "--min-area", type=int, default=4, help="drop instances with fewer pixels (default 4)"
-    )
     parser.add_argument(
         "--min-size",
         type=int,
@@ -52,27 +47,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"{DEFAULT_MAX_INSTANCES_PER_IMAGE}; the config's DATASETS.MAX_INSTANCES_PER_IMAGE)",
     )
     args = parser.parse_args(argv)
-    if args.min_area < 0 or args.min_size < 1 or args.max_instances < 1:
-        parser.error("--min-area must be >= 0, --min-size and --max-instances >= 1")
+    if args.min_size < 1 or args.max_instances < 1:
+        parser.error("--min-size and --max-instances must be >= 1")
     return args
 
 
+@cli.exit_2_on_bad_input
 def main(argv: list[str] | None = None) -> int:
     """Run the preparation; return 0 on success, 2 on bad data."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        summary = prepare_cell_dataset(
-            args.root,
-            args.min_area,
-            args.min_size,
-            args.strict,
-            args.class_names,
-            max_instances=args.max_instances,
-        )
-    except CellDataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cli.log_to_console()
+    summary = prepare_cell_dataset(
+        args.root,
+        args.min_area,
+        args.min_size,
+        args.strict,
+        args.class_names,
+        max_instances=args.max_instances,
+    )
     print(format_summary(summary))
     return 0
 

@@ -20,6 +20,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cellseg_d2.utils import cli
+
+cli.quiet_third_party_warnings()  # first: some third-party modules warn as they are imported
+
 from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
@@ -36,9 +40,6 @@ from cellseg_d2.engine import (
     evaluate_weights,
     prepare_for_launch,
 )
-from cellseg_d2.errors import CellSegError
-
-EXIT_BAD_INPUT = 2
 
 
 def fill_from_dataset(loaded: CfgNode, args: argparse.Namespace) -> CfgNode:
@@ -91,8 +92,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@cli.exit_2_on_bad_input
 def run(args: argparse.Namespace) -> int:
-    """Launch ``main`` on the requested processes; map user errors to exit codes."""
+    """Launch ``main`` on the requested processes; map user errors to exit codes (bad input 2,
+    a diverged run 1)."""
     try:
         loaded = fill_from_dataset(load_cellseg_config(args.config_file, args.opts), args)
         cfg = finish_config(loaded, command_line_keys=args.opts[0::2])
@@ -110,9 +113,6 @@ def run(args: argparse.Namespace) -> int:
             dist_url=args.dist_url,
             args=(args,),
         )
-    except CellSegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     except TrainingDivergedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -19,40 +19,38 @@ import argparse
 import logging
 import sys
 
+from cellseg_d2.utils import cli
+
+cli.quiet_third_party_warnings()  # first: some third-party modules warn as they are imported
+
 from cellseg_d2.data.id_map import load_id_map
-from cellseg_d2.errors import CellDataError
 from cellseg_d2.evaluation.submission_check import format_report, validate_submission
 from cellseg_d2.evaluation.submission_read import read_submission
-from cellseg_d2.utils.cli import add_class_names_argument
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line; argparse exits with status 2 on bad flags."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--id-map", required=True, help="test_image_name_to_ids.json")
-    parser.add_argument("--pred", required=True, help="submission: results JSON or zip")
-    add_class_names_argument(parser)
+    parser = cli.tool_parser(__doc__)
+    cli.add_submission_arguments(parser)
+    cli.add_class_names_argument(parser)
     parser.add_argument(
         "--max-violations", type=int, default=20, help="list at most this many (default 20)"
     )
     return parser.parse_args(argv)
 
 
+@cli.exit_2_on_bad_input
 def main(argv: list[str] | None = None) -> int:
     """Validate and print the report; 0 when valid, 2 on violations or unreadable input."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        entries = load_id_map(args.id_map)
-        results = read_submission(args.pred, entries)
-    except CellDataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cli.log_to_console(level=logging.WARNING)
+    entries = load_id_map(args.id_map)
+    results = read_submission(args.pred, entries)
     report = validate_submission(results, entries, len(args.class_names))
     print(format_report(report, args.max_violations, args.class_names))
     if not report.ok:
         print(f"error: {args.pred}: {len(report.violations)} violation(s)", file=sys.stderr)
-        return 2
+        return cli.EXIT_BAD_INPUT
     return 0
 
 

@@ -24,15 +24,17 @@ unreadable input, with the file named.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
+
+from cellseg_d2.utils import cli
+
+cli.quiet_third_party_warnings()  # first: some third-party modules warn as they are imported
 
 from detectron2.config import CfgNode
 
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
 from cellseg_d2.data.id_map import load_id_map
-from cellseg_d2.errors import CellSegError
 from cellseg_d2.evaluation.submission import group_by_image
 from cellseg_d2.evaluation.submission_check import require_valid_submission
 from cellseg_d2.evaluation.submission_read import read_submission
@@ -44,13 +46,12 @@ from cellseg_d2.inference.visualize import (
     validation_id_map,
     visualize_predictions,
 )
-from cellseg_d2.utils.cli import add_class_names_argument
 from cellseg_d2.utils.layout import DEFAULT_CLASS_NAMES, TRAIN_DIR
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and check the command line; argparse exits with status 2 on bad values."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.tool_parser(__doc__)
     parser.add_argument("--input", help="folder of the images (test_release/)")
     parser.add_argument("--id-map", help="test_image_name_to_ids.json")
     parser.add_argument(
@@ -83,8 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="boxes: filled masks, boxes and labels (default); outlines: class-coloured "
         "outlines only, plus per-class count bars",
     )
-    add_class_names_argument(parser)
-    parser.set_defaults(class_names=None)  # None: not given (see dataset_settings)
+    cli.add_class_names_argument(parser, default=None)  # None: not given (see dataset_settings)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
     if args.val_root:
@@ -136,38 +136,28 @@ def predict_entries(args: argparse.Namespace, cfg: CfgNode, entries: list[dict])
     return predict_folder(CellPredictor(cfg), args.input, drawn, progress=False)
 
 
+@cli.exit_2_on_bad_input
 def main(argv: list[str] | None = None) -> int:
     """Validate the submission and write the figure; 0 on success, 2 on bad input."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        # The model's own thresholds and the dataset's settings come from the config.
-        cfg = build_predict_config(args.config_file, args.opts) if args.config_file else None
-        dataset_settings(args, cfg)
-        if args.val_root:
-            entries = validation_id_map(args.val_root, **args.split)
-        else:
-            entries = load_id_map(args.id_map)
-        if cfg is not None:
-            results = predict_entries(args, cfg, entries)
-        else:
-            results = read_submission(args.pred, entries)
-        source = args.pred or "the model's predictions"
-        require_valid_submission(results, entries, source, args.class_names)
-        visualize_predictions(
-            args.input,
-            entries,
-            group_by_image(results),
-            args.output,
-            gt_dir=args.gt,
-            num_images=args.num_images,
-            score_thresh=args.score_thresh,
-            style=args.style,
-            class_names=args.class_names,
-        )
-    except CellSegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cli.log_to_console()
+    # The model's own thresholds and the dataset's settings come from the config.
+    cfg = build_predict_config(args.config_file, args.opts) if args.config_file else None
+    dataset_settings(args, cfg)
+    if args.val_root:
+        entries = validation_id_map(args.val_root, **args.split)
+    else:
+        entries = load_id_map(args.id_map)
+    if cfg is not None:
+        results = predict_entries(args, cfg, entries)
+    else:
+        results = read_submission(args.pred, entries)
+    source = args.pred or "the model's predictions"
+    require_valid_submission(results, entries, source, args.class_names)
+    drawing = cli.flags(args, "num_images", "score_thresh", "style", "class_names")
+    visualize_predictions(
+        args.input, entries, group_by_image(results), args.output, gt_dir=args.gt, **drawing
+    )
     return 0
 
 

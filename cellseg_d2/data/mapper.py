@@ -34,7 +34,13 @@ from scipy import ndimage
 from cellseg_d2.data.io import read_image
 from cellseg_d2.data.rle import InstanceCrop, tight_crop
 
-__all__ = ["CellDatasetMapper", "RandomRotation90", "Rot90Transform"]
+__all__ = [
+    "CellDatasetMapper",
+    "NumpyVFlipTransform",
+    "RandomRotation90",
+    "RandomVFlip",
+    "Rot90Transform",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +96,37 @@ class RandomRotation90(T.Augmentation):
             return T.NoOpTransform()
         h, w = image.shape[:2]
         return Rot90Transform(h, w, int(np.random.randint(1, 4)))
+
+
+class NumpyVFlipTransform(T.VFlipTransform):
+    """fvcore's vertical flip, done in numpy as its horizontal flip already is.
+
+    NOTE: fvcore flips vertically through ``torch.from_numpy``, and detectron2's resize hands it a
+    read-only array (``np.asarray`` of a PIL image), so torch warns that it cannot protect it.
+    numpy reads the array as it is; the result is a contiguous, writable copy, as fvcore's is.
+    """
+
+    def apply_image(self, img: np.ndarray) -> np.ndarray:
+        """Flip an HxW, HxWxC or NxHxWxC array upside down."""
+        return np.ascontiguousarray(np.flip(img, axis=0 if img.ndim <= 3 else -3))
+
+
+class RandomVFlip(T.Augmentation):
+    """With probability ``prob``, flip vertically: detectron2's ``RandomFlip(vertical=True)``
+    (the same draw), with :class:`NumpyVFlipTransform`."""
+
+    def __init__(self, prob: float = 0.5) -> None:
+        """Args:
+        prob: probability of flipping.
+        """
+        super().__init__()
+        self._init(locals())
+
+    def get_transform(self, image: np.ndarray) -> T.Transform:
+        """Draw from numpy's global RNG (seeded per worker by detectron2)."""
+        if self._rand_range() >= self.prob:
+            return T.NoOpTransform()
+        return NumpyVFlipTransform(image.shape[0])
 
 
 def _decode_crops(annotations: list[dict], height: int, width: int) -> list[InstanceCrop | None]:
@@ -277,7 +314,7 @@ class CellDatasetMapper(DatasetMapper):
             if geo.HFLIP_PROB > 0:
                 augs.append(T.RandomFlip(prob=geo.HFLIP_PROB, horizontal=True, vertical=False))
             if geo.VFLIP_PROB > 0:
-                augs.append(T.RandomFlip(prob=geo.VFLIP_PROB, horizontal=False, vertical=True))
+                augs.append(RandomVFlip(prob=geo.VFLIP_PROB))
             if geo.ROT90_PROB > 0:
                 augs.append(RandomRotation90(prob=geo.ROT90_PROB))
             ret["augmentations"] = augs

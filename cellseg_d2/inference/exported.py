@@ -164,7 +164,8 @@ def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
             (width, height), Image.BILINEAR
         )
         return np.asarray(resized)
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+    # Writable too: torch warns on a read-only array (a memory map, np.asarray of a PIL image).
+    tensor = torch.from_numpy(np.require(image, requirements=("C", "W"))).permute(2, 0, 1)[None]
     out = torch.nn.functional.interpolate(
         tensor, (height, width), mode="bilinear", align_corners=False
     )

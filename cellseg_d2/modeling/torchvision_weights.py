@@ -75,7 +75,8 @@ BASE_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "Base-CellSeg-RC
 
 
 class TorchvisionWeightsError(CellSegError, ValueError):
-    """The file is not a torchvision Mask R-CNN (v1/v2) state dict that can be converted."""
+    """The file is not a torchvision Mask R-CNN (v1/v2) state dict that can be converted, or the
+    converted files cannot be written there."""
 
 
 @dataclass(frozen=True)
@@ -304,12 +305,36 @@ def convert_torchvision_weights(
         config: the YAML to write; default ``output`` with ``.yaml``.
 
     Raises:
-        TorchvisionWeightsError: the source is not a convertible file (named in the message).
+        TorchvisionWeightsError: the source is not a convertible file, or an output cannot be
+            written (the file is named in the message).
     """
     source = str(source)
     output = Path(output)
     config_path = Path(config) if config is not None else output.with_suffix(".yaml")
     state, variant, num_classes = convert_state_dict(load_torchvision_state_dict(source), source)
+    try:
+        _write_converted(state, variant, num_classes, source, output, config_path)
+    except OSError as exc:  # an output folder that cannot be written
+        raise TorchvisionWeightsError(
+            f"cannot write {exc.filename or output}: {exc.strerror or exc}"
+        ) from exc
+    _check_against_model(config_path, state, source)
+    logger.info(
+        "converted %s (torchvision %s, %d classes) -> %s + %s",
+        source, variant, num_classes, output, config_path,
+    )  # fmt: skip
+    return ConvertedWeights(variant, num_classes, output, config_path)
+
+
+def _write_converted(
+    state: dict[str, torch.Tensor],
+    variant: str,
+    num_classes: int,
+    source: str,
+    output: Path,
+    config_path: Path,
+) -> None:
+    """Write the detectron2 checkpoint and its config, each atomically."""
     with atomic_write(output) as handle:
         torch.save(
             {"model": state, "__author__": f"torchvision maskrcnn_resnet50_fpn {variant}"}, handle
@@ -329,9 +354,3 @@ def convert_torchvision_weights(
     )
     with atomic_write(config_path, "w") as handle:
         handle.write(header + yaml.safe_dump(cfg_dict, sort_keys=False, default_flow_style=None))
-    _check_against_model(config_path, state, source)
-    logger.info(
-        "converted %s (torchvision %s, %d classes) -> %s + %s",
-        source, variant, num_classes, output, config_path,
-    )  # fmt: skip
-    return ConvertedWeights(variant, num_classes, output, config_path)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -9,8 +14,13 @@ from detectron2.data import DatasetCatalog
 from detectron2.data import transforms as T
 
 from cellseg_d2.data import read_image
-from cellseg_d2.data.mapper import CellDatasetMapper, Rot90Transform
-from tests.conftest import instant_cfg
+from cellseg_d2.data.mapper import (
+    CellDatasetMapper,
+    NumpyVFlipTransform,
+    RandomVFlip,
+    Rot90Transform,
+)
+from tests.conftest import INSTANT_CONFIG, REPO_ROOT, instant_cfg
 
 
 def _mapper(prefix: str, tmp_path, *opts: object, is_train: bool = True) -> CellDatasetMapper:
@@ -108,6 +118,49 @@ def test_rot90_transform_is_consistent() -> None:
         assert rotated[int(ny), int(nx)] == image[y, x]
         assert np.array_equal(tfm.inverse().apply_image(rotated), image)
         assert isinstance(tfm.inverse(), T.Transform)
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (6, 4, 3), (2, 6, 4, 3)])
+def test_vertical_flip_reads_read_only_arrays_as_fvcore_flips(shape: tuple[int, ...]) -> None:
+    image = np.arange(np.prod(shape), dtype=np.uint8).reshape(shape)
+    expected = T.VFlipTransform(6).apply_image(image.copy())
+    image.flags.writeable = False  # what detectron2's resize returns (np.asarray of a PIL image)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        flipped = NumpyVFlipTransform(6).apply_image(image)
+    assert np.array_equal(flipped, expected)
+    assert flipped.flags.writeable and flipped.flags.c_contiguous
+    assert isinstance(NumpyVFlipTransform(6), T.VFlipTransform)  # crops follow it (mapper)
+    assert isinstance(RandomVFlip(prob=1.0).get_transform(image), NumpyVFlipTransform)
+
+
+def test_training_augmentations_hand_torch_no_read_only_array() -> None:
+    """Resize then a vertical flip, in a fresh interpreter (torch warns once per process) where a
+    warning is an error: the resized, read-only image never reaches ``torch.from_numpy``."""
+    code = (
+        "import numpy as np\n"
+        "from detectron2.data import transforms as T\n"
+        "from cellseg_d2.config import get_cellseg_cfg\n"
+        "from cellseg_d2.data.mapper import CellDatasetMapper\n"
+        "cfg = get_cellseg_cfg()\n"
+        f"cfg.merge_from_file({str(INSTANT_CONFIG)!r})\n"
+        "cfg.merge_from_list(['INPUT.GEOMETRIC.HFLIP_PROB', 0.0, 'INPUT.GEOMETRIC.VFLIP_PROB',"
+        " 1.0, 'INPUT.GEOMETRIC.ROT90_PROB', 0.0])\n"
+        "augs = T.AugmentationList(CellDatasetMapper.from_config(cfg)['augmentations'])\n"
+        "aug_input = T.AugInput(np.zeros((100, 150, 3), np.uint8))\n"
+        "augs(aug_input)\n"
+        "assert aug_input.image.shape[0] == 128, aug_input.image.shape  # resized\n"
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-W", "error::UserWarning", "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def _full(crop, height: int, width: int) -> np.ndarray:

@@ -32,6 +32,7 @@ import numpy as np
 
 from cellseg_d2.data.io import write_tiff
 from cellseg_d2.data.synthetic.image import check_num_classes, synthesize_image
+from cellseg_d2.errors import OutputExistsError
 from cellseg_d2.utils.files import atomic_write
 from cellseg_d2.utils.layout import (
     ID_MAP_NAME,
@@ -71,8 +72,9 @@ def _prepare_output(output: Path, overwrite: bool) -> None:
     existing = [p for p in parts if p.exists()]
     if existing and not overwrite:
         names = ", ".join(p.name for p in existing)
-        raise FileExistsError(
-            f"{output} already holds a dataset ({names}); choose another folder or overwrite it"
+        raise OutputExistsError(
+            f"{output} already holds a dataset ({names}); choose another folder or pass "
+            "--overwrite (overwrite=True)"
         )
     for path in existing:
         if path.is_dir() and not path.is_symlink():
@@ -197,7 +199,8 @@ def generate_synthetic_dataset(
 
     Raises:
         ValueError: invalid counts, seed, sizes or number of classes.
-        FileExistsError: ``output`` already holds a dataset and ``overwrite`` is False.
+        OutputExistsError: ``output`` already holds a dataset and ``overwrite`` is False (a
+            ``FileExistsError``).
     """
     # Long for its docstring: the code is one short pass (check, write splits, id map).
     _validate(num_train, num_test, seed, min_size, max_size)
