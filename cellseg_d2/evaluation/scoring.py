@@ -17,6 +17,7 @@ import logging
 import math
 import os
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -30,8 +31,8 @@ from cellseg_d2.utils.files import atomic_write
 from cellseg_d2.utils.layout import (
     DEFAULT_CLASS_NAMES,
     class_index_of,
+    class_name,
     coco_categories,
-    generic_class_name,
 )
 
 __all__ = [
@@ -112,19 +113,27 @@ def read_ground_truth_instances(folder: str | os.PathLike, height: int, width: i
     return instances
 
 
-def load_ground_truth_coco(gt_dir: str | os.PathLike, id_map_entries: list[dict]) -> dict:
+def load_ground_truth_coco(
+    gt_dir: str | os.PathLike,
+    id_map_entries: list[dict],
+    class_names: Sequence[str] | None = None,
+) -> dict:
     """Build the COCO ground-truth dict of the images of an id map.
 
     Why from the id map: the submission's ``image_id`` values are the map's ids, so the ground
-    truth must use exactly those ids and sizes.
+    truth must use exactly those ids and sizes. Why names: the category names label every
+    per-class figure (``AP-<name>``, the PQ rows), so the scores read ``AP-epithelial`` rather
+    than ``AP-class1`` when the names are known.
 
     Args:
         gt_dir: folder of per-image mask folders (see :func:`ground_truth_folder`).
         id_map_entries: ``[{file_name, id, height, width}]``.
+        class_names: name of ``classK.tif`` at index K - 1 (``--class-names``); None, or a
+            class beyond them, falls back to ``classK``.
 
     Returns:
-        ``{"images", "annotations", "categories"}``; categories 1..K named ``class1``..``classK``
-        (K the highest class found, at least 4),
+        ``{"images", "annotations", "categories"}``; categories 1..K named by ``class_names``
+        (K the highest class found, at least the number of names, or 4 without names),
         annotations with ``iscrowd`` 0 and every instance kept (no minimum area).
 
     Raises:
@@ -147,8 +156,10 @@ def load_ground_truth_coco(gt_dir: str | os.PathLike, id_map_entries: list[dict]
                 {"id": len(annotations) + 1, "image_id": entry["id"], "iscrowd": 0, **instance}
             )
     logger.info("Ground truth: %d instances in %d images", len(annotations), len(images))
-    num_classes = max([len(DEFAULT_CLASS_NAMES), *(a["category_id"] for a in annotations)])
-    names = [generic_class_name(k) for k in range(1, num_classes + 1)]
+    known = [] if class_names is None else list(class_names)
+    fewest = len(known) if class_names is not None else len(DEFAULT_CLASS_NAMES)
+    num_classes = max([fewest, *(a["category_id"] for a in annotations)])
+    names = [class_name(k, known) for k in range(num_classes)]
     return {"images": images, "annotations": annotations, "categories": coco_categories(names)}
 
 
@@ -243,8 +254,9 @@ def evaluate_submission(gt_coco: dict, results: list[dict]) -> dict[str, dict[st
 
     Returns:
         ``{"segm": {...}, "bbox": {...}}``, each with ``AP``, ``AP50``, ``AP75`` (mean over the
-        classes that have ground truth) and ``AP-class1``..``AP-class4``, in percent; NaN for a
-        class without ground truth. With no detections at all every AP is 0.
+        classes that have ground truth) and ``AP-<name>`` per category of ``gt_coco`` (its
+        names, see :func:`load_ground_truth_coco`), in percent; NaN for a class without ground
+        truth. With no detections at all every AP is 0.
 
     Raises:
         CellDataError: a detection names an image that is not in the ground truth, or its mask

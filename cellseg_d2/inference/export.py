@@ -9,14 +9,39 @@ holding more than one image's results.
 Formats (``tools/predict.py --format``):
 
 - ``labels``: ``<stem>_instances.tif``, an instance label image (uint16, uint32 above 65535
-  cells; 0 background, ids 1..n by descending score) and ``<stem>_classes.tif`` beside it
-  (the 1-based class of every pixel). Label images cannot overlap: where detections overlap the
-  higher score wins, and a detection left without a pixel is dropped.
-- ``geojson``: ``<stem>.geojson``, a QuPath FeatureCollection with one ``detection`` per cell:
-  its own (unresolved) mask as a polygon with holes, ``classification`` ``{name, color}`` and
-  the score in ``measurements``.
-- ``csv``: one row per cell of the label image (the same ids), measured with
-  ``skimage.measure.regionprops_table`` (:data:`CSV_COLUMNS`).
+  cells; 0 background) and ``<stem>_classes.tif`` beside it (the 1-based class of every pixel).
+  Label images cannot overlap: where detections overlap the higher score wins.
+- ``geojson``: ``<stem>.geojson``, a QuPath FeatureCollection, one ``detection`` per cell: a
+  ``Polygon`` or ``MultiPolygon`` with holes, ``classification`` ``{name, color}`` and the
+  measurements ``cell_id``, ``score`` and ``area_px``.
+- ``csv``: one row per cell (:data:`CSV_COLUMNS`), measured with ``skimage.measure.regionprops``.
+
+One cell, one id: the label image decides which cells there are. Detections are painted by
+descending score, each into the pixels no better one holds, and a detection left without a
+pixel is dropped; the cells left are numbered 1..n in that order, and cell K is label K of
+``<stem>_instances.tif``, the GeoJSON feature with ``"id": K`` and measurement ``cell_id`` K, and
+the table row with ``cell_id`` K. The GeoJSON outline and the table row of a cell are made from
+the pixels it holds in the label image, so the three files hold the same cells with the same
+pixels. With ``keep_overlaps`` (``--keep-overlaps``) every detection is written instead, each
+with its own mask: cell K is then the K-th detection by score, and the label image keeps the
+same ids (the ids of detections hidden entirely by better ones are missing from it).
+
+Each file says which it holds: the GeoJSON in a top-level ``"properties": {"cells": ...}``
+(GeoJSON allows members beyond the standard; QuPath reads only ``features``) and the table in
+its last column ``cells``, both :data:`CELLS_LABEL_IMAGE` or :data:`CELLS_ALL_DETECTIONS`. (A
+column, not a ``#`` comment line: spreadsheets and ``pandas.read_csv`` read it as it is.)
+
+One coordinate convention, QuPath's: pixel ``(row, col)`` covers ``[col, col + 1) x
+[row, row + 1)``, so the centre of pixel (0, 0) is at (0.5, 0.5). Polygons run along the pixel
+edges (:mod:`~cellseg_d2.inference.outlines`); the table's centroid is the mean of the pixel
+centres, equal to the polygon's centroid; its bounding box ``bbox_x0 .. bbox_x1`` spans pixel
+corners (exclusive end); areas are pixel counts in both files (``area_px``), equal to the
+polygon's area.
+
+QuPath's feature ``id`` must be a UUID for QuPath to keep it (from v0.4 on, its reader ignores
+any other id with a debug message and gives the object a new UUID): the ``id`` is there for
+GeoJSON readers such as GeoPandas, and ``cell_id`` is repeated as a measurement, which QuPath
+keeps, shows in its measurement tables and exports again.
 """
 
 from __future__ import annotations
@@ -33,23 +58,26 @@ import numpy as np
 from skimage import measure
 
 from cellseg_d2.data.io import write_tiff
-from cellseg_d2.inference.detections import Detection
+from cellseg_d2.inference.detections import Detection, trim_detection
+from cellseg_d2.inference.outlines import mask_to_polygons
 from cellseg_d2.utils.files import atomic_write
 from cellseg_d2.utils.layout import class_color, class_name
 
 __all__ = [
+    "CELLS_ALL_DETECTIONS",
+    "CELLS_LABEL_IMAGE",
     "CSV_COLUMNS",
     "EXPORT_FORMATS",
     "FORMULA_TRIGGERS",
     "GEOJSON_OBJECT_TYPE",
     "LabelImages",
     "cell_table_rows",
-    "detections_to_feature_collection",
+    "cells_to_feature_collection",
     "detections_to_label_images",
     "export_paths",
-    "mask_to_polygons",
     "spreadsheet_safe",
     "write_geojson",
+    "write_image_exports",
     "write_label_images",
 ]
 
@@ -57,15 +85,19 @@ __all__ = [
 EXPORT_FORMATS = ("coco", "labels", "geojson", "csv")
 #: QuPath object type of an exported cell: detections are QuPath's light-weight cell objects.
 GEOJSON_OBJECT_TYPE = "detection"
-#: The per-cell table's header (one row per label-image id; pixels, 0-based, exclusive ends).
+#: What the GeoJSON and the table hold by default: the label image's cells, with its pixels.
+CELLS_LABEL_IMAGE = "label image"
+#: What they hold with ``keep_overlaps``: every detection, with its own (overlapping) mask.
+CELLS_ALL_DETECTIONS = "all detections (overlapping)"
+#: The per-cell table's header (one row per cell; QuPath's pixel coordinates, see above).
 CSV_COLUMNS = (
     "image",
     "image_id",
-    "id",
+    "cell_id",
     "class_id",
     "class_name",
     "score",
-    "area",
+    "area_px",
     "centroid_x",
     "centroid_y",
     "bbox_x0",
@@ -78,7 +110,10 @@ CSV_COLUMNS = (
     "mean_intensity_r",
     "mean_intensity_g",
     "mean_intensity_b",
+    "cells",
 )
+#: Decimals of the table's centroids: 1e-4 px, far below a pixel, at any image size.
+CENTROID_DECIMALS = 4
 
 
 #: First characters that make a spreadsheet read a cell as a formula (OWASP, CSV injection).
@@ -115,50 +150,71 @@ def export_paths(output_dir: str | os.PathLike, file_name: str) -> dict[str, Pat
 
 @dataclass
 class LabelImages:
-    """One image's detections resolved into non-overlapping label images.
+    """One image's detections resolved into non-overlapping label images, and its cells.
 
     Attributes:
-        instances: HxW uint16 (uint32 above 65535 cells) ids 1..n, 0 background.
+        instances: HxW uint16 (uint32 above 65535 ids) cell ids, 0 background.
         classes: HxW 1-based class per pixel (uint8, uint16 above 255 classes), 0 background.
-        kept: the detections that kept at least one pixel; ``kept[i]`` has id ``i + 1``.
+        cells: what the GeoJSON and the table hold, ``cells[k - 1]`` being cell id ``k``: the
+            label image's cells cut to the pixels they hold there, or with ``keep_overlaps``
+            every detection with its own mask (see the module notes).
+        keep_overlaps: which of the two ``cells`` holds.
     """
 
     instances: np.ndarray
     classes: np.ndarray
-    kept: list[Detection]
+    cells: list[Detection]
+    keep_overlaps: bool = False
+
+    @property
+    def note(self) -> str:
+        """What the files hold, as they state it: :data:`CELLS_LABEL_IMAGE` or
+        :data:`CELLS_ALL_DETECTIONS`."""
+        return CELLS_ALL_DETECTIONS if self.keep_overlaps else CELLS_LABEL_IMAGE
 
 
 def detections_to_label_images(
-    detections: Sequence[Detection], height: int, width: int
+    detections: Sequence[Detection], height: int, width: int, keep_overlaps: bool = False
 ) -> LabelImages:
     """Paint detections into an instance and a class label image; higher score wins.
 
     Why painting by descending score into empty pixels only: a label image has one owner per
     pixel, and the model's most confident cell is the best guess for a contested pixel. A
-    detection entirely covered by better ones is dropped, so ids stay 1..n without gaps.
+    detection entirely covered by better ones is dropped, so ids stay 1..n without gaps; with
+    ``keep_overlaps`` a detection's id is its rank by score, so that the GeoJSON and the table,
+    which then hold every detection, still share the label image's ids.
 
     Args:
         detections: one image's detections (mask crops in image pixels).
         height, width: the image size.
+        keep_overlaps: number (and export) every detection, see :class:`LabelImages`.
 
     Returns:
-        The label images and the detections they hold, in id order.
+        The label images and the cells the other exports hold, in id order.
     """
-    order = sorted(range(len(detections)), key=lambda i: -detections[i].score)
+    ranked = sorted(detections, key=lambda det: -det.score)
     work = np.zeros((height, width), np.uint32)
-    kept: list[Detection] = []
-    for index in order:
-        det = detections[index]
+    cells: list[Detection] = []
+    categories = [0]
+    for rank, det in enumerate(ranked, start=1):
         y, x = det.top, det.left
         region = work[y : y + det.mask.shape[0], x : x + det.mask.shape[1]]
         free = det.mask & (region == 0)
-        if free.any():
-            kept.append(det)
-            region[free] = len(kept)
-    instances = work.astype(np.uint16) if len(kept) <= np.iinfo(np.uint16).max else work
-    categories = np.array([0] + [det.category + 1 for det in kept], dtype=np.int64)
-    class_dtype = np.uint8 if categories.max() <= np.iinfo(np.uint8).max else np.uint16
-    return LabelImages(instances, categories[work].astype(class_dtype), kept)
+        if keep_overlaps:
+            region[free] = rank
+        elif free.any():
+            cells.append(trim_detection(det.category, det.score, y, x, free))
+            region[free] = len(cells)
+        else:
+            continue
+        categories.append(det.category + 1)
+    if keep_overlaps:
+        cells = list(ranked)
+    largest = len(categories) - 1
+    instances = work.astype(np.uint16) if largest <= np.iinfo(np.uint16).max else work
+    lookup = np.array(categories, dtype=np.int64)
+    class_dtype = np.uint8 if lookup.max() <= np.iinfo(np.uint8).max else np.uint16
+    return LabelImages(instances, lookup[work].astype(class_dtype), cells, keep_overlaps)
 
 
 def write_label_images(labels: LabelImages, instances_path: Path, classes_path: Path) -> None:
@@ -167,82 +223,18 @@ def write_label_images(labels: LabelImages, instances_path: Path, classes_path: 
     write_tiff(classes_path, labels.classes, compression="zlib")
 
 
-def _drop_collinear(ring: np.ndarray) -> np.ndarray:
-    """A closed ring (first point repeated last) without its collinear middle vertices."""
-    points = ring[:-1]
-    before, after = np.roll(points, 1, axis=0), np.roll(points, -1, axis=0)
-    cross = (points - before)[:, 0] * (after - points)[:, 1] - (points - before)[:, 1] * (
-        after - points
-    )[:, 0]
-    corners = points[cross != 0]
-    return np.concatenate([corners, corners[:1]]) if len(corners) >= 3 else ring
-
-
-def mask_to_polygons(mask: np.ndarray, top: int = 0, left: int = 0) -> list[list[list[list]]]:
-    """Polygons with holes around a mask's pixels, in QuPath's pixel-corner coordinates.
-
-    How: marching squares at level 0.5 (``skimage.measure.find_contours``) on the mask padded
-    with background. Its vertices lie on pixel edges between a foreground and a background
-    pixel centre, so the polygon never passes through a pixel centre and a centre-sampling
-    rasteriser (QuPath, ``skimage.draw.polygon``) gives back exactly the mask's pixels;
-    straight borders lie on the pixel edges, convex corners are cut by 1/8 px. With
-    ``positive_orientation="high"`` outer rings run one way and holes the other, which is how
-    holes are told apart and put into the outer ring that contains them.
-
-    Args:
-        mask: bool crop.
-        top, left: the crop's position in the image.
-
-    Returns:
-        GeoJSON ``MultiPolygon`` coordinates: per connected piece ``[outer, *holes]``, each ring
-        a closed ``[[x, y], ...]`` list.
-    """
-    padded = np.pad(np.asarray(mask, dtype=np.uint8), 1)
-    contours = measure.find_contours(
-        padded, 0.5, fully_connected="high", positive_orientation="high"
-    )
-    outers: list[tuple[float, np.ndarray]] = []
-    holes: list[np.ndarray] = []
-    for contour in contours:
-        ring = _drop_collinear(contour)
-        rows, cols = ring[:, 0], ring[:, 1]
-        # Shoelace in (x, y) = (col, row): with y pointing down, outer rings come out negative.
-        signed = np.dot(cols, np.roll(rows, -1)) - np.dot(rows, np.roll(cols, -1))
-        if signed < 0:
-            outers.append((-signed, ring))
-        else:
-            holes.append(ring)
-    # Smallest outer ring first: a hole belongs to the innermost piece around it (an island
-    # inside another piece's hole is a piece of its own).
-    pieces = [[ring] for _, ring in sorted(outers, key=lambda item: item[0])]
-    for hole in holes:
-        for piece in pieces:
-            if measure.points_in_poly(hole[:1], piece[0])[0]:
-                piece.append(hole)
-                break
-
-    def to_xy(ring: np.ndarray) -> list[list]:
-        # padded (row, col) at pixel centres -> image pixel-corner (x, y): -1 pad, +0.5 centre
-        xy = np.stack([ring[:, 1] - 0.5 + left, ring[:, 0] - 0.5 + top], axis=1)
-        return [[float(x), float(y)] for x, y in xy]
-
-    return [[to_xy(ring) for ring in piece] for piece in pieces]
-
-
-def detections_to_feature_collection(
-    detections: Sequence[Detection], class_names: Sequence[str]
-) -> dict:
+def cells_to_feature_collection(labels: LabelImages, class_names: Sequence[str]) -> dict:
     """A QuPath-readable GeoJSON FeatureCollection, one ``detection`` feature per cell.
 
-    Each cell keeps its own mask (QuPath objects may overlap): a ``Polygon`` or, for a mask in
-    several pieces, a ``MultiPolygon``, holes kept. ``properties.classification`` carries the
-    class ``name`` and an RGB ``color``; the score is a QuPath measurement.
+    Each cell of ``labels.cells`` becomes a ``Polygon`` or, for pixels in several pieces, a
+    ``MultiPolygon`` (holes kept) along its pixel edges; ``"id"`` is its cell id,
+    ``properties.classification`` carries the class ``name`` and an RGB ``color``, and the
+    measurements are ``cell_id``, ``score`` and ``area_px`` (the pixel count). The top-level
+    ``properties.cells`` says which cells the file holds (see the module notes).
     """
     features = []
-    for det in detections:
-        pieces = mask_to_polygons(det.mask, det.top, det.left)
-        if not pieces:
-            continue
+    for cell_id, cell in enumerate(labels.cells, start=1):
+        pieces = mask_to_polygons(cell.mask, cell.top, cell.left)
         geometry = (
             {"type": "Polygon", "coordinates": pieces[0]}
             if len(pieces) == 1
@@ -251,23 +243,28 @@ def detections_to_feature_collection(
         features.append(
             {
                 "type": "Feature",
+                "id": cell_id,
                 "geometry": geometry,
                 "properties": {
                     "objectType": GEOJSON_OBJECT_TYPE,
                     "classification": {
-                        "name": class_name(det.category, class_names),
-                        "color": class_color(det.category),
+                        "name": class_name(cell.category, class_names),
+                        "color": class_color(cell.category),
                     },
-                    "measurements": {"score": float(det.score)},
+                    "measurements": {
+                        "cell_id": cell_id,
+                        "score": float(cell.score),
+                        "area_px": int(np.count_nonzero(cell.mask)),
+                    },
                 },
             }
         )
-    return {"type": "FeatureCollection", "features": features}
+    return {"type": "FeatureCollection", "properties": {"cells": labels.note}, "features": features}
 
 
-def write_geojson(path: Path, detections: Sequence[Detection], class_names: Sequence[str]) -> None:
+def write_geojson(path: Path, labels: LabelImages, class_names: Sequence[str]) -> None:
     """Write one image's FeatureCollection atomically (compact JSON)."""
-    collection = detections_to_feature_collection(detections, class_names)
+    collection = cells_to_feature_collection(labels, class_names)
     # json.dumps, not json.dump: dump to a file runs the pure-Python encoder (10x slower).
     text = json.dumps(collection, separators=(",", ":"), allow_nan=False)
     with atomic_write(path, "w") as handle:
@@ -283,10 +280,11 @@ def cell_table_rows(
 ) -> str:
     """One image's rows of the per-cell table (:data:`CSV_COLUMNS`, no header) as CSV text.
 
-    Image and class names pass :func:`spreadsheet_safe`. Measured on the non-overlapping label
-    image (what a biologist's table tools measure), with
-    ``skimage.measure.regionprops_table``; intensities are the means of the image as the model
-    reads it (8-bit, see ``read_image``), per RGB channel.
+    Each cell of ``labels.cells`` is measured on its own pixels with
+    ``skimage.measure.regionprops``: the pixels it holds in the label image (what a
+    biologist's table tools measure), or its own mask with ``keep_overlaps``. Intensities are
+    the means of the image as the model reads it (8-bit, see ``read_image``), per RGB channel.
+    Image and class names pass :func:`spreadsheet_safe`.
 
     Args:
         labels: from :func:`detections_to_label_images`.
@@ -295,55 +293,71 @@ def cell_table_rows(
         image_id: the id-map id written in the ``image_id`` column.
         class_names: names of the 0-based classes.
     """
-    if not labels.kept:
-        return ""
-    table = measure.regionprops_table(
-        labels.instances,
-        intensity_image=image[:, :, ::-1],
-        properties=(
-            "label",
-            "area",
-            "centroid",
-            "bbox",
-            "perimeter",
-            "eccentricity",
-            "solidity",
-            "intensity_mean",
-        ),
-    )
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    for row in range(len(table["label"])):
-        det = labels.kept[int(table["label"][row]) - 1]
-        writer.writerow(_table_row(table, row, det, image_name, image_id, class_names))
+    for cell_id, cell in enumerate(labels.cells, start=1):
+        height, width = cell.mask.shape
+        rgb = image[cell.top : cell.top + height, cell.left : cell.left + width, ::-1]
+        (region,) = measure.regionprops(cell.mask.astype(np.uint8), intensity_image=rgb)
+        row, col = region.centroid
+        writer.writerow(
+            [
+                spreadsheet_safe(image_name),
+                image_id,
+                cell_id,
+                cell.category + 1,
+                spreadsheet_safe(class_name(cell.category, class_names)),
+                f"{cell.score:.6g}",
+                int(region.area),
+                # mean of the pixel centres, QuPath's convention (the centre of pixel 0 is 0.5)
+                repr(round(float(cell.left + col + 0.5), CENTROID_DECIMALS)),
+                repr(round(float(cell.top + row + 0.5), CENTROID_DECIMALS)),
+                *cell.box,
+                f"{region.perimeter:.6g}",
+                f"{region.eccentricity:.6g}",
+                f"{region.solidity:.6g}",
+                *(f"{value:.6g}" for value in region.intensity_mean),
+                labels.note,
+            ]
+        )
     return buffer.getvalue()
 
 
-def _table_row(
-    table: dict[str, np.ndarray],
-    row: int,
-    det: Detection,
-    image_name: str,
-    image_id: int,
+def write_image_exports(
+    entry: dict,
+    image: np.ndarray,
+    detections: Sequence[Detection],
+    formats: Sequence[str],
+    export_dir: Path,
     class_names: Sequence[str],
-) -> list[object]:
-    """The :data:`CSV_COLUMNS` values of one cell: row ``row`` of the regionprops table."""
-    return [
-        spreadsheet_safe(image_name),
-        image_id,
-        int(table["label"][row]),
-        det.category + 1,
-        spreadsheet_safe(class_name(det.category, class_names)),
-        f"{det.score:.6g}",
-        int(table["area"][row]),
-        f"{table['centroid-1'][row]:.6g}",
-        f"{table['centroid-0'][row]:.6g}",
-        int(table["bbox-1"][row]),
-        int(table["bbox-0"][row]),
-        int(table["bbox-3"][row]),
-        int(table["bbox-2"][row]),
-        f"{table['perimeter'][row]:.6g}",
-        f"{table['eccentricity'][row]:.6g}",
-        f"{table['solidity'][row]:.6g}",
-        *(f"{table[f'intensity_mean-{c}'][row]:.6g}" for c in range(3)),
-    ]
+    keep_overlaps: bool = False,
+) -> str | None:
+    """Write one image's label images and GeoJSON as ``formats`` ask; return its table rows.
+
+    Why one function: all three exports are numbered from one :class:`LabelImages`, so a cell
+    has the same id in each (see the module notes).
+
+    Args:
+        entry: the image's id-map entry (``file_name``, ``id``, ``height``, ``width``).
+        image: the HxWx3 uint8 BGR image.
+        detections: its detections.
+        formats: any of :data:`EXPORT_FORMATS` (``coco`` is not written here).
+        export_dir: the folder of the exports.
+        class_names: names of the 0-based classes.
+        keep_overlaps: write every detection to the GeoJSON and the table.
+
+    Returns:
+        The image's rows of the per-cell table with ``csv`` (see :func:`cell_table_rows`),
+        else None.
+    """
+    if not {"labels", "geojson", "csv"} & set(formats):
+        return None
+    labels = detections_to_label_images(detections, entry["height"], entry["width"], keep_overlaps)
+    paths = export_paths(export_dir, entry["file_name"])
+    if "labels" in formats:
+        write_label_images(labels, paths["instances"], paths["classes"])
+    if "geojson" in formats:
+        write_geojson(paths["geojson"], labels, class_names)
+    if "csv" not in formats:
+        return None
+    return cell_table_rows(labels, image, entry["file_name"], entry["id"], class_names)

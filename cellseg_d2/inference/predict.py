@@ -32,13 +32,7 @@ from cellseg_d2.errors import CellDataError
 from cellseg_d2.evaluation.submission import encode_results
 from cellseg_d2.inference.assemble import assemble_outputs
 from cellseg_d2.inference.detections import Detection
-from cellseg_d2.inference.export import (
-    cell_table_rows,
-    detections_to_label_images,
-    export_paths,
-    write_geojson,
-    write_label_images,
-)
+from cellseg_d2.inference.export import write_image_exports
 from cellseg_d2.inference.outputs import claim_outputs, remove_stale_temps, run_files
 from cellseg_d2.inference.predictor import CellPredictor, detections_to_results
 from cellseg_d2.inference.shards import PredictionShards, skipped_list_path, work_dir_for
@@ -230,6 +224,7 @@ def predict_to_files(
     skip_bad: bool = False,
     progress: bool = True,
     distribute: Distribute | None = None,
+    keep_overlaps: bool = False,
 ) -> PredictionSummary:
     """Predict every image of an id map into the requested formats, streaming to disk.
 
@@ -260,6 +255,10 @@ def predict_to_files(
         distribute: predicts the images still to do in other processes instead of with
             ``predictor`` here (:mod:`~cellseg_d2.inference.predict_launch`, ``--num-gpus``);
             the claim, the work folder and the assembly stay in this process.
+        keep_overlaps: the GeoJSON and the table hold every detection with its own mask
+            instead of the label image's cells (``--keep-overlaps``, see
+            :mod:`~cellseg_d2.inference.export`); must be the fingerprint's, so that
+            ``--resume`` never mixes the two modes.
 
     Returns:
         The run's summary.
@@ -275,6 +274,8 @@ def predict_to_files(
         raise ValueError("the coco format needs an output file")
     if set(formats) - {"coco"} and output_dir is None:
         raise ValueError(f"formats {sorted(set(formats) - {'coco'})} need an output folder")
+    if fingerprint.get("keep_overlaps", str(bool(keep_overlaps))) != str(bool(keep_overlaps)):
+        raise ValueError("keep_overlaps differs from the fingerprint's")
     output = Path(output) if output is not None else None
     export_dir = Path(output_dir) if output_dir is not None else None
     main_output = output if "coco" in formats else export_dir
@@ -289,7 +290,7 @@ def predict_to_files(
         summary.resumed = len(entries) - len(todo)
         if summary.resumed:
             logger.info("Resuming: %d of %d images already done", summary.resumed, len(entries))
-        job = ImagesJob(formats, export_dir, tuple(class_names), skip_bad, progress)
+        job = ImagesJob(formats, export_dir, tuple(class_names), skip_bad, progress, keep_overlaps)
         if distribute is None:
             predict_entries(predictor, entry_paths(input_dir, todo), todo, shards, job, summary)
             predictor.warn_detection_cap(summary.predicted)
@@ -322,6 +323,7 @@ class ImagesJob:
     class_names: tuple[str, ...]
     skip_bad: bool
     progress: bool
+    keep_overlaps: bool = False
 
 
 #: ``(todo entries, shards, job, summary)`` -> None: predicts the entries into the shards
@@ -356,9 +358,7 @@ def predict_entries(
             logger.warning("Skipping %s", image)
             summary.skipped.append((entry["file_name"], str(image)))
             continue
-        _export_image(
-            entry, image, detections, job.formats, job.export_dir, job.class_names, shards
-        )
+        _export_image(entry, image, detections, job, shards)
         summary.predicted += 1
         summary.detections += len(detections)
 
@@ -367,27 +367,24 @@ def _export_image(
     entry: dict,
     image: np.ndarray,
     detections: list[Detection],
-    formats: Sequence[str],
-    export_dir: Path | None,
-    class_names: Sequence[str],
+    job: ImagesJob,
     shards: PredictionShards,
 ) -> None:
     """Write one image's per-image files and store its shards (COCO results last)."""
-    height, width = entry["height"], entry["width"]
     csv_text = None
-    if export_dir is not None:
-        paths = export_paths(export_dir, entry["file_name"])
-        if "labels" in formats or "csv" in formats:
-            labels = detections_to_label_images(detections, height, width)
-            if "labels" in formats:
-                write_label_images(labels, paths["instances"], paths["classes"])
-            if "csv" in formats:
-                csv_text = cell_table_rows(
-                    labels, image, entry["file_name"], entry["id"], class_names
-                )
-        if "geojson" in formats:
-            write_geojson(paths["geojson"], detections, class_names)
+    if job.export_dir is not None:
+        csv_text = write_image_exports(
+            entry,
+            image,
+            detections,
+            job.formats,
+            job.export_dir,
+            job.class_names,
+            job.keep_overlaps,
+        )
     results = (
-        detections_to_results(detections, entry["id"], height, width) if "coco" in formats else []
+        detections_to_results(detections, entry["id"], entry["height"], entry["width"])
+        if "coco" in job.formats
+        else []
     )
     shards.add(entry["id"], encode_results(results), csv_text)

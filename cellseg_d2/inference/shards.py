@@ -28,7 +28,12 @@ from pathlib import Path
 from detectron2.config import CfgNode
 
 from cellseg_d2.errors import CellDataError
-from cellseg_d2.inference.export import CSV_COLUMNS, spreadsheet_safe
+from cellseg_d2.inference.export import (
+    CELLS_ALL_DETECTIONS,
+    CELLS_LABEL_IMAGE,
+    CSV_COLUMNS,
+    spreadsheet_safe,
+)
 from cellseg_d2.utils.files import atomic_write, parse_json, sha256_file
 
 __all__ = [
@@ -62,7 +67,11 @@ def skipped_list_path(main_output: str | os.PathLike) -> Path:
 
 
 def prediction_fingerprint(
-    cfg: CfgNode, tta: bool, formats: Sequence[str], entries: Sequence[dict]
+    cfg: CfgNode,
+    tta: bool,
+    formats: Sequence[str],
+    entries: Sequence[dict],
+    keep_overlaps: bool = False,
 ) -> dict[str, str]:
     """What decides a run's results, to refuse resuming shards made by a different run.
 
@@ -72,11 +81,13 @@ def prediction_fingerprint(
         tta: test-time augmentation on or off.
         formats: the requested formats (a resumed run must write every format for every image).
         entries: the id map entries.
+        keep_overlaps: the export mode (``--keep-overlaps``): the GeoJSON and the table hold
+            other cells in each mode, so a resumed run must keep the mode.
 
     Returns:
         Readable fields: ``score_thresh``, ``mask_thresh``, ``weights`` (SHA-256 of a local
         file, else the name), ``config`` (SHA-256 of the rest), ``tta``, ``formats``,
-        ``id_map`` (SHA-256).
+        ``id_map`` (SHA-256), ``keep_overlaps``.
     """
     rest = cfg.clone()
     rest.defrost()
@@ -91,6 +102,7 @@ def prediction_fingerprint(
         "tta": str(bool(tta)),
         "formats": ",".join(sorted(formats)),
         "id_map": hashlib.sha256(json.dumps(list(entries), sort_keys=True).encode()).hexdigest(),
+        "keep_overlaps": str(bool(keep_overlaps)),
     }
 
 
@@ -164,8 +176,8 @@ def check_csv_shard(text: str, entry: dict, num_classes: int, source: str) -> in
     """Check one image's rows of the per-cell table and return their number.
 
     Each row has the table's columns (:data:`~cellseg_d2.inference.export.CSV_COLUMNS`), names
-    the shard's image (file name as written, id), numbers its cells 1..n in order and gives a
-    class of the run.
+    the shard's image (file name as written, id), numbers its cells 1..n in order, gives a
+    class of the run and says which cells the table holds (its last column, ``cells``).
 
     Raises:
         CellDataError: naming ``source``, the row and the problem.
@@ -184,6 +196,8 @@ def check_csv_shard(text: str, entry: dict, num_classes: int, source: str) -> in
             problem = f"cell id {row[2]!r:.30} where {number} comes next"
         elif not (row[3].isascii() and row[3].isdigit() and 1 <= int(row[3]) <= num_classes):
             problem = f"class_id {row[3]!r:.30} is not a class of this run (1..{num_classes})"
+        elif row[-1] not in (CELLS_LABEL_IMAGE, CELLS_ALL_DETECTIONS):
+            problem = f"cells {row[-1]!r:.40} is neither {CELLS_LABEL_IMAGE!r} nor all detections"
         else:
             continue
         raise CellDataError(f"{source}: row {number}: {problem}")

@@ -36,7 +36,7 @@ import numpy as np
 from skimage import measure
 
 from cellseg_d2.inference.detections import Detection, tile_overlap_matches
-from cellseg_d2.inference.export import mask_to_polygons
+from cellseg_d2.inference.outlines import mask_to_polygons
 from cellseg_d2.inference.slide_tiles import SlideTile
 
 __all__ = ["COORDINATE_DECIMALS", "SlideCell", "drop_seam_duplicates", "tile_cells"]
@@ -57,13 +57,14 @@ class SlideCell:
             model's scale is not 1).
         area: mask area in level-0 pixels (model pixels / scale^2).
         centroid_x, centroid_y: mask centroid in pixel-index coordinates (the centre of pixel
-            ``i`` is ``i``), as the per-cell table of images has it.
+            ``i`` is ``i``). NOTE: the per-image table now uses QuPath's (centre at
+            ``i + 0.5``, :mod:`~cellseg_d2.inference.export`); slides still follow this one.
         perimeter: regionprops perimeter in level-0 pixels.
         eccentricity, solidity: regionprops, scale-free.
         mean_rgb: mean R, G, B of the cell in the tile the model saw.
         geometry: GeoJSON ``Polygon`` / ``MultiPolygon`` (holes kept) with vertices on pixel
             edges: pixel ``i`` spans ``[i, i + 1]`` and its centre is ``i + 0.5``, the
-            convention of :func:`~cellseg_d2.inference.export.mask_to_polygons` and QuPath.
+            convention of :func:`~cellseg_d2.inference.outlines.mask_to_polygons` and QuPath.
     """
 
     tile: int

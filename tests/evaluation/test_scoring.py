@@ -108,6 +108,28 @@ def test_class_without_ground_truth_is_nan(dataset: tuple[Path, list[dict], dict
     assert "nan" in text
 
 
+def test_rows_carry_the_given_class_names(dataset: tuple[Path, list[dict], dict]) -> None:
+    """``--class-names`` label the per-class rows of both tables (and the JSON keys)."""
+    from cellseg_d2.evaluation.histology import evaluate_histology, format_histology
+
+    root, entries, _ = dataset
+    names = ("tumour", "immune", "stroma", "necrosis")
+    gt = load_ground_truth_coco(root / "test_gt", entries, names)
+    assert [c["name"] for c in gt["categories"]] == list(names)
+    results = ground_truth_as_results(gt)
+    scores = evaluate_submission(gt, results)
+    assert list(scores["segm"]) == ["AP", "AP50", "AP75", *(f"AP-{name}" for name in names)]
+    rows = [line.split()[0] for line in format_scores(scores).splitlines()[1:]]
+    assert rows[3:] == [f"AP-{name}" for name in names]
+    histology = format_histology(evaluate_histology(gt, results), 0.5)
+    class_rows = histology.split("class", 1)[1].splitlines()[1:]
+    assert [line.split()[0] for line in class_rows] == list(names)
+    assert "class1" not in format_scores(scores) + histology
+    # fewer names than classes found: the rest keep their classK name
+    two = load_ground_truth_coco(root / "test_gt", entries, names[:2])
+    assert [c["name"] for c in two["categories"]] == ["tumour", "immune", "class3", "class4"]
+
+
 def test_empty_submission_scores_zero(dataset: tuple[Path, list[dict], dict]) -> None:
     _, _, gt = dataset
     scores = evaluate_submission(gt, [])

@@ -66,7 +66,8 @@ def _shards(tmp_path: Path) -> PredictionShards:
         dets = [Detection(k % 4, 0.5, k, k, square) for k in range(count)]
         results = detections_to_results(dets, entry["id"], entry["height"], entry["width"])
         rows = "".join(
-            f"{entry['file_name']},{entry['id']},{k + 1},1,a,0.5,20,2,2,0,0,5,4,14,0.6,1,1,2,3\n"
+            f"{entry['file_name']},{entry['id']},{k + 1},1,a,0.5,20,2,2,0,0,5,4,14,0.6,1,1,2,3,"
+            "label image\n"
             for k in range(count)
         )
         shards.add(entry["id"], json.dumps(results), rows)

@@ -224,8 +224,11 @@ def test_predict_formats_agree_with_submission(synthetic_root: Path, tmp_path: P
         assert np.array_equal(instances, expected)
         assert np.array_equal(classes, expected_classes)
         kept += int(instances.max())
+        # the GeoJSON holds the label image's cells, with its ids
         features = json.loads(paths["geojson"].read_text())["features"]
-        assert len(features) == len(mine)
+        assert [f["id"] for f in features] == list(range(1, int(instances.max()) + 1))
+        mine_rows = [r for r in rows if r["image_id"] == str(entry["id"])]
+        assert [int(r["cell_id"]) for r in mine_rows] == [f["id"] for f in features]
     assert len(rows) == kept > 0
     assert not work_dir_for(output).exists()
 
@@ -313,3 +316,76 @@ def test_predict_refuses_huge_id_map_before_reading_it(
     assert f"{MAX_ID_MAP_BYTES:,}" in err and "Traceback" not in err
     assert output.read_text() == "earlier"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.json", "sub.json"]
+
+
+class _OverlappingPredictor:
+    """Three squares per image: two that overlap and a third hidden by the first."""
+
+    batch_size = 2
+
+    def __call__(self, images: list[np.ndarray]) -> list[list[Detection]]:
+        square = np.ones((6, 6), bool)
+        cells = [(0.9, 2, 2), (0.8, 5, 5), (0.1, 2, 2)]
+        return [[Detection(0, s, y, x, square) for s, y, x in cells] for _ in images]
+
+    def warn_detection_cap(self, num_images: int) -> None:
+        """Three detections never reach a cap."""
+
+
+def test_keep_overlaps_writes_every_detection_and_cannot_be_resumed_mixed(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    import csv
+
+    from cellseg_d2.data.id_map import load_id_map
+    from cellseg_d2.inference.export import CELLS_ALL_DETECTIONS, CELLS_LABEL_IMAGE
+    from cellseg_d2.inference.predict import predict_to_files
+
+    entries = load_id_map(synthetic_root / "test_image_name_to_ids.json")
+    images = synthetic_root / "test_release"
+    kwargs = dict(formats=["geojson", "csv"], class_names=["a"], progress=False)
+
+    def stamp(keep: bool) -> dict[str, str]:
+        return {"run": "a", "keep_overlaps": str(keep)}  # as prediction_fingerprint has it
+
+    counts = {}
+    for keep in (False, True):
+        export = tmp_path / f"keep{keep}"
+        summary = predict_to_files(
+            _OverlappingPredictor(), images, entries, fingerprint=stamp(keep),
+            output_dir=export, keep_overlaps=keep, **kwargs,
+        )  # fmt: skip
+        assert summary.predicted == len(entries)
+        rows = list(csv.DictReader((export / "cells.csv").open()))
+        note = CELLS_ALL_DETECTIONS if keep else CELLS_LABEL_IMAGE
+        assert {row["cells"] for row in rows} == {note}
+        for entry in entries:
+            stem = Path(entry["file_name"]).stem
+            collection = json.loads((export / "geojson" / f"{stem}.geojson").read_text())
+            assert collection["properties"] == {"cells": note}
+            counts[keep] = len(collection["features"])
+        assert len(rows) == counts[keep] * len(entries)
+    assert counts == {False: 2, True: 3}
+
+    # the fingerprint records the mode: a resume in the other mode is refused
+    export = tmp_path / "mixed"
+    with pytest.raises(KeyboardInterrupt):
+        predict_to_files(
+            _InterruptedPredictor(1), images, entries, fingerprint=stamp(True),
+            output_dir=export, keep_overlaps=True, **kwargs,
+        )  # fmt: skip
+    with pytest.raises(CellDataError, match="another keep_overlaps"):
+        predict_to_files(
+            _OverlappingPredictor(), images, entries, fingerprint=stamp(False),
+            output_dir=export, resume=True, **kwargs,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="keep_overlaps differs"):
+        predict_to_files(
+            _OverlappingPredictor(), images, entries, fingerprint=stamp(True),
+            output_dir=export, resume=True, **kwargs,
+        )  # fmt: skip
+    summary = predict_to_files(
+        _OverlappingPredictor(), images, entries, fingerprint=stamp(True),
+        output_dir=export, resume=True, keep_overlaps=True, **kwargs,
+    )  # fmt: skip
+    assert (summary.resumed, summary.predicted) == (1, len(entries) - 1)

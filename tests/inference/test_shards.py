@@ -62,7 +62,7 @@ def test_check_coco_shard_names_each_problem(change, message: str) -> None:
 
 
 def test_check_csv_shard() -> None:
-    row = "img.tif,7,{id},{cls},a,0.9,30,1,1,0,0,3,3,8,0.5,1,1,2,3\n"
+    row = "img.tif,7,{id},{cls},a,0.9,30,1.5,1.5,0,0,3,3,8,0.5,1,1,2,3,label image\n"
     good = row.format(id=1, cls=1) + row.format(id=2, cls=4)
     assert check_csv_shard(good, ENTRY, 4, "7.csv") == 2
     assert check_csv_shard("", ENTRY, 4, "7.csv") == 0
@@ -75,6 +75,7 @@ def test_check_csv_shard() -> None:
         "id": (row.format(id=2, cls=1), "cell id '2' where 1 comes next"),
         "class": (row.format(id=1, cls=5), "class_id '5' is not a class"),
         "digits": (row.format(id=1, cls="²"), "class_id '²'"),
+        "cells": (row.replace("label image", "some").format(id=1, cls=1), "cells 'some' is"),
     }
     for text, message in bad.values():
         with pytest.raises(CellDataError, match=rf"^7\.csv: row 1: {message}"):
@@ -84,6 +85,19 @@ def test_check_csv_shard() -> None:
     assert check_csv_shard(good.replace("img.tif", "'=img.tif"), entry, 4, "7.csv") == 2
     with pytest.raises(CellDataError, match="not this shard's"):
         check_csv_shard(good.replace("img.tif", "=img.tif"), entry, 4, "7.csv")
+
+
+def test_fingerprint_records_the_export_mode() -> None:
+    from cellseg_d2.inference.predict import build_predict_config
+    from cellseg_d2.inference.shards import prediction_fingerprint
+    from tests.conftest import INSTANT_CONFIG
+
+    cfg = build_predict_config(str(INSTANT_CONFIG), ["MODEL.DEVICE", "cpu"])
+    entries = [ENTRY]
+    default = prediction_fingerprint(cfg, False, ["geojson"], entries)
+    keep = prediction_fingerprint(cfg, False, ["geojson"], entries, keep_overlaps=True)
+    assert default["keep_overlaps"] == "False" and keep["keep_overlaps"] == "True"
+    assert {k for k in default if default[k] != keep[k]} == {"keep_overlaps"}
 
 
 def test_fingerprint_that_is_not_a_record_is_refused(tmp_path: Path) -> None:
