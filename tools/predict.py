@@ -1,17 +1,22 @@
 #!/usr/bin/env python3
-"""Predict a folder of test images into a COCO-results submission and/or per-image exports.
+"""Predict images and whole slides into a COCO submission and/or label images, GeoJSON and CSV.
 
     python tools/predict.py --config-file configs/mask_rcnn_R_50_FPN_cells.yaml \
         --input datasets/cells/test_release --id-map datasets/cells/test_image_name_to_ids.json \
         --output output/submission.zip --zip MODEL.WEIGHTS output/x/model_best.pth
+    python tools/predict.py --config-file output/x/config.yaml --input scans/ \
+        --format geojson,csv --output-dir cells/ MODEL.WEIGHTS output/x/model_best.pth
+    python tools/predict.py --model exported/ --input crops/ --format labels --output-dir out/
 
-The id map and the folder are checked against each other (missing, unlisted or wrongly sized
-images), and the destinations (an --output that is a folder, export names that would collide)
-before the model is built; the outputs are then locked (<output>.lock) until the run ends, so a
-second run into them is refused. Results are stored image by image in a work folder beside the
-main output (<output>.partial/, or <output-dir>.partial/ without coco) and assembled at the end,
-each shard checked, so an interrupted run continues with --resume. Exit status: 0 ok, 2 bad input
-or output in use (the file is named), 130 interrupted (finished images kept).
+--input is a folder, one file or a list file (.txt, a path per line) of TIFF/PNG/JPEG images and
+whole slides (.svs, .ndpi, .mrxs, .scn, DICOM, pyramidal TIFF/OME-TIFF). Without --id-map the
+images are numbered in sorted name order (written beside the output as image_ids.json). Slides
+are read tile by tile at the model's pixel size (INPUT.PIXEL_SIZE; --pixel-size when the file
+has none), background skipped by a tissue mask, and written as GeoJSON and CSV in level-0
+pixels. Everything is checked before the model is built; the outputs are locked while the run
+writes them; images are stored one by one in <output>.partial/ and slides chunk by chunk, so an
+interrupted run continues with --resume. Exit status: 0 ok, 2 bad input or output in use (the
+file is named), 130 interrupted (finished work kept).
 """
 
 from __future__ import annotations
@@ -29,24 +34,21 @@ cli.quiet_third_party_warnings()  # first: some third-party modules warn as they
 from detectron2.utils.logger import setup_logger
 
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
-from cellseg_d2.data.validate import check_test_images, list_tiff_images
 from cellseg_d2.errors import CellDataError
-from cellseg_d2.inference import CellPredictor
 from cellseg_d2.inference.export import EXPORT_FORMATS
-from cellseg_d2.inference.outputs import check_output_paths, claim_outputs
-from cellseg_d2.inference.predict import MAX_ID_MAP_BYTES, build_predict_config, predict_to_files
-from cellseg_d2.inference.shards import prediction_fingerprint, work_dir_for
-from cellseg_d2.utils.files import check_file_size
+from cellseg_d2.inference.predict import build_predict_config
+from cellseg_d2.inference.predict_run import PredictionRun, run_prediction
+from cellseg_d2.inference.shards import work_dir_for
 
 EXIT_INTERRUPTED = 130
 logger = logging.getLogger("cellseg_d2.predict")
 
 FORMAT_HELP = (
     "comma-separated (or repeated), any of: coco (the submission, --output; default), "
-    "labels (per image labels/<stem>_instances.tif, uint16/uint32 ids 1..n, higher score wins "
-    "on overlap, and labels/<stem>_classes.tif), geojson (per image geojson/<stem>.geojson, "
-    "QuPath detections), csv (cells.csv, one row per cell of the label image); all but coco go "
-    "to --output-dir"
+    "labels (per image labels/<stem>_instances.tif, uint16/uint32 ids 1..n = cell_id, higher "
+    "score wins on overlap, and labels/<stem>_classes.tif), geojson (per image or slide "
+    "<stem>.geojson, QuPath detections), csv (cells.csv per run, <slide>.cells.csv per slide); "
+    "all but coco go to --output-dir"
 )
 
 
@@ -62,21 +64,14 @@ def _formats(text: str) -> list[str]:
     return formats
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line flags; trailing ``KEY VALUE`` pairs override the config."""
-    parser = cli.tool_parser(__doc__)
-    cli.add_config_arguments(parser)
-    parser.add_argument("--input", required=True, help="folder of test images (.tif)")
-    cli.add_submission_arguments(parser, pred=False)
-    parser.add_argument("--output", help="submission: results .json, or .zip with --zip (coco)")
-    parser.add_argument("--zip", action="store_true", help="write a zip holding test-results.json")
-    parser.add_argument("--format", type=_formats, action="extend", help=FORMAT_HELP)
-    parser.add_argument("--output-dir", help="folder for the labels, geojson and csv formats")
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """Resume, bad images, TTA, thresholds, overlaps, progress."""
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue an interrupted or stopped run from its work folder, predicting only the "
-        "images it has not finished (refused if config, weights or thresholds differ)",
+        help="continue an interrupted or stopped run from its work folder (slides: their cell "
+        "stores), predicting only what it has not finished (refused if config, weights or "
+        "thresholds differ)",
     )
     parser.add_argument(
         "--skip-bad",
@@ -87,9 +82,61 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tta", action="store_true", help="flip/scale test-time augmentation")
     parser.add_argument("--score-thresh", type=float, help="MODEL.ROI_HEADS.SCORE_THRESH_TEST")
     parser.add_argument("--mask-thresh", type=float, help="MODEL.CELLSEG.MASK_THRESHOLD")
+    parser.add_argument(
+        "--keep-overlaps",
+        action="store_true",
+        help="geojson and csv: every detection with its own (overlapping) mask instead of the "
+        "label image's cells; the files say so",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _add_slide_and_launch_flags(parser: argparse.ArgumentParser) -> None:
+    """Pixel size, tissue mask, and detectron2's launch flags."""
+    parser.add_argument(
+        "--pixel-size",
+        type=float,
+        help="um per pixel of the slides (level 0), instead of (or where missing) their metadata",
+    )
+    parser.add_argument(
+        "--tissue",
+        default="auto",
+        help="slides: 'auto' (Otsu tissue mask on a thumbnail; background never read), 'none', "
+        "or a mask image (any size, >0 = tissue)",
+    )
+    parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine")
+    parser.add_argument("--num-machines", type=int, default=1)
+    parser.add_argument("--machine-rank", type=int, default=0, help="this machine's rank")
+    parser.add_argument(
+        "--dist-url", default="auto", help="tcp://HOST:PORT of machine 0 (several machines)"
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line flags; trailing ``KEY VALUE`` pairs override the config."""
+    parser = cli.tool_parser(__doc__)
+    cli.add_config_arguments(parser, required=False)
+    parser.add_argument(
+        "--model", help="an exported model folder (tools/export_model.py) instead of a config"
+    )
+    parser.add_argument(
+        "--input", required=True, help="folder, file or list file (.txt) of images and slides"
+    )
+    parser.add_argument(
+        "--id-map", help="test_image_name_to_ids.json (default: ids in sorted name order)"
+    )
+    parser.add_argument("--output", help="submission: results .json, or .zip with --zip (coco)")
+    parser.add_argument("--zip", action="store_true", help="write a zip holding test-results.json")
+    parser.add_argument("--format", type=_formats, action="extend", help=FORMAT_HELP)
+    parser.add_argument("--output-dir", help="folder for the labels, geojson and csv formats")
+    _add_run_flags(parser)
+    _add_slide_and_launch_flags(parser)
     args = parser.parse_args(argv)
     args.format = list(dict.fromkeys(args.format or ["coco"]))
+    if bool(args.config_file) == bool(args.model):
+        parser.error("give --config-file (with MODEL.WEIGHTS) or --model (an exported folder)")
+    if args.model and args.opts:
+        parser.error("config overrides go with --config-file, not with --model")
     if "coco" in args.format and not args.output:
         parser.error("the coco format needs --output")
     if "coco" not in args.format and args.output:
@@ -99,60 +146,63 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _run_request(args: argparse.Namespace) -> PredictionRun:
+    """The flags as the package's run description."""
+    return PredictionRun(
+        source=Path(args.input),
+        formats=tuple(args.format),
+        output=Path(args.output) if args.output else None,
+        output_dir=Path(args.output_dir) if args.output_dir else None,
+        id_map=Path(args.id_map) if args.id_map else None,
+        zip_output=args.zip,
+        progress=not args.no_progress,
+        **cli.flags(
+            args, "resume", "skip_bad", "tta", "keep_overlaps", "pixel_size", "tissue",
+            "num_gpus", "num_machines", "machine_rank", "dist_url",
+        ),
+    )  # fmt: skip
+
+
 @cli.exit_2_on_bad_input
 def main(args: argparse.Namespace) -> int:
-    """Check inputs, predict image by image into the work folder, assemble the outputs."""
+    """Check everything, predict images and slides, write the outputs."""
     setup_logger(name="cellseg_d2")
     setup_logger(name="detectron2")
-    main_output = args.output if "coco" in args.format else args.output_dir
-    output = Path(args.output) if args.output else None
-    output_dir = Path(args.output_dir) if args.output_dir else None
+    run = _run_request(args)
+    start = time.perf_counter()
     try:
-        check_output_paths(output, output_dir)
-        cfg = build_predict_config(args.config_file, args.opts, args.score_thresh, args.mask_thresh)
-        input_dir = Path(args.input)
-        if not input_dir.is_dir():
-            raise CellDataError(f"{input_dir}: input folder not found")
-        check_file_size(args.id_map, MAX_ID_MAP_BYTES, "id map")
-        entries = check_test_images(args.id_map, list_tiff_images(input_dir))
-        # Claimed before the model is built: a second run into this output stops at once.
-        with claim_outputs(entries, args.format, output, output_dir):
-            predictor = CellPredictor(cfg, tta=args.tta)
-            start = time.perf_counter()
-            summary = predict_to_files(
-                predictor,
-                input_dir,
-                entries,
-                formats=args.format,
-                fingerprint=prediction_fingerprint(cfg, args.tta, args.format, entries),
-                class_names=cfg.DATASETS.CLASS_NAMES,
-                output=output,
-                zip_output=args.zip,
-                output_dir=output_dir,
-                resume=args.resume,
-                skip_bad=args.skip_bad,
-                progress=not args.no_progress,
+        cfg = None
+        if args.config_file:
+            cfg = build_predict_config(
+                args.config_file, args.opts, args.score_thresh, args.mask_thresh
             )
-            elapsed = time.perf_counter() - start
+        elif args.score_thresh is not None or args.mask_thresh is not None:
+            raise CellDataError(f"{args.model}: thresholds of an exported model are in it")
+        report = run_prediction(run, cfg, Path(args.model) if args.model else None)
     except KeyboardInterrupt:
+        main_output = args.output if "coco" in args.format else args.output_dir
         print(
-            f"interrupted: finished images are kept in {work_dir_for(main_output)}; "
-            "rerun the same command with --resume to continue",
+            f"interrupted: finished work is kept ({work_dir_for(main_output)} for images, the "
+            ".cells.sqlite.partial stores for slides); rerun the same command with --resume",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
-    logger.info(
-        "%d detections on %d images in %.1f s (%.2f s/image; %d resumed) -> %s",
-        summary.detections,
-        summary.predicted,
-        elapsed,
-        elapsed / max(1, summary.predicted),
-        summary.resumed,
-        ", ".join(str(path) for path in (args.output, args.output_dir) if path),
-    )
-    if summary.skipped:
-        names = "\n  ".join(name for name, _ in summary.skipped)
-        print(f"skipped {len(summary.skipped)} unreadable image(s):\n  {names}", file=sys.stderr)
+    elapsed = time.perf_counter() - start
+    summary = report.images
+    if summary is not None:
+        logger.info(
+            "%d detections on %d images (%d resumed) -> %s",
+            summary.detections,
+            summary.predicted,
+            summary.resumed,
+            ", ".join(str(path) for path in (args.output, args.output_dir) if path),
+        )
+        if summary.skipped:
+            names = "\n  ".join(name for name, _ in summary.skipped)
+            print(
+                f"skipped {len(summary.skipped)} unreadable image(s):\n  {names}", file=sys.stderr
+            )
+    logger.info("Done in %.1f s", elapsed)
     return 0
 
 

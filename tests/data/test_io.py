@@ -7,9 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from PIL import Image
 
 from cellseg_d2.data.io import (
     MAX_PIXELS_ENV,
+    image_size,
+    read_any_image,
     read_image,
     read_image_size,
     read_instance_mask,
@@ -213,3 +216,58 @@ def test_pixel_cap_is_checked_from_the_header(
     monkeypatch.setenv(MAX_PIXELS_ENV, "lots")
     with pytest.raises(CellDataError, match=MAX_PIXELS_ENV):
         read_image_size(path)
+
+
+# ---- read_any_image and image_size (moved from the importers) ----
+
+
+def _gradient(height: int, width: int) -> np.ndarray:
+    return (np.arange(height * width) % 251).astype(np.uint8).reshape(height, width)
+
+
+def test_read_any_image_keeps_pixels_of_png_and_tiff(tmp_path: Path) -> None:
+    gray = _gradient(20, 24)
+    Image.fromarray(gray).save(tmp_path / "g.png")
+    assert np.array_equal(read_any_image(tmp_path / "g.png"), gray)
+    rgb = np.stack([gray, gray[::-1], 255 - gray], axis=2)
+    Image.fromarray(rgb).save(tmp_path / "c.bmp")
+    assert np.array_equal(read_any_image(tmp_path / "c.bmp"), rgb)
+    deep = (np.arange(20 * 24, dtype=np.uint16) * 100).reshape(20, 24)
+    write_tiff(tmp_path / "d.TIF", deep)
+    out = read_any_image(tmp_path / "d.TIF")
+    assert out.dtype == np.uint16 and np.array_equal(out, deep)  # no rescaling
+
+
+def test_read_any_image_converts_palette_and_gray_alpha(tmp_path: Path) -> None:
+    palette = Image.fromarray(_gradient(20, 20)).convert("P")
+    palette.save(tmp_path / "p.png")
+    assert read_any_image(tmp_path / "p.png").shape == (20, 20, 3)
+    alpha = Image.fromarray(np.full((20, 20), 7, np.uint8))
+    Image.merge("LA", (Image.fromarray(_gradient(20, 20)), alpha)).save(tmp_path / "la.png")
+    rgba = read_any_image(tmp_path / "la.png")
+    assert rgba.shape == (20, 20, 4) and (rgba[..., 3] == 7).all()
+    assert np.array_equal(rgba[..., 0], _gradient(20, 20))
+
+
+def test_read_any_image_refuses_garbage_and_large_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(CellDataError, match=r"bad\.png: unreadable image"):
+        read_any_image(tmp_path / "bad.png")
+    Image.fromarray(_gradient(20, 24)).save(tmp_path / "big.png")
+    monkeypatch.setenv("CELLSEG_MAX_IMAGE_PIXELS", "100")
+    with pytest.raises(CellDataError, match=r"big\.png: 20x24 px exceeds the limit of 100 pixels"):
+        read_any_image(tmp_path / "big.png")
+
+
+def test_image_size_from_the_header(tmp_path: Path) -> None:
+    Image.fromarray(_gradient(21, 34)).save(tmp_path / "a.jpg")
+    write_tiff(tmp_path / "b.tif", _gradient(17, 19))
+    assert image_size(tmp_path / "a.jpg") == (21, 34)
+    assert image_size(tmp_path / "b.tif") == (17, 19)
+    with pytest.raises(CellDataError, match=r"missing\.png: file not found"):
+        image_size(tmp_path / "missing.png")
+    (tmp_path / "bad.jpeg").write_bytes(b"\xff\xd8 broken")
+    with pytest.raises(CellDataError, match=r"bad\.jpeg: unreadable image"):
+        image_size(tmp_path / "bad.jpeg")

@@ -215,3 +215,63 @@ def test_tool_refuses_bad_input_with_exit_2(tmp_path: Path, capsys) -> None:
     assert tool.main(tool.parse_args(base + ["--output", str(out)] + opts)) == 2
     assert str(missing) in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
+
+
+# ---- predict.py --model: an exported model as a drop-in for prediction ----------------------
+
+PREDICT_TOOL = REPO_ROOT / "tools" / "predict.py"
+
+
+def test_predict_with_the_exported_model_writes_what_eager_writes(
+    exported: Path, trained: Path, synthetic_root: Path, tmp_path: Path
+) -> None:
+    eager, other = tmp_path / "eager", tmp_path / "exported"
+    config = ["--config-file", str(INSTANT_CONFIG)]
+    tool = load_tool(PREDICT_TOOL)
+    common = [
+        "--input", str(synthetic_root / "test_release"),
+        "--id-map", str(synthetic_root / "test_image_name_to_ids.json"),
+        "--format", "coco,labels,geojson,csv", "--no-progress",
+    ]  # fmt: skip
+    for out, flags in (
+        (eager, [*config, *common, *_opts(trained)]),
+        (other, ["--model", str(exported), *common]),
+    ):
+        paths = ["--output", str(out / "results.json"), "--output-dir", str(out / "exports")]
+        flags = flags[:2] + paths + flags[2:] if flags[0] == "--config-file" else flags + paths
+        assert tool.main(tool.parse_args(flags)) == 0
+    ours = json.loads((other / "results.json").read_text())
+    reference = json.loads((eager / "results.json").read_text())
+    assert len(ours) == len(reference) > 0
+    for a, b in zip(ours, reference):
+        assert (a["image_id"], a["category_id"], a["bbox"]) == (
+            b["image_id"],
+            b["category_id"],
+            b["bbox"],
+        )
+        assert a["segmentation"] == b["segmentation"]
+        assert abs(a["score"] - b["score"]) <= SCORE_TOL
+    for name in ("exports/labels", "exports/geojson"):
+        for path in sorted((eager / name).iterdir()):
+            if path.suffix == ".tif":
+                assert (other / name / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_predict_with_a_corrupted_model_folder_exits_2_naming_the_file(
+    exported: Path, synthetic_root: Path, tmp_path: Path, capsys
+) -> None:
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(exported, broken)
+    meta = json.loads((broken / METADATA_FILE).read_text())
+    model_file = broken / meta["model_file"]
+    model_file.write_bytes(model_file.read_bytes()[:-10])
+    tool = load_tool(PREDICT_TOOL)
+    args = tool.parse_args(
+        ["--model", str(broken), "--input", str(synthetic_root / "test_release"),
+         "--id-map", str(synthetic_root / "test_image_name_to_ids.json"),
+         "--output", str(tmp_path / "r.json"), "--no-progress"]
+    )  # fmt: skip
+    assert tool.main(args) == 2
+    assert str(model_file) in capsys.readouterr().err
