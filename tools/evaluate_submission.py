@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     entries = load_id_map(args.id_map)
     results = read_submission(args.pred, entries)
     require_valid_submission(results, entries, args.pred, args.class_names)
-    gt_coco = load_ground_truth_coco(args.gt, entries)
+    gt_coco = load_ground_truth_coco(args.gt, entries, args.class_names)
     scores = evaluate_submission(gt_coco, results)
     histology = evaluate_histology(gt_coco, results, args.score_thresh)
     print(format_scores(scores))

@@ -180,6 +180,7 @@ def test_cli(
     assert saved["segm"]["AP"] == pytest.approx(100.0)
     assert None in saved["segm"].values()  # a class absent from this image: null, not NaN
     assert "histology (IoU > 0.5, score >= 0.5)" in table and "AJI" in table
+    assert "AP-epithelial" in saved["segm"] and "AP-class1" not in saved["segm"]  # named rows
     for key in ("PQ", "SQ", "DQ", "mPQ", "AJI", "F1", "precision", "recall"):
         assert saved["histology"][key] == pytest.approx(100.0), key
 
