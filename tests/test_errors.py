@@ -9,8 +9,20 @@ import cellseg_d2.errors as errors
 from cellseg_d2.errors import CellDataError, CellSegError, ConfigError
 
 
-def test_exports_exactly_the_three_types() -> None:
-    assert sorted(errors.__all__) == ["CellDataError", "CellSegError", "ConfigError"]
+def test_exports_exactly_the_four_types() -> None:
+    assert sorted(errors.__all__) == [
+        "CellDataError",
+        "CellSegError",
+        "ConfigError",
+        "OutputExistsError",
+    ]
+
+
+def test_output_exists_is_a_cellseg_error_and_a_file_exists_error() -> None:
+    from cellseg_d2.errors import OutputExistsError
+
+    assert issubclass(OutputExistsError, CellSegError)
+    assert issubclass(OutputExistsError, FileExistsError)
 
 
 @pytest.mark.parametrize("error", [CellDataError, ConfigError])

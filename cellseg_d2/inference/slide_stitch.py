@@ -56,9 +56,8 @@ class SlideCell:
         box: ``(x0, y0, x1, y1)`` tight box of the mask, exclusive ends (floats when the
             model's scale is not 1).
         area: mask area in level-0 pixels (model pixels / scale^2).
-        centroid_x, centroid_y: mask centroid in pixel-index coordinates (the centre of pixel
-            ``i`` is ``i``). NOTE: the per-image table now uses QuPath's (centre at
-            ``i + 0.5``, :mod:`~cellseg_d2.inference.export`); slides still follow this one.
+        centroid_x, centroid_y: mask centroid in QuPath's convention (the centre of pixel ``i``
+            is at ``i + 0.5``), as the per-image table (:mod:`~cellseg_d2.inference.export`).
         perimeter: regionprops perimeter in level-0 pixels.
         eccentricity, solidity: regionprops, scale-free.
         mean_rgb: mean R, G, B of the cell in the tile the model saw.
@@ -148,9 +147,9 @@ def tile_cells(
                 score=float(det.score),
                 box=box,
                 area=float(props.area) * sx * sy,
-                # pixel-index centroid -> pixel centre (+0.5) -> level-0 -> pixel index (-0.5)
-                centroid_x=tile.x + (det.left + col + 0.5) * sx - 0.5,
-                centroid_y=tile.y + (det.top + row + 0.5) * sy - 0.5,
+                # pixel-index centroid -> pixel centre (+0.5) -> level-0 (QuPath's frame)
+                centroid_x=tile.x + (det.left + col + 0.5) * sx,
+                centroid_y=tile.y + (det.top + row + 0.5) * sy,
                 perimeter=float(props.perimeter) * math.sqrt(sx * sy),
                 eccentricity=float(props.eccentricity),
                 solidity=float(props.solidity),

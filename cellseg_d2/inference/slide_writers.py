@@ -33,7 +33,8 @@ __all__ = ["SLIDE_CSV_COLUMNS", "SLIDE_FORMATS", "write_slide_csv", "write_slide
 SLIDE_FORMATS = ("geojson", "csv")
 #: The per-cell table of a slide: the image table's columns (``image`` holds the slide's file
 #: name, ``cell_id`` the store's id) less ``image_id``, plus ``area_um2`` (empty when the pixel
-#: size is unknown). Level-0 pixels plus offset; centroids in pixel-index coordinates.
+#: size is unknown). Level-0 pixels plus offset; centroids with pixel centres at +0.5 (QuPath's
+#: convention).
 SLIDE_CSV_COLUMNS = (
     "image",
     "cell_id",

@@ -389,3 +389,44 @@ def test_keep_overlaps_writes_every_detection_and_cannot_be_resumed_mixed(
         output_dir=export, resume=True, keep_overlaps=True, **kwargs,
     )  # fmt: skip
     assert (summary.resumed, summary.predicted) == (1, len(entries) - 1)
+
+
+def test_predicted_geojson_imports_back_to_the_label_export(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    """Export -> import -> the same cells: predict with labels and geojson, import the GeoJSON
+    folder with the qupath importer, and each imported cell is a cell of the label export."""
+    from cellseg_d2.data.id_map import load_id_map
+    from cellseg_d2.data.importers import ImportOptions, import_dataset
+    from cellseg_d2.data.io import read_instance_mask, read_tiff
+    from cellseg_d2.inference.export import export_paths
+    from cellseg_d2.utils.layout import DEFAULT_CLASS_NAMES
+
+    id_map = synthetic_root / "test_image_name_to_ids.json"
+    export = tmp_path / "export"
+    flags = ["--output-dir", str(export), "--score-thresh", "0.0", "--format", "labels,geojson"]
+    assert _predict_in_process(synthetic_root / "test_release", id_map, *flags) == 0
+    root = tmp_path / "imported"
+    options = ImportOptions(class_names=tuple(DEFAULT_CLASS_NAMES))
+    import_dataset(
+        "qupath", export / "geojson", root, options, images=synthetic_root / "test_release"
+    )
+    compared = 0
+    for entry in load_id_map(id_map):
+        paths = export_paths(export, entry["file_name"])
+        instances, classes = read_tiff(paths["instances"]), read_tiff(paths["classes"])
+        folder = root / "train" / Path(entry["file_name"]).stem
+        expected = {
+            (int(classes[instances == k][0]), np.packbits(instances == k).tobytes())
+            for k in range(1, int(instances.max()) + 1)
+        }
+        found = set()
+        for mask_file in folder.glob("class*.tif"):
+            labels = read_instance_mask(mask_file)
+            cls = int(mask_file.stem.removeprefix("class"))
+            found |= {
+                (cls, np.packbits(labels == k).tobytes()) for k in set(np.unique(labels)) - {0}
+            }
+        assert found == expected
+        compared += len(expected)
+    assert compared > 0

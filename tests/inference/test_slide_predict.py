@@ -160,7 +160,8 @@ def test_other_scales_return_cells_at_level0_places(
     assert len(rows) == len(discs)
     centres = np.array([(r[10], r[11]) for r in rows])
     for disc in discs:
-        distance = np.hypot(centres[:, 0] - disc.cx, centres[:, 1] - disc.cy)
+        # disc centres are pixel indices; stored centroids put pixel centres at +0.5 (QuPath)
+        distance = np.hypot(centres[:, 0] - disc.cx - 0.5, centres[:, 1] - disc.cy - 0.5)
         nearest = int(distance.argmin())
         assert distance[nearest] < 0.75, (disc, rows[nearest])
         assert rows[nearest][3] == disc.category

@@ -149,10 +149,25 @@ def geometry_to_mask(
     """
     if shape.is_empty:
         return 0, 0, np.zeros((0, 0), bool)
-    polygons = list(getattr(shape, "geoms", [shape]))
-    exteriors = [np.asarray(p.exterior.coords) for p in polygons]
-    holes = [np.asarray(h.coords) for p in polygons for h in p.interiors]
-    return rings_to_mask(exteriors, holes, height, width)
+    # Polygon by polygon: in a valid MultiPolygon a part may lie inside another part's hole
+    # (a cell's island within its own gap, as pixel-edge outlines of a mask give it); its
+    # pixels belong to the cell, so each part clears only its own holes.
+    pieces = []
+    for polygon in getattr(shape, "geoms", [shape]):
+        holes = [np.asarray(h.coords) for h in polygon.interiors]
+        top, left, crop = rings_to_mask([np.asarray(polygon.exterior.coords)], holes, height, width)
+        if crop.size:
+            pieces.append((top, left, crop))
+    if not pieces:
+        return 0, 0, np.zeros((0, 0), bool)
+    top = min(t for t, _, _ in pieces)
+    left = min(x for _, x, _ in pieces)
+    bottom = max(t + c.shape[0] for t, _, c in pieces)
+    right = max(x + c.shape[1] for _, x, c in pieces)
+    mask = np.zeros((bottom - top, right - left), bool)
+    for t, x, crop in pieces:
+        mask[t - top : t - top + crop.shape[0], x - left : x - left + crop.shape[1]] |= crop
+    return top, left, mask
 
 
 def _instances(

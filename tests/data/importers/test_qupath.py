@@ -175,3 +175,20 @@ def test_qupath_nucleus_geometry_and_missing_image(tmp_path: Path) -> None:
     (tmp_path / "src" / "slide_crop.tif").rename(tmp_path / "src" / "other.tif")
     with pytest.raises(CellDataError, match="no image named 'slide_crop.tif'"):
         import_dataset("qupath", source, tmp_path / "out3")
+
+
+def test_island_inside_a_hole_of_the_same_cell_is_kept() -> None:
+    """A valid MultiPolygon whose second part sits in the first part's hole (the pixel-edge
+    outline of a ring-shaped cell with a pixel of its own in the middle) fills both parts."""
+    from shapely.geometry import MultiPolygon, Polygon
+
+    from cellseg_d2.data.importers.qupath import geometry_to_mask
+
+    ring = Polygon([(0, 0), (5, 0), (5, 5), (0, 5)], [[(1, 1), (4, 1), (4, 4), (1, 4)]])
+    island = Polygon([(2, 2), (3, 2), (3, 3), (2, 3)])
+    top, left, mask = geometry_to_mask(MultiPolygon([ring, island]), 10, 10)
+    expected = np.zeros(mask.shape, bool)  # the crop may reach one row/column past the box
+    expected[:5, :5] = True
+    expected[1:4, 1:4] = False
+    expected[2, 2] = True
+    assert (top, left) == (0, 0) and np.array_equal(mask, expected)
