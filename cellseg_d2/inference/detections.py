@@ -32,6 +32,7 @@ __all__ = [
     "TILE_MERGE_IOU",
     "Detection",
     "merge_tile_detections",
+    "greedy_tile_survivors",
     "paste_masks_in_boxes",
     "predict_in_tiles",
     "raw_outputs_to_detections",
@@ -279,12 +280,27 @@ def merge_tile_detections(
     # threshold) from each *other* tile. Within a tile the model's own NMS already decided
     # which overlapping cells to keep, and a copy stands for one cell, not for its neighbours.
     matches = tile_overlap_matches(kept, tile_of, [window for window, _ in tiles])
-    removed = [False] * len(kept)
-    result = []
-    for i in sorted(range(len(kept)), key=lambda k: -kept[k].score):
+    survivors = greedy_tile_survivors([det.score for det in kept], tile_of, matches)
+    return [kept[i] for i in survivors]
+
+
+def greedy_tile_survivors(
+    scores: Sequence[float],
+    tile_of: Sequence[int],
+    matches: dict[int, list[tuple[float, int]]],
+) -> list[int]:
+    """The indices that survive the tile merge, in the order visited (score, then index).
+
+    Why one function: images cut into tiles and whole slides merge copies the same way. The
+    best remaining detection stays and removes its best-matching copy (from
+    :func:`tile_overlap_matches`) from each *other* tile; ties go to the first.
+    """
+    removed = [False] * len(scores)
+    survivors = []
+    for i in sorted(range(len(scores)), key=lambda k: (-scores[k], k)):
         if removed[i]:
             continue
-        result.append(kept[i])
+        survivors.append(i)
         removed[i] = True
         best: dict[int, tuple[float, int]] = {}  # tile -> (IoU, -index): ties go to the first
         for iou, j in matches.get(i, ()):
@@ -292,7 +308,7 @@ def merge_tile_detections(
                 best[tile_of[j]] = max(best.get(tile_of[j], (0.0, 0)), (iou, -j))
         for _, negative_j in best.values():
             removed[-negative_j] = True
-    return result
+    return survivors
 
 
 def tile_overlap_matches(

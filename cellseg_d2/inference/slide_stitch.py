@@ -35,7 +35,11 @@ from dataclasses import dataclass
 import numpy as np
 from skimage import measure
 
-from cellseg_d2.inference.detections import Detection, tile_overlap_matches
+from cellseg_d2.inference.detections import (
+    Detection,
+    greedy_tile_survivors,
+    tile_overlap_matches,
+)
 from cellseg_d2.inference.outlines import mask_to_polygons
 from cellseg_d2.inference.slide_tiles import SlideTile
 
@@ -183,17 +187,5 @@ def drop_seam_duplicates(cells: Sequence[SlideCell], tiles: Sequence[SlideTile])
     matches = tile_overlap_matches(cells, tile_of, [tile.window for tile in tiles])  # type: ignore[arg-type]
     if not matches:
         return list(cells)
-    removed = [False] * len(cells)
-    survivors = []
-    for i in sorted(range(len(cells)), key=lambda k: (-cells[k].score, k)):
-        if removed[i]:
-            continue
-        survivors.append(i)
-        removed[i] = True
-        best: dict[int, tuple[float, int]] = {}  # tile -> (IoU, -index): ties go to the first
-        for iou, j in matches.get(i, ()):
-            if not removed[j]:
-                best[tile_of[j]] = max(best.get(tile_of[j], (0.0, 0)), (iou, -j))
-        for _, negative_j in best.values():
-            removed[-negative_j] = True
+    survivors = greedy_tile_survivors([cell.score for cell in cells], tile_of, matches)
     return [cells[i] for i in sorted(survivors)]

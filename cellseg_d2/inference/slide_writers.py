@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cellseg_d2.inference.cell_store import CellStore, StoredCell
-from cellseg_d2.inference.export import GEOJSON_OBJECT_TYPE, spreadsheet_safe
+from cellseg_d2.inference.export import CSV_COLUMNS, GEOJSON_OBJECT_TYPE, spreadsheet_safe
 from cellseg_d2.utils.files import atomic_write
 from cellseg_d2.utils.layout import class_color, class_name
 
@@ -32,29 +32,15 @@ __all__ = ["SLIDE_CSV_COLUMNS", "SLIDE_FORMATS", "write_slide_csv", "write_slide
 #: The slide outputs besides the store itself.
 SLIDE_FORMATS = ("geojson", "csv")
 #: The per-cell table of a slide: the image table's columns (``image`` holds the slide's file
-#: name, ``cell_id`` the store's id) less ``image_id``, plus ``area_um2`` (empty when the pixel
+#: name, ``cell_id`` the store's id) less ``image_id`` and ``cells`` (a slide's table always holds
+#: its store's cells), plus ``area_um2`` after ``area_px`` (empty when the pixel
 #: size is unknown). Level-0 pixels plus offset; centroids with pixel centres at +0.5 (QuPath's
 #: convention).
-SLIDE_CSV_COLUMNS = (
-    "image",
-    "cell_id",
-    "class_id",
-    "class_name",
-    "score",
-    "area",
-    "area_um2",
-    "centroid_x",
-    "centroid_y",
-    "bbox_x0",
-    "bbox_y0",
-    "bbox_x1",
-    "bbox_y1",
-    "perimeter",
-    "eccentricity",
-    "solidity",
-    "mean_intensity_r",
-    "mean_intensity_g",
-    "mean_intensity_b",
+SLIDE_CSV_COLUMNS = tuple(
+    column
+    for name in CSV_COLUMNS
+    if name not in ("image_id", "cells")
+    for column in ((name, "area_um2") if name == "area_px" else (name,))
 )
 
 

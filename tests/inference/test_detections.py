@@ -211,3 +211,15 @@ def test_tile_merge_compares_only_neighbouring_tiles(monkeypatch: pytest.MonkeyP
             assert seams[y0:y1, x0:x1].max() >= 2
     pairs = sum(len(a) * len(b) for a, b in compared)
     assert 0 < pairs < len(kept) ** 2 / 20
+
+
+def test_greedy_tile_survivors_keeps_the_best_copy_once_per_other_tile() -> None:
+    from cellseg_d2.inference.detections import greedy_tile_survivors
+
+    # 0 (tile 0) matches 1 and 2 (both tile 1): only its best match, 2, is removed by 0; then
+    # 1 survives (its match 0 is already kept); 3 (tile 2) matches nothing.
+    scores = [0.9, 0.5, 0.4, 0.95]
+    tile_of = [0, 1, 1, 2]
+    matches = {0: [(0.6, 1), (0.8, 2)], 1: [(0.6, 0)], 2: [(0.8, 0)]}
+    assert greedy_tile_survivors(scores, tile_of, matches) == [3, 0, 1]
+    assert greedy_tile_survivors([0.5, 0.5], [0, 1], {0: [(0.9, 1)], 1: [(0.9, 0)]}) == [0]

@@ -58,7 +58,7 @@ def test_geojson_and_csv_share_ids_and_coordinates(tmp_path: Path, offset) -> No
         str(2 + offset[1]),
     )
     assert float(rows[1]["centroid_x"]) == 10 + 1.5 + offset[0]
-    assert rows[0]["area"] == "16" and float(rows[0]["area_um2"]) == pytest.approx(4.0)
+    assert rows[0]["area_px"] == "16" and float(rows[0]["area_um2"]) == pytest.approx(4.0)
 
 
 def test_no_pixel_size_no_um2(tmp_path: Path) -> None:
