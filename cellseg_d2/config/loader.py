@@ -52,6 +52,7 @@ def add_cellseg_config(cfg: CN) -> None:
 
     Call it right after ``get_cfg()`` and before ``merge_from_file``. Calling it twice is harmless.
     """
+    # Long by design: every key the project adds lives here, each with its comment (one home).
     _c = cfg
     # ---- Data ----
     # Dataset folder with train/, test_release/ and test_image_name_to_ids.json.

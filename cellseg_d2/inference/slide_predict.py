@@ -263,6 +263,8 @@ def predict_slide(
         ConfigError: bad tiling settings or formats, or a pixel size is needed and unknown.
         CellDataError: a resumed store of other settings, or a bad tissue mask file.
     """
+    # Long: one slide's steps in order (check, plan, resume or create the store, predict the
+    # chunks, write the formats, summarise); the work of each lives in its own module.
     started = time.perf_counter()
     unknown = sorted(set(formats) - set(SLIDE_FORMATS))
     if unknown or chunk_tiles < 1:

@@ -40,6 +40,7 @@ _Rename = Callable[[re.Match[str]], str]
 
 def _rename_rules(variant: str) -> list[tuple[str, _Rename]]:
     """(pattern, replacement) pairs from torchvision to detectron2 names; first match wins."""
+    # Long by design: a table of key renames, one line per torchvision -> detectron2 rule.
     rpn_conv = (
         (lambda m: f"proposal_generator.rpn_head.conv.{m[2]}")
         if variant == "v1"

@@ -207,6 +207,7 @@ def detectron2_config(
         weights: ``MODEL.WEIGHTS`` (the converted checkpoint).
         base: the config to inherit from (``_BASE_``), or ``None`` for none.
     """
+    # Long by design: the config written out key by key, as it reads in the YAML file.
     v2 = variant == "v2"
     head_norm = "BN" if v2 else ""
     pooler = {"POOLER_TYPE": "ROIAlign", "POOLER_SAMPLING_RATIO": 2}  # torchvision: aligned=False
