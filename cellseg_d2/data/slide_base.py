@@ -12,10 +12,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 import cv2
 import numpy as np
+
+from cellseg_d2.utils.closing import Closing
 
 __all__ = [
     "LEVEL_TOLERANCE",
@@ -91,7 +92,7 @@ def rgba_on_white(rgba: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-class SlideReader:
+class SlideReader(Closing):
     """A slide opened for reading regions; use :func:`~cellseg_d2.data.slide.open_slide`.
 
     Use it as a context manager (or call :meth:`close`). Subclasses implement
@@ -101,17 +102,6 @@ class SlideReader:
 
     def __init__(self, info: SlideInfo) -> None:
         self.info = info
-
-    def __enter__(self) -> SlideReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Release the file (idempotent)."""

@@ -41,10 +41,10 @@ import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from cellseg_d2.errors import CellDataError
 from cellseg_d2.inference.slide_stitch import SlideCell
+from cellseg_d2.utils.closing import Closing
 
 __all__ = [
     "CELL_STORE_SUFFIX",
@@ -138,7 +138,7 @@ def _normalised(settings: Mapping) -> dict:
     return json.loads(json.dumps(dict(settings), sort_keys=True))
 
 
-class CellStore:
+class CellStore(Closing):
     """A slide's cell store; build one with :meth:`create`, read a finished one with :meth:`open`.
 
     Use as a context manager (or call :meth:`close`); :meth:`finish` closes and publishes.
@@ -372,14 +372,3 @@ class CellStore:
     def close(self) -> None:
         """Close the connection (a partial store stays resumable)."""
         self._db.close()
-
-    def __enter__(self) -> CellStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
