@@ -14,25 +14,17 @@ The whole predict call is timed (resize, network, paste). Prints median and min 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import tempfile
-import time
-from pathlib import Path
 
 from cellseg_d2.utils import cli
 
 cli.quiet_third_party_warnings()  # first: some third-party modules warn as they are imported
 
-import numpy as np
 import torch
 
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
+from cellseg_d2.benchmark.engines import format_engines, time_engines
 from cellseg_d2.config import build_config
-from cellseg_d2.data.synthetic import synthesize_image
-from cellseg_d2.inference.exported import ExportedPredictor
-from cellseg_d2.inference.model_export import export_model_folder, load_model_for_export
-from cellseg_d2.inference.predictor import CellPredictor
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,31 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @cli.exit_2_on_bad_input
 def main(args: argparse.Namespace) -> int:
     """Export, then time the three engines on one image."""
-    torch.set_num_threads(args.threads)
     cfg = build_config(args.config_file, [*args.opts, "MODEL.DEVICE", "cpu"])
-    torch.manual_seed(0)
-    model = load_model_for_export(cfg)
-    rgb, _ = synthesize_image(np.random.default_rng(0), args.size, args.size)
-    image = np.ascontiguousarray(rgb[:, :, 2::-1])
-    eager = CellPredictor(cfg)
-    eager.model.load_state_dict(model.state_dict())
-    engines = {"eager": eager}
-    with tempfile.TemporaryDirectory() as tmp:
-        for fmt in ("torchscript", "onnx"):
-            folder = export_model_folder(cfg, model, fmt, Path(tmp) / fmt)
-            engines[fmt] = ExportedPredictor(folder, num_threads=args.threads)
-        times: dict[str, list[float]] = {name: [] for name in engines}
-        counts = {name: len(engine([image])[0]) for name, engine in engines.items()}
-        for _ in range(args.repeats):
-            for name, engine in engines.items():
-                start = time.perf_counter()
-                engine([image])
-                times[name].append(time.perf_counter() - start)
-    print(f"{args.config_file}: {args.size}x{args.size} image, {args.threads} thread(s)")
-    print(f"{'engine':<12} {'median s/img':>12} {'min s/img':>10} {'detections':>10}")
-    for name, values in times.items():
-        median, best = statistics.median(values), min(values)
-        print(f"{name:<12} {median:>12.3f} {best:>10.3f} {counts[name]:>10}")
+    report = time_engines(cfg, args.size, args.repeats, args.threads)
+    print(f"{args.config_file}: {format_engines(report)}")
     return 0
 
 
