@@ -12,6 +12,13 @@ predict s/image, peak RSS, FLOPs, fp32 matmul peak and utilisation) and writes i
 
 measures only the memory of a streamed prediction run instead: N small images through the
 predict writers (a fixed set of detections stands in for the model), RSS sampled along the way.
+
+    python tools/benchmark.py --slides 10000,40000 [--slide-model-ms 50] [--slide-pitch 64]
+
+measures whole-slide prediction instead: synthetic square slides of those sides (generated tile
+by tile) through the real slide loop with 2 reading workers, a fake model that finds the slide's
+discs and takes --slide-model-ms per tile; peak RSS (this process and its workers), tiles/s and
+the share of the time the model works.
 """
 
 from __future__ import annotations
@@ -27,7 +34,13 @@ cli.quiet_third_party_warnings()  # first: some third-party modules warn as they
 from detectron2.utils.logger import setup_logger
 
 import cellseg_d2.modeling  # noqa: F401  (registers CellRCNN)
-from cellseg_d2.benchmark import format_benchmark, measure_stream_memory, run_benchmark
+from cellseg_d2.benchmark import (
+    format_benchmark,
+    measure_slide_benchmark,
+    measure_stream_memory,
+    run_benchmark,
+)
+from cellseg_d2.benchmark.slides import DISC_PITCH, MIN_DISC_PITCH
 from cellseg_d2.config import build_config
 from cellseg_d2.inference.export import EXPORT_FORMATS
 from cellseg_d2.utils.files import atomic_write
@@ -36,7 +49,7 @@ from cellseg_d2.utils.files import atomic_write
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags; trailing ``KEY VALUE`` pairs override the config."""
     parser = cli.tool_parser(__doc__)
-    cli.add_config_arguments(parser, required=False)  # not for --stream-images
+    cli.add_config_arguments(parser, required=False)  # not for --stream-images nor --slides
     parser.add_argument("--data", help="dataset root (train/, test_release/)")
     parser.add_argument("--iters", type=int, default=10, help="timed iterations (default 10)")
     parser.add_argument("--json", help="write the figures to this JSON file")
@@ -50,11 +63,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=",".join(EXPORT_FORMATS),
         help="formats written by --stream-images (default: all)",
     )
+    parser.add_argument(
+        "--slides",
+        help="instead: whole-slide prediction of synthetic square slides of these sides, e.g. "
+        "10000,40000 (peak RSS with the workers, tiles/s, model share)",
+    )
+    parser.add_argument(
+        "--slide-model-ms",
+        type=float,
+        default=50.0,
+        help="milliseconds the fake model takes per tile with --slides (default 50)",
+    )
+    parser.add_argument(
+        "--slide-pitch",
+        type=int,
+        default=DISC_PITCH,
+        help=f"pixels between cells of the synthetic slides (default {DISC_PITCH})",
+    )
     args = parser.parse_args(argv)
     if args.iters < 1:
         parser.error("--iters must be >= 1")
-    if args.stream_images is None and not (args.config_file and args.data):
-        parser.error("--config-file and --data are required (unless --stream-images)")
+    if args.slides is not None:
+        try:
+            args.slides = [int(side) for side in args.slides.split(",")]
+        except ValueError:
+            parser.error("--slides: comma-separated whole numbers of pixels, e.g. 10000,40000")
+        if min(args.slides) < 1 or args.slide_model_ms < 0:
+            parser.error("--slides must be positive and --slide-model-ms >= 0")
+        if args.slide_pitch % 2 or args.slide_pitch < MIN_DISC_PITCH:
+            parser.error(f"--slide-pitch must be even and >= {MIN_DISC_PITCH}")
+    standalone = args.stream_images is not None or args.slides is not None
+    if not standalone and not (args.config_file and args.data):
+        parser.error("--config-file and --data are required (unless --stream-images or --slides)")
     if args.stream_images is not None and args.stream_images < 10:
         parser.error("--stream-images must be >= 10")
     formats = tuple(args.stream_formats.split(","))
@@ -70,6 +110,10 @@ def main(args: argparse.Namespace) -> int:
     setup_logger(name="cellseg_d2")
     if args.stream_images is not None:
         report = {"stream": measure_stream_memory(args.stream_images, args.stream_formats)}
+    elif args.slides is not None:
+        report = measure_slide_benchmark(
+            args.slides, model_ms=args.slide_model_ms, pitch=args.slide_pitch
+        )
     else:
         cfg = build_config(args.config_file, args.opts)
         report = run_benchmark(cfg, args.data, iters=args.iters, loader_batches=args.iters)

@@ -8,11 +8,14 @@ by the device's own measured matrix-multiply peak.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
+from types import TracebackType
 
 import torch
 
-__all__ = ["cuda_sync", "matmul_peak_gflops", "reset_peak_rss", "rss_mib"]
+__all__ = ["ProcessTreeMemory", "cuda_sync", "matmul_peak_gflops", "reset_peak_rss", "rss_mib"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,16 +30,116 @@ def reset_peak_rss() -> None:
         logger.warning("cannot reset the peak RSS (not Linux?): memory figures are cumulative")
 
 
-def rss_mib(field: str = "VmHWM") -> float:
-    """This process's resident set in MiB: ``VmHWM`` (high-water mark) or ``VmRSS`` (now).
+def rss_mib(field: str = "VmHWM", pid: int | str = "self") -> float:
+    """A process's resident set in MiB: ``VmHWM`` (high-water mark) or ``VmRSS`` (now).
 
-    Returns NaN when ``/proc/self/status`` lacks the field.
+    Args:
+        field: the ``/proc/<pid>/status`` line to read.
+        pid: the process; this one by default.
+
+    Returns:
+        NaN when the status lacks the field or the process is gone.
     """
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) / 1024.0
+    return _proc_kib(f"/proc/{pid}/status", field) / 1024.0
+
+
+def _proc_kib(path: str, field: str) -> float:
+    """The ``<field>: <n> kB`` value of a ``/proc`` file, NaN when absent or unreadable."""
+    try:
+        with open(path) as handle:
+            for line in handle:
+                if line.startswith(f"{field}:"):
+                    return float(line.split()[1])
+    except OSError:  # the process exited between listing and reading
+        pass
     return float("nan")
+
+
+def _descendants(root: int) -> list[int]:
+    """The ids of every live process below ``root`` (children, their children...), from
+    ``/proc/<pid>/stat`` (Linux). Forkserver- and spawn-started workers are grandchildren."""
+    parent_of = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        parent_of[int(name)] = int(stat.rsplit(")", 1)[1].split()[1])  # the name may hold ")"
+    found, frontier = [], [root]
+    while frontier:
+        frontier = [pid for pid, parent in parent_of.items() if parent in frontier]
+        found.extend(frontier)
+    return found
+
+
+class ProcessTreeMemory:
+    """Peak memory of this process and of every process it starts while the block runs.
+
+    Why: a DataLoader reads in worker processes, whose memory ``VmHWM`` of this process never
+    sees. Entering resets this process's high-water mark; a background thread then looks at the
+    process tree every ``interval_s`` seconds and keeps each descendant's own ``VmHWM`` (a kernel
+    high-water mark, so sampling misses at most a worker's last ``interval_s``) and the largest
+    sum of proportional set sizes (``Pss`` of ``smaps_rollup``: pages shared after a ``fork``
+    are split among their sharers, so the sum is the tree's real footprint, sampled).
+
+    Attributes (after the block):
+        main_peak_mib: this process's ``VmHWM`` over the block (exact).
+        worker_peaks_mib: ``{pid: VmHWM}`` of each descendant seen.
+        total_pss_peak_mib: the largest sampled sum of ``Pss`` over the tree.
+    """
+
+    def __init__(self, interval_s: float = 0.5) -> None:
+        self.interval_s = interval_s
+        self.main_peak_mib = float("nan")
+        self.worker_peaks_mib: dict[int, float] = {}
+        self.total_pss_peak_mib = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def total_rss_peak_mib(self) -> float:
+        """This process's peak plus each worker's: an upper bound of the tree's peak resident
+        set (peaks of different moments are added, and pages shared after a fork are counted
+        once per process)."""
+        return self.main_peak_mib + sum(self.worker_peaks_mib.values())
+
+    def _sample(self) -> None:
+        """Update the worker peaks and the largest ``Pss`` sum from the current tree."""
+        pss = _proc_kib("/proc/self/smaps_rollup", "Pss") / 1024.0
+        for pid in _descendants(os.getpid()):
+            peak = rss_mib("VmHWM", pid)
+            if peak == peak:  # not NaN: the process was still there
+                self.worker_peaks_mib[pid] = max(self.worker_peaks_mib.get(pid, 0.0), peak)
+            worker_pss = _proc_kib(f"/proc/{pid}/smaps_rollup", "Pss") / 1024.0
+            pss += worker_pss if worker_pss == worker_pss else 0.0
+        if pss == pss:
+            self.total_pss_peak_mib = max(self.total_pss_peak_mib, pss)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def __enter__(self) -> ProcessTreeMemory:
+        reset_peak_rss()
+        self._sample()
+        self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._sample()
+        self.main_peak_mib = rss_mib("VmHWM")
 
 
 def cuda_sync() -> None:

@@ -1,13 +1,21 @@
-"""The machine figures: resident memory, its reset, GPU sync, the matmul peak."""
+"""The machine figures: resident memory (with workers), its reset, GPU sync, the matmul peak."""
 
 from __future__ import annotations
 
 import math
+import multiprocessing
+import time
 
 import numpy as np
 import pytest
 
-from cellseg_d2.benchmark.machine import cuda_sync, matmul_peak_gflops, reset_peak_rss, rss_mib
+from cellseg_d2.benchmark.machine import (
+    ProcessTreeMemory,
+    cuda_sync,
+    matmul_peak_gflops,
+    reset_peak_rss,
+    rss_mib,
+)
 
 
 def test_rss_reads_the_process_status() -> None:
@@ -29,3 +37,25 @@ def test_matmul_peak_is_a_positive_rate(inner: int) -> None:
     cuda_sync()  # no-op without CUDA, and never an error
     peak = matmul_peak_gflops(size=64, repeats=2, inner=inner)
     assert math.isfinite(peak) and peak > 0
+
+
+def _hold_memory(mib: int, seconds: float) -> None:
+    """A worker that keeps ``mib`` MiB resident for ``seconds``."""
+    block = np.ones(mib * 2**20, np.uint8)
+    time.sleep(seconds)
+    del block
+
+
+def test_process_tree_memory_sees_the_workers() -> None:
+    context = multiprocessing.get_context("fork")
+    with ProcessTreeMemory(interval_s=0.05) as memory:
+        worker = context.Process(target=_hold_memory, args=(64, 0.5))
+        worker.start()
+        worker.join()
+    assert worker.pid in memory.worker_peaks_mib
+    assert memory.worker_peaks_mib[worker.pid] >= 64
+    assert memory.main_peak_mib > 0 and memory.total_pss_peak_mib > 0
+    assert memory.total_rss_peak_mib == pytest.approx(
+        memory.main_peak_mib + sum(memory.worker_peaks_mib.values())
+    )
+    assert math.isnan(rss_mib("VmRSS", pid=2**22 + 1))  # no such process
