@@ -13,6 +13,11 @@ predict s/image, peak RSS, FLOPs, fp32 matmul peak and utilisation) and writes i
 measures only the memory of a streamed prediction run instead: N small images through the
 predict writers (a fixed set of detections stands in for the model), RSS sampled along the way.
 
+    python tools/benchmark.py --engines 512 --iters 5 --config-file C [KEY VALUE ...]
+
+times the whole predict call of the eager model, its TorchScript export and its ONNX Runtime
+export on one synthetic image (the model exported to a temporary folder first).
+
     python tools/benchmark.py --slides 10000,40000 [--slide-model-ms 50] [--slide-pitch 64]
 
 measures whole-slide prediction instead: synthetic square slides of those sides (generated tile
@@ -40,6 +45,7 @@ from cellseg_d2.benchmark import (
     measure_stream_memory,
     run_benchmark,
 )
+from cellseg_d2.benchmark.engines import format_engines, time_engines
 from cellseg_d2.benchmark.slides import DISC_PITCH, MIN_DISC_PITCH
 from cellseg_d2.config import build_config
 from cellseg_d2.inference.export import EXPORT_FORMATS
@@ -64,6 +70,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="formats written by --stream-images (default: all)",
     )
     parser.add_argument(
+        "--engines",
+        type=int,
+        metavar="SIZE",
+        help="instead: eager vs TorchScript vs ONNX Runtime s/image on one SIZE x SIZE image "
+        "(--iters timed calls each; CPU)",
+    )
+    parser.add_argument(
         "--slides",
         help="instead: whole-slide prediction of synthetic square slides of these sides, e.g. "
         "10000,40000 (peak RSS with the workers, tiles/s, model share)",
@@ -83,6 +96,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.iters < 1:
         parser.error("--iters must be >= 1")
+    if args.engines is not None and (args.engines < 32 or not args.config_file):
+        parser.error("--engines needs --config-file and an image side >= 32")
     if args.slides is not None:
         try:
             args.slides = [int(side) for side in args.slides.split(",")]
@@ -92,7 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error("--slides must be positive and --slide-model-ms >= 0")
         if args.slide_pitch % 2 or args.slide_pitch < MIN_DISC_PITCH:
             parser.error(f"--slide-pitch must be even and >= {MIN_DISC_PITCH}")
-    standalone = args.stream_images is not None or args.slides is not None
+    standalone = args.stream_images is not None or args.slides is not None or args.engines
     if not standalone and not (args.config_file and args.data):
         parser.error("--config-file and --data are required (unless --stream-images or --slides)")
     if args.stream_images is not None and args.stream_images < 10:
@@ -110,6 +125,10 @@ def main(args: argparse.Namespace) -> int:
     setup_logger(name="cellseg_d2")
     if args.stream_images is not None:
         report = {"stream": measure_stream_memory(args.stream_images, args.stream_formats)}
+    elif args.engines is not None:
+        cfg = build_config(args.config_file, [*args.opts, "MODEL.DEVICE", "cpu"])
+        print(f"{args.config_file}: {format_engines(time_engines(cfg, args.engines, args.iters))}")
+        return 0
     elif args.slides is not None:
         report = measure_slide_benchmark(
             args.slides, model_ms=args.slide_model_ms, pitch=args.slide_pitch
