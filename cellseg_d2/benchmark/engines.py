@@ -48,8 +48,9 @@ def time_engines(
     """
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model = load_model_for_export(cfg)
+    with torch.random.fork_rng():  # a seeded model without moving the caller's RNG
+        torch.manual_seed(0)
+        model = load_model_for_export(cfg)
     rgb, _ = synthesize_image(np.random.default_rng(0), size, size)
     image = np.ascontiguousarray(rgb[:, :, 2::-1])
     eager = CellPredictor(cfg)

@@ -16,18 +16,18 @@ ran, and a command-line ``SOLVER.MAX_ITER 25`` was silently replaced by the base
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from detectron2.config import CfgNode
 
-from cellseg_d2.config.loader import load_cellseg_config
+from cellseg_d2.config.loader import load_cellseg_config, lookup_key
 from cellseg_d2.config.schedule import (
     adapt_config_to_machine,
     apply_epoch_schedule,
     fit_warmup_to_schedule,
+    iterations_per_epoch,
 )
 from cellseg_d2.errors import ConfigError
 
@@ -131,7 +131,7 @@ def settle_iteration_epoch_keys(cfg: CfgNode, command_line_keys: Sequence[str]) 
     given = set(command_line_keys)
     changes: list[tuple[str, str]] = []
     for iters_key, epochs_key in ITERATION_EPOCH_KEYS:
-        epochs = _lookup(cfg, epochs_key)
+        epochs = lookup_key(cfg, epochs_key)
         if epochs <= 0 or iters_key not in given:
             continue
         if epochs_key in given:
@@ -150,9 +150,9 @@ def settle_iteration_epoch_keys(cfg: CfgNode, command_line_keys: Sequence[str]) 
             "%s %s from the command line replaces %s %s of the config file (rule: a "
             "command-line value wins over its counterpart in the file); %s set to 0",
             iters_key,
-            _lookup(cfg, iters_key),
+            lookup_key(cfg, iters_key),
             epochs_key,
-            _lookup(cfg, epochs_key),
+            lookup_key(cfg, epochs_key),
             epochs_key,
         )
         section, name = epochs_key.split(".")
@@ -172,7 +172,7 @@ def describe_schedule(cfg: CfgNode, num_images: int | None = None) -> str:
     """
     length = f"{cfg.SOLVER.MAX_ITER} iterations"
     if cfg.SOLVER.EPOCHS > 0 and num_images is not None:
-        iters_per_epoch = max(1, math.ceil(num_images / cfg.SOLVER.IMS_PER_BATCH))
+        iters_per_epoch = iterations_per_epoch(num_images, cfg.SOLVER.IMS_PER_BATCH)
         length += (
             f" (SOLVER.EPOCHS {cfg.SOLVER.EPOCHS} x {iters_per_epoch} iterations per epoch: "
             f"{num_images} images at IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH})"
@@ -211,12 +211,4 @@ def _fresh_sequence(value: list | tuple) -> list | tuple:
 
 def _uses_epochs(cfg: CfgNode) -> bool:
     """Whether any length or period is counted in epochs (then the image count is needed)."""
-    return any(_lookup(cfg, epochs_key) > 0 for _, epochs_key in ITERATION_EPOCH_KEYS)
-
-
-def _lookup(cfg: CfgNode, dotted: str) -> Any:
-    """``cfg.A.B`` for ``"A.B"``."""
-    node = cfg
-    for part in dotted.split("."):
-        node = getattr(node, part)
-    return node
+    return any(lookup_key(cfg, epochs_key) > 0 for _, epochs_key in ITERATION_EPOCH_KEYS)

@@ -29,6 +29,7 @@ __all__ = [
     "default_cells_root",
     "get_cellseg_cfg",
     "load_cellseg_config",
+    "lookup_key",
     "merge_config_file",
     "merge_config_overrides",
 ]
@@ -198,8 +199,8 @@ def merge_config_file(cfg: CN, config_file: str | os.PathLike) -> None:
     for key in COMMAND_LINE_ONLY_KEYS:
         # The default (no trust) may be written out, as every saved config.yaml does; only a
         # file that tries to grant what the key grants is refused.
-        value = _lookup(data, key)
-        if value is not _MISSING and value != _lookup(cfg, key):
+        value = lookup_key(data, key)
+        if value is not _MISSING and value != lookup_key(cfg, key):
             raise ConfigError(
                 f"{path}: {key} cannot be set in a config file; pass it on the command line "
                 f"({key} True) if you mean it"
@@ -208,7 +209,7 @@ def merge_config_file(cfg: CN, config_file: str | os.PathLike) -> None:
     if version != cfg.VERSION:
         raise ConfigError(f"{path}: VERSION {version} is not supported (expected {cfg.VERSION})")
     keys = [key for key in _leaf_keys(data) if key != "VERSION"]
-    before = {key: _lookup(cfg, key) for key in keys}
+    before = {key: lookup_key(cfg, key) for key in keys}
     try:
         cfg.merge_from_other_cfg(type(cfg)(data))
     except (KeyError, ValueError, AssertionError, TypeError) as exc:
@@ -233,7 +234,7 @@ def merge_config_overrides(cfg: CN, opts: Sequence[Any]) -> None:
             f"config overrides must be KEY VALUE pairs, got {len(opts)} items: "
             f"'{opts[-1]}' has no value"
         )
-    before = {str(key): _lookup(cfg, str(key)) for key in opts[0::2]}
+    before = {str(key): lookup_key(cfg, str(key)) for key in opts[0::2]}
     try:
         cfg.merge_from_list(opts)
     except (KeyError, ValueError, AssertionError, TypeError) as exc:
@@ -254,7 +255,7 @@ def _check_list_items(cfg: CN, before: dict[str, Any], where: str) -> None:
     """
     for key, old in before.items():
         kind = _item_kind(old)
-        new = _lookup(cfg, key)
+        new = lookup_key(cfg, key)
         if kind is None or not isinstance(new, (list, tuple)):
             continue
         for item in _leaves(new):
@@ -268,7 +269,11 @@ def _check_list_items(cfg: CN, before: dict[str, Any], where: str) -> None:
 _MISSING = object()
 
 
-def _lookup(cfg: dict, dotted: str) -> Any:
+def lookup_key(cfg: dict, dotted: str) -> Any:
+    """The value at ``"A.B"`` in a config or a parsed YAML tree, or the module's missing marker.
+
+    Why public: the config builder reads keys by their dotted names too (one walker).
+    """
     node: Any = cfg
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:

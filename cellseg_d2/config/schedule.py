@@ -14,7 +14,12 @@ import math
 import torch
 from detectron2.config import CfgNode
 
-__all__ = ["adapt_config_to_machine", "apply_epoch_schedule", "fit_warmup_to_schedule"]
+__all__ = [
+    "adapt_config_to_machine",
+    "apply_epoch_schedule",
+    "fit_warmup_to_schedule",
+    "iterations_per_epoch",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +50,11 @@ def adapt_config_to_machine(cfg: CfgNode) -> CfgNode:
     return cfg
 
 
+def iterations_per_epoch(num_images: int, ims_per_batch: int) -> int:
+    """``ceil(num_images / ims_per_batch)``, at least 1: what one epoch means everywhere."""
+    return max(1, math.ceil(num_images / ims_per_batch))
+
+
 def apply_epoch_schedule(cfg: CfgNode, num_images: int) -> CfgNode:
     """Turn ``SOLVER.EPOCHS`` and the ``*_EPOCHS`` periods into iterations.
 
@@ -60,7 +70,7 @@ def apply_epoch_schedule(cfg: CfgNode, num_images: int) -> CfgNode:
     )
     if not any(value > 0 for value in epoch_keys):
         return cfg
-    iters_per_epoch = max(1, math.ceil(num_images / cfg.SOLVER.IMS_PER_BATCH))
+    iters_per_epoch = iterations_per_epoch(num_images, cfg.SOLVER.IMS_PER_BATCH)
     cfg = cfg.clone()
     was_frozen = cfg.is_frozen()
     cfg.defrost()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,14 @@ from cellseg_d2.data.slide_base import (
 )
 from cellseg_d2.errors import CellDataError
 
-__all__ = ["ImageReader", "TiffPyramidReader", "open_tiff_or_image", "tiff_pixel_size"]
+__all__ = [
+    "ImageReader",
+    "TiffLayout",
+    "TiffPyramidReader",
+    "open_tiff_or_image",
+    "tiff_layout",
+    "tiff_pixel_size",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -246,17 +254,46 @@ def open_tiff_or_image(path: Path) -> SlideReader:
         CellDataError: the file cannot be read as either (names the file and the problem).
     """
     if path.suffix.lower() in _TIFF_SUFFIXES:
-        try:
-            with tifffile.TiffFile(path) as tif:
-                page = tif.pages.first
-                pixels = int(page.imagewidth) * int(page.imagelength)
-                tiled = bool(page.is_tiled) or len(tif.series[0].levels) > 1
-        except Exception as exc:  # tifffile raises many types for corrupt input
-            raise CellDataError(f"{path}: unreadable TIFF: {exc}") from exc
-        limit = max_image_pixels()
-        if tiled or (limit and pixels > limit):
+        layout = tiff_layout(path)
+        if layout.tiled or layout.levels > 1 or layout.over_cap:
             return TiffPyramidReader(path)
     return ImageReader(path)
+
+
+@dataclass(frozen=True)
+class TiffLayout:
+    """What a TIFF's header says about how to read it.
+
+    Attributes:
+        tiled: the first page is stored in tiles.
+        levels: pyramid levels of the first series.
+        over_cap: more pixels than :func:`~cellseg_d2.data.io.max_image_pixels` allows whole.
+    """
+
+    tiled: bool
+    levels: int
+    over_cap: bool
+
+
+def tiff_layout(path: str | os.PathLike) -> TiffLayout:
+    """Read a TIFF's :class:`TiffLayout` from its header (no pixels decoded).
+
+    Why one reader: opening a slide and sorting prediction inputs both decide "read whole or
+    piece by piece" from these three facts.
+
+    Raises:
+        CellDataError: the header cannot be read.
+    """
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            pixels = int(page.imagewidth) * int(page.imagelength)
+            tiled = bool(page.is_tiled)
+            levels = len(tif.series[0].levels) if tif.series else 1
+    except Exception as exc:  # tifffile raises many types for corrupt input
+        raise CellDataError(f"{path}: unreadable TIFF: {exc}") from exc
+    limit = max_image_pixels()
+    return TiffLayout(tiled, levels, bool(limit and pixels > limit))
 
 
 def is_tiff_name(path: str | os.PathLike) -> bool:

@@ -14,10 +14,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import tifffile
-
-from cellseg_d2.data.io import image_size, max_image_pixels
+from cellseg_d2.data.io import image_size
 from cellseg_d2.data.slide import IMAGE_SUFFIXES, is_slide_file
+from cellseg_d2.data.slide_tiff import tiff_layout
 from cellseg_d2.errors import CellDataError
 from cellseg_d2.utils.files import atomic_write
 
@@ -66,15 +65,8 @@ def is_whole_slide(path: str | os.PathLike) -> bool:
     suffix = path.suffix.lower()
     if suffix not in _TIFF_SUFFIXES:
         return is_slide_file(path) and suffix not in IMAGE_SUFFIXES
-    try:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages.first
-            pixels = int(page.imagewidth) * int(page.imagelength)
-            levels = len(tif.series[0].levels) if tif.series else 1
-    except Exception as exc:  # tifffile raises many types for corrupt input
-        raise CellDataError(f"{path}: unreadable TIFF: {exc}") from exc
-    limit = max_image_pixels()
-    return levels > 1 or bool(limit and pixels > limit)
+    layout = tiff_layout(path)
+    return layout.levels > 1 or layout.over_cap
 
 
 def _known(path: Path) -> bool:

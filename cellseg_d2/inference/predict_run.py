@@ -17,8 +17,6 @@ here in one order, with every check done before the model is built:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,7 +34,7 @@ from cellseg_d2.inference.predict import MAX_ID_MAP_BYTES, PredictionSummary, pr
 from cellseg_d2.inference.predict_launch import distributed_images
 from cellseg_d2.inference.predict_slides import check_slide_formats, predict_slides
 from cellseg_d2.inference.predictor import CellPredictor
-from cellseg_d2.inference.shards import prediction_fingerprint
+from cellseg_d2.inference.shards import prediction_fingerprint, run_fingerprint
 from cellseg_d2.inference.slide_predict import SlideSummary
 from cellseg_d2.utils.files import check_file_size, sha256_file
 from cellseg_d2.utils.lock import hold_lock
@@ -96,16 +94,13 @@ def exported_fingerprint(
     model file and metadata hashes instead of the config and weights."""
     folder = predictor.model_dir
     model_file = folder / str(predictor.metadata["model_file"])
-    return {  # the keys of prediction_fingerprint, so a resume check reads both alike
+    model = {  # the model keys of prediction_fingerprint, so a resume check reads both alike
         "score_thresh": repr(float(predictor.score_threshold)),
         "mask_thresh": repr(float(predictor.mask_threshold)),
         "weights": f"sha256:{sha256_file(model_file)}",
         "config": f"sha256:{sha256_file(folder / METADATA_FILE)}",
-        "tta": "False",
-        "formats": ",".join(sorted(formats)),
-        "id_map": hashlib.sha256(json.dumps(list(entries), sort_keys=True).encode()).hexdigest(),
-        "keep_overlaps": str(bool(keep)),
     }
+    return run_fingerprint(model, False, formats, entries, keep)
 
 
 def _image_entries(run: PredictionRun, images: dict[str, Path]) -> tuple[list[dict], Path | None]:
@@ -117,18 +112,19 @@ def _image_entries(run: PredictionRun, images: dict[str, Path]) -> tuple[list[di
     return entries, assigned_ids_path(run)
 
 
-def _check_destinations(run: PredictionRun, has_images: bool, slides: list[Path]) -> None:
-    """Refuse, before any work, a run whose inputs cannot go where it writes."""
+def _check_destinations(run: PredictionRun, has_images: bool, slides: list[Path]) -> list[str]:
+    """Refuse, before any work, a run whose inputs cannot go where it writes; return the
+    formats the slides are written in."""
     check_output_paths(run.output, run.output_dir)
-    if slides:
-        check_slide_formats(run.formats, slides)
-        if run.output_dir is None:
-            raise CellDataError(f"{slides[0]}: whole slides need --output-dir")
+    slide_formats = check_slide_formats(run.formats, slides)
+    if slides and run.output_dir is None:
+        raise CellDataError(f"{slides[0]}: whole slides need --output-dir")
     if not has_images and "coco" in run.formats:
         raise CellDataError(
             f"{run.source}: the coco submission is for images read whole, and there are none; "
             "drop coco from --format"
         )
+    return slide_formats
 
 
 def run_prediction(run: PredictionRun, cfg: CfgNode | None, model_dir: Path | None) -> RunReport:
@@ -142,7 +138,7 @@ def run_prediction(run: PredictionRun, cfg: CfgNode | None, model_dir: Path | No
     inputs = collect_inputs(run.source)
     for message in inputs.ignored:
         logger.warning(message)
-    _check_destinations(run, bool(inputs.images), inputs.slides)
+    slide_formats = _check_destinations(run, bool(inputs.images), inputs.slides)
     exported = ExportedPredictor(model_dir) if model_dir is not None else None
     if exported is not None and (run.tta or inputs.slides or run.num_gpus * run.num_machines > 1):
         raise CellDataError(
@@ -168,7 +164,7 @@ def run_prediction(run: PredictionRun, cfg: CfgNode | None, model_dir: Path | No
                 predictor,
                 inputs.slides,
                 run.output_dir,
-                formats=check_slide_formats(run.formats, inputs.slides),
+                formats=slide_formats,
                 pixel_size=run.pixel_size,
                 tissue=run.tissue,
                 resume=run.resume,

@@ -42,6 +42,7 @@ __all__ = [
     "check_coco_shard",
     "check_csv_shard",
     "prediction_fingerprint",
+    "run_fingerprint",
     "skipped_list_path",
     "work_dir_for",
 ]
@@ -94,11 +95,30 @@ def prediction_fingerprint(
     rest.MODEL.DEVICE = ""
     rest.OUTPUT_DIR = ""
     weights = cfg.MODEL.WEIGHTS
-    return {
+    model = {
         "score_thresh": repr(float(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST)),
         "mask_thresh": repr(float(cfg.MODEL.CELLSEG.MASK_THRESHOLD)),
         "weights": f"sha256:{sha256_file(weights)}" if os.path.isfile(weights) else weights,
         "config": hashlib.sha256(rest.dump().encode()).hexdigest(),
+    }
+    return run_fingerprint(model, tta, formats, entries, keep_overlaps)
+
+
+def run_fingerprint(
+    model: dict[str, str],
+    tta: bool,
+    formats: Sequence[str],
+    entries: Sequence[dict],
+    keep_overlaps: bool = False,
+) -> dict[str, str]:
+    """The fingerprint from the model's fields (``score_thresh``, ``mask_thresh``, ``weights``,
+    ``config``) and the run's own (``tta``, ``formats``, ``id_map``, ``keep_overlaps``).
+
+    Why apart: an eager config and an exported model folder name the model differently, while
+    what the run adds must be recorded the same way for both.
+    """
+    return {
+        **model,
         "tta": str(bool(tta)),
         "formats": ",".join(sorted(formats)),
         "id_map": hashlib.sha256(json.dumps(list(entries), sort_keys=True).encode()).hexdigest(),
