@@ -1,4 +1,5 @@
-"""The project config: :func:`add_cellseg_config` (every new key, with a comment), the safe
+"""The project config: :func:`add_cellseg_config` (every new key, with a comment; in
+:mod:`~cellseg_d2.config.defaults`), the safe
 loader every tool reads configs with, and the rules that finish a config for a run."""
 
 from cellseg_d2.config.build import (

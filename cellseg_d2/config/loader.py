@@ -1,10 +1,6 @@
-"""The one place where cellseg-d2 adds keys to detectron2's config.
+"""Reading config files safely: the one way the tools load a config.
 
-Keys detectron2 already has are reused, never re-declared: ``SOLVER.AMP.ENABLED``,
-``SOLVER.LR_SCHEDULER_NAME`` (``"WarmupCosineLR"``), ``SOLVER.CLIP_GRADIENTS``,
-``TEST.DETECTIONS_PER_IMAGE``, ``TEST.AUG``, ``INPUT.CROP``, ``SEED``.
-
-Config files are read by :func:`load_cellseg_config` only, never by detectron2's
+The keys themselves live in :mod:`~cellseg_d2.config.defaults`. Config files are read by :func:`load_cellseg_config` only, never by detectron2's
 ``merge_from_file`` (which defaults to ``allow_unsafe=True``: a YAML tag in a downloaded config
 could run a command).
 """
@@ -19,8 +15,8 @@ from typing import Any
 import yaml
 from detectron2.config import CfgNode as CN
 
+from cellseg_d2.config.defaults import add_cellseg_config, default_cells_root, get_cellseg_cfg
 from cellseg_d2.errors import ConfigError
-from cellseg_d2.utils.layout import DEFAULT_CLASS_NAMES
 
 __all__ = [
     "ConfigError",
@@ -37,110 +33,6 @@ __all__ = [
 #: Keys only the person running a command may set (as a ``KEY VALUE`` override): a config file
 #: from elsewhere must not be able to grant trust (it may hold the default, as saved configs do).
 COMMAND_LINE_ONLY_KEYS: tuple[str, ...] = ("MODEL.CELLSEG.TRUST_PICKLE",)
-
-
-def default_cells_root() -> str:
-    """Where the cell dataset lives unless the config says otherwise.
-
-    Follows detectron2's ``DETECTRON2_DATASETS`` convention with its own variable,
-    ``CELLSEG_DATASETS``; falls back to ``datasets/cells`` relative to the working directory.
-    """
-    return os.environ.get("CELLSEG_DATASETS", os.path.join("datasets", "cells"))
-
-
-def add_cellseg_config(cfg: CN) -> None:
-    """Add every cellseg-d2 key, with a safe default, to a detectron2 config in place.
-
-    Call it right after ``get_cfg()`` and before ``merge_from_file``. Calling it twice is harmless.
-    """
-    # Long by design: every key the project adds lives here, each with its comment (one home).
-    _c = cfg
-    # ---- Data ----
-    # Dataset folder with train/, test_release/ and test_image_name_to_ids.json.
-    _c.DATASETS.CELLS_ROOT = default_cells_root()
-    # Fraction of training images held out as <prefix>_val (ignored when NUM_FOLDS > 0).
-    _c.DATASETS.VAL_FRACTION = 0.1
-    # Seed of the hash-based train/val split; same seed, same split.
-    _c.DATASETS.SPLIT_SEED = 0
-    # Number of cross-validation folds; 0 disables folds and uses VAL_FRACTION.
-    _c.DATASETS.NUM_FOLDS = 0
-    # Which fold (0..NUM_FOLDS-1) is the validation set when NUM_FOLDS > 0.
-    _c.DATASETS.FOLD = 0
-    # Instances with fewer pixels than this are dropped at conversion (counted in the log).
-    _c.DATASETS.MIN_INSTANCE_AREA = 4
-    # Most instance ids one training image may hold (all its masks together); a mask with more is
-    # refused when the dataset is prepared (training would stack one full-size mask per instance).
-    _c.DATASETS.MAX_INSTANCES_PER_IMAGE = 10000
-    # Class names in order: name K is the class of classK.tif (K = 1..N); N must equal
-    # MODEL.ROI_HEADS.NUM_CLASSES. Default: the four MoNuSAC 2020 classes.
-    _c.DATASETS.CLASS_NAMES = list(DEFAULT_CLASS_NAMES)
-
-    # ---- Augmentation (CellDatasetMapper) ----
-    # Micrometres per pixel of the images the model is trained on (0 = unknown: every image is
-    # used at its own scale). Taken from the dataset's dataset.json when the config leaves it 0;
-    # saved with the weights' config so prediction can bring slides to the same scale.
-    _c.INPUT.PIXEL_SIZE = 0.0
-    _c.INPUT.ELASTIC = CN()
-    # Elastic deformation (albumentations ElasticTransform) of image and masks together.
-    _c.INPUT.ELASTIC.ENABLED = True
-    # Displacement scale in pixels.
-    _c.INPUT.ELASTIC.ALPHA = 30.0
-    # Gaussian smoothing of the displacement field, in pixels.
-    _c.INPUT.ELASTIC.SIGMA = 12.0
-    # Probability of applying the deformation to a training sample.
-    _c.INPUT.ELASTIC.PROB = 0.3
-    _c.INPUT.GEOMETRIC = CN()
-    # Probability of a horizontal flip (microscopy has no preferred orientation).
-    _c.INPUT.GEOMETRIC.HFLIP_PROB = 0.5
-    # Probability of a vertical flip.
-    _c.INPUT.GEOMETRIC.VFLIP_PROB = 0.5
-    # Probability of a rotation by a random multiple of 90 degrees.
-    _c.INPUT.GEOMETRIC.ROT90_PROB = 0.5
-
-    # ---- Model ----
-    _c.MODEL.CELLSEG = CN()
-    # Probability above which a predicted mask pixel is foreground (detectron2 hard-codes 0.5).
-    _c.MODEL.CELLSEG.MASK_THRESHOLD = 0.5
-    # Unpickle MODEL.WEIGHTS from outside detectron2's model zoo (pickles run code); only as a
-    # command-line override, never from a config file.
-    _c.MODEL.CELLSEG.TRUST_PICKLE = False
-
-    # ---- Solver ----
-    # "ADAMW" or "SGD"; anything else raises.
-    _c.SOLVER.OPTIMIZER = "SGD"
-    # Train for this many epochs over <train> (0 = use SOLVER.MAX_ITER).
-    _c.SOLVER.EPOCHS = 0
-    # Checkpoint every this many epochs (0 = use SOLVER.CHECKPOINT_PERIOD in iterations).
-    _c.SOLVER.CHECKPOINT_PERIOD_EPOCHS = 0.0
-    _c.SOLVER.BEST_CHECKPOINT = CN()
-    # Evaluation metric that decides model_best.pth ("" disables the best checkpoint).
-    _c.SOLVER.BEST_CHECKPOINT.METRIC = "segm/AP"
-    # "max" or "min": whether a larger metric is better.
-    _c.SOLVER.BEST_CHECKPOINT.MODE = "max"
-
-    # ---- Test ----
-    # Evaluate every this many epochs (0 = use TEST.EVAL_PERIOD in iterations).
-    _c.TEST.EVAL_PERIOD_EPOCHS = 0.0
-    # Also compute PQ/DQ/SQ, AJI and F1 at IoU > 0.5 (evaluation/histology.py) when evaluating.
-    _c.TEST.HISTOLOGY_METRICS = False
-    # Images per forward pass in tools/predict.py.
-    _c.TEST.IMS_PER_BATCH = 1
-    _c.TEST.TILING = CN()
-    # Images whose height or width exceeds this run on overlapping tiles (0 = never tile).
-    _c.TEST.TILING.MAX_SIZE = 1536
-    # Side of a square tile, in pixels.
-    _c.TEST.TILING.TILE_SIZE = 1024
-    # Overlap between neighbouring tiles, in pixels; larger than the biggest cell.
-    _c.TEST.TILING.OVERLAP = 128
-
-
-def get_cellseg_cfg() -> CN:
-    """Return detectron2's default config extended with :func:`add_cellseg_config`."""
-    from detectron2.config import get_cfg
-
-    cfg = get_cfg()
-    add_cellseg_config(cfg)
-    return cfg
 
 
 def load_cellseg_config(config_file: str | os.PathLike, opts: Sequence[Any] = ()) -> CN:
