@@ -13,10 +13,11 @@ whole slides (.svs, .ndpi, .mrxs, .scn, DICOM, pyramidal TIFF/OME-TIFF). Without
 images are numbered in sorted name order (written beside the output as image_ids.json). Slides
 are read tile by tile at the model's pixel size (INPUT.PIXEL_SIZE; --pixel-size when the file
 has none), background skipped by a tissue mask, and written as GeoJSON and CSV in level-0
-pixels. Everything is checked before the model is built; the outputs are locked while the run
-writes them; images are stored one by one in <output>.partial/ and slides chunk by chunk, so an
-interrupted run continues with --resume. Exit status: 0 ok, 2 bad input or output in use (the
-file is named), 130 interrupted (finished work kept).
+pixels (with --format labels also as a tiled pyramidal OME-TIFF of labels). Everything is
+checked before the model is built; the outputs are locked while the run writes them; images
+are stored one by one in <output>.partial/ and slides chunk by chunk, so an interrupted run
+continues with --resume. Exit status: 0 ok, 2 bad input or output in use (the file is
+named), 130 interrupted (finished work kept).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ logger = logging.getLogger("cellseg_d2.predict")
 FORMAT_HELP = (
     "comma-separated (or repeated), any of: coco (the submission, --output; default), "
     "labels (per image labels/<stem>_instances.tif, uint16/uint32 ids 1..n = cell_id, higher "
-    "score wins on overlap, and labels/<stem>_classes.tif), geojson (per image or slide "
+    "score wins on overlap, and labels/<stem>_classes.tif; per slide <stem>.labels.ome.tif, "
+    "a tiled pyramid of cell_id and class_id), geojson (per image or slide "
     "<stem>.geojson, QuPath detections), csv (cells.csv per run, <slide>.cells.csv per slide); "
     "all but coco go to --output-dir"
 )

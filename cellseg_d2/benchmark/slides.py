@@ -31,7 +31,7 @@ from cellseg_d2.benchmark.machine import ProcessTreeMemory
 from cellseg_d2.data.slide_base import SlideInfo, SlideReader, level_position
 from cellseg_d2.inference.detections import Detection
 from cellseg_d2.inference.slide_predict import predict_slide
-from cellseg_d2.inference.slide_writers import SLIDE_FORMATS
+from cellseg_d2.inference.slide_writers import DEFAULT_SLIDE_FORMATS
 
 __all__ = [
     "DISC_PITCH",
@@ -268,7 +268,7 @@ def measure_slide_benchmark(
     batch_size: int = 4,
     num_workers: int = 2,
     tissue: str = "auto",
-    formats: Sequence[str] = SLIDE_FORMATS,
+    formats: Sequence[str] = DEFAULT_SLIDE_FORMATS,
     pitch: int = DISC_PITCH,
 ) -> dict[str, dict[str, Any]]:
     """Peak memory, tiles/s and how much of the time the model works, per square slide size.

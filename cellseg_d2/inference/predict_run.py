@@ -8,7 +8,7 @@ here in one order, with every check done before the model is built:
 2. inputs (:func:`~cellseg_d2.inference.inputs.collect_inputs`): images are checked against the
    id map when one is given, else numbered in sorted name order and the numbering is written
    beside the main output (``<output>.image_ids.json``, or ``image_ids.json`` in the export
-   folder); slides need a slide format (GeoJSON/CSV) and an export folder;
+   folder); slides need a slide format (GeoJSON/CSV/labels) and an export folder;
 3. the images through :func:`~cellseg_d2.inference.predict.predict_to_files` (streamed,
    resumable; on several processes through :mod:`~cellseg_d2.inference.predict_launch`);
 4. the slides through :func:`~cellseg_d2.inference.predict_slides.predict_slides`, under the

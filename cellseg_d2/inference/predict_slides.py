@@ -23,7 +23,7 @@ from cellseg_d2.inference.slide_predict import (
     TissueOption,
     predict_slide,
 )
-from cellseg_d2.inference.slide_writers import SLIDE_FORMATS
+from cellseg_d2.inference.slide_writers import DEFAULT_SLIDE_FORMATS, SLIDE_FORMATS
 from cellseg_d2.utils.files import sha256_file
 
 __all__ = ["check_slide_formats", "model_identity", "predict_slides"]
@@ -34,8 +34,9 @@ logger = logging.getLogger(__name__)
 def check_slide_formats(formats: Sequence[str], slides: Sequence[Path]) -> list[str]:
     """The formats written for whole slides; refuse what a slide cannot give.
 
-    Why: a COCO submission or a whole-canvas label image of a 50,000 px slide is not what
-    anyone opens; slides are written as QuPath GeoJSON and the per-cell table.
+    Why: a COCO submission of a 50,000 px slide is not what anyone opens; slides are written as
+    QuPath GeoJSON, the per-cell table and, only where ``labels`` is asked, a tiled label
+    pyramid (``<stem>.labels.ome.tif``) instead of the images' whole-canvas label files.
 
     Raises:
         CellDataError: slides among the inputs but no slide format asked, naming the first.
@@ -43,8 +44,8 @@ def check_slide_formats(formats: Sequence[str], slides: Sequence[Path]) -> list[
     chosen = [name for name in formats if name in SLIDE_FORMATS]
     if slides and not chosen:
         raise CellDataError(
-            f"{slides[0]}: whole slides are written as {' or '.join(SLIDE_FORMATS)} "
-            f"(--format {','.join(SLIDE_FORMATS)} --output-dir DIR); {', '.join(formats)} "
+            f"{slides[0]}: whole slides are written as {', '.join(SLIDE_FORMATS)} "
+            f"(--format {','.join(DEFAULT_SLIDE_FORMATS)} --output-dir DIR); {', '.join(formats)} "
             "is for images read whole"
         )
     return chosen
@@ -63,14 +64,15 @@ def predict_slides(
     slides: Sequence[Path],
     output_dir: str | os.PathLike,
     *,
-    formats: Sequence[str] = SLIDE_FORMATS,
+    formats: Sequence[str] = DEFAULT_SLIDE_FORMATS,
     pixel_size: float | None = None,
     tissue: TissueOption = "auto",
     resume: bool = False,
     progress: bool = True,
 ) -> list[SlideSummary]:
     """Predict every slide into ``output_dir`` (``<stem>.cells.sqlite``, ``<stem>.geojson``,
-    ``<stem>.cells.csv``) at the model's pixel size (``INPUT.PIXEL_SIZE``; 0 = as scanned).
+    ``<stem>.cells.csv``, with ``labels`` ``<stem>.labels.ome.tif``) at the model's pixel size
+    (``INPUT.PIXEL_SIZE``; 0 = as scanned).
 
     Args:
         cfg: the finished prediction config.

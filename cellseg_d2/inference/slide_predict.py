@@ -11,7 +11,8 @@ The loop of one slide (issue 18):
 5. write each chunk of tiles to the slide's SQLite cell store in one transaction; a run
    stopped anywhere resumes after the last finished chunk
    (:mod:`~cellseg_d2.inference.cell_store`);
-6. stream the GeoJSON and CSV from the finished store (:mod:`~cellseg_d2.inference.slide_writers`).
+6. stream the GeoJSON and CSV (and, when asked, the label pyramid) from the finished store
+   (:mod:`~cellseg_d2.inference.slide_writers`).
 
 Memory stays bounded by the tiles in flight and one chunk's cells, whatever the slide's size.
 The predictor is any callable taking BGR uint8 images and returning one list of
@@ -38,6 +39,7 @@ from cellseg_d2.data.slide import SlideInfo, SlideReader, resolve_pixel_size
 from cellseg_d2.errors import CellDataError, ConfigError
 from cellseg_d2.inference.cell_store import CELL_STORE_SUFFIX, CellStore
 from cellseg_d2.inference.detections import Detection
+from cellseg_d2.inference.slide_labels import SLIDE_LABELS_SUFFIX
 from cellseg_d2.inference.slide_loader import OpenReader, iter_tile_batches
 from cellseg_d2.inference.slide_stitch import SlideCell, drop_seam_duplicates, tile_cells
 from cellseg_d2.inference.slide_tiles import (
@@ -46,7 +48,11 @@ from cellseg_d2.inference.slide_tiles import (
     slide_scale,
     tiles_touching_tissue,
 )
-from cellseg_d2.inference.slide_writers import SLIDE_FORMATS, write_slide_csv, write_slide_geojson
+from cellseg_d2.inference.slide_writers import (
+    DEFAULT_SLIDE_FORMATS,
+    SLIDE_FORMATS,
+    write_slide_outputs,
+)
 from cellseg_d2.utils.layout import DEFAULT_CLASS_NAMES, class_name
 
 __all__ = [
@@ -116,17 +122,19 @@ class SlideSummary:
 def slide_output_paths(
     output_dir: str | os.PathLike, slide_path: str | os.PathLike
 ) -> dict[str, Path]:
-    """Where one slide's outputs go: ``{"store", "geojson", "csv"}`` under ``output_dir``.
+    """Where one slide's outputs go: ``{"store", "geojson", "csv", "labels"}`` under
+    ``output_dir``.
 
     Named after the slide's file name without its last suffix (``a.svs`` ->
-    ``a.cells.sqlite``, ``a.geojson``, ``a.cells.csv``), so slides of one folder never collide
-    unless two differ only in their extension.
+    ``a.cells.sqlite``, ``a.geojson``, ``a.cells.csv``, ``a.labels.ome.tif``), so slides of one
+    folder never collide unless two differ only in their extension.
     """
     output_dir, stem = Path(output_dir), Path(slide_path).stem
     return {
         "store": output_dir / f"{stem}{CELL_STORE_SUFFIX}",
         "geojson": output_dir / f"{stem}.geojson",
         "csv": output_dir / f"{stem}.cells.csv",
+        "labels": output_dir / f"{stem}{SLIDE_LABELS_SUFFIX}",
     }
 
 
@@ -223,7 +231,7 @@ def predict_slide(
     tissue: TissueOption = "auto",
     resume: bool = False,
     class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
-    formats: Sequence[str] = SLIDE_FORMATS,
+    formats: Sequence[str] = DEFAULT_SLIDE_FORMATS,
     chunk_tiles: int = 32,
     max_cell_size: int | None = None,
     model_id: str = "",
@@ -249,7 +257,8 @@ def predict_slide(
         tissue: see :func:`load_tissue`.
         resume: continue a stopped run (same settings) instead of starting over.
         class_names: names of the 0-based classes, for the outputs.
-        formats: any of :data:`~cellseg_d2.inference.slide_writers.SLIDE_FORMATS`.
+        formats: any of :data:`~cellseg_d2.inference.slide_writers.SLIDE_FORMATS` (``labels``
+            only when asked: the label pyramid is the slowest and largest output).
         chunk_tiles: tiles per transaction (work lost at most on a stop).
         max_cell_size: largest cell at model scale, checked against ``overlap``.
         model_id: identifies the model (e.g. the checkpoint's hash) so that a resumed store is
@@ -334,12 +343,7 @@ def predict_slide(
         summary.cells_per_class = {
             class_name(c, class_names): n for c, n in store.class_counts().items()
         }
-        if "geojson" in formats:
-            write_slide_geojson(store, paths["geojson"], class_names)
-            summary.outputs["geojson"] = paths["geojson"]
-        if "csv" in formats:
-            write_slide_csv(store, paths["csv"], class_names, slide_name)
-            summary.outputs["csv"] = paths["csv"]
+        summary.outputs = write_slide_outputs(store, paths, formats, class_names, slide_name)
     summary.seconds = time.perf_counter() - started
     logger.info(summary.line())
     return summary

@@ -11,7 +11,9 @@ bounds' corner is recorded as ``bounds_offset``, add it for OpenSlide's full-sli
 formats follow the per-image exports of :mod:`~cellseg_d2.inference.export`: a
 ``FeatureCollection`` of ``detection`` objects with ``classification {name, color}`` from the
 project palette, vertices on pixel edges; the table keeps the image table's columns that make
-sense for a slide (:data:`SLIDE_CSV_COLUMNS`), measured on each cell's own mask.
+sense for a slide (:data:`SLIDE_CSV_COLUMNS`), measured on each cell's own mask. The label
+image, only when asked, comes from :mod:`~cellseg_d2.inference.slide_labels`
+(:func:`write_slide_outputs` writes whichever formats a run chose).
 """
 
 from __future__ import annotations
@@ -19,18 +21,29 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from cellseg_d2.inference.cell_store import CellStore, StoredCell
 from cellseg_d2.inference.export import CSV_COLUMNS, GEOJSON_OBJECT_TYPE, spreadsheet_safe
+from cellseg_d2.inference.slide_labels import write_slide_labels
 from cellseg_d2.utils.files import atomic_write
 from cellseg_d2.utils.layout import class_color, class_name
 
-__all__ = ["SLIDE_CSV_COLUMNS", "SLIDE_FORMATS", "write_slide_csv", "write_slide_geojson"]
+__all__ = [
+    "DEFAULT_SLIDE_FORMATS",
+    "SLIDE_CSV_COLUMNS",
+    "SLIDE_FORMATS",
+    "write_slide_csv",
+    "write_slide_geojson",
+    "write_slide_outputs",
+]
 
-#: The slide outputs besides the store itself.
-SLIDE_FORMATS = ("geojson", "csv")
+#: The slide outputs a run may ask for besides the store itself (``labels``: the
+#: ``<stem>.labels.ome.tif`` pyramid of :mod:`~cellseg_d2.inference.slide_labels`).
+SLIDE_FORMATS = ("geojson", "csv", "labels")
+#: What a slide gets unless told otherwise: a label pyramid is large and slow, so only on request.
+DEFAULT_SLIDE_FORMATS = ("geojson", "csv")
 #: The per-cell table of a slide: the image table's columns (``image`` holds the slide's file
 #: name, ``cell_id`` the store's id) less ``image_id`` and ``cells`` (a slide's table always holds
 #: its store's cells), plus ``area_um2`` after ``area_px`` (empty when the pixel
@@ -174,3 +187,37 @@ def write_slide_csv(
             )
             count += 1
     return count
+
+
+def write_slide_outputs(
+    store: CellStore,
+    paths: Mapping[str, Path],
+    formats: Sequence[str],
+    class_names: Sequence[str],
+    slide_name: str,
+) -> dict[str, Path]:
+    """Write the chosen :data:`SLIDE_FORMATS` of one slide from its store, in that order.
+
+    Why one place: a fresh run and a resumed one of a finished store write the same files the
+    same way, and the cheap text files come before the label pyramid (the slowest).
+
+    Args:
+        store: the slide's finished store.
+        paths: ``{format: path}`` (``slide_output_paths`` of ``slide_predict``).
+        formats: which of :data:`SLIDE_FORMATS` to write.
+        class_names: names of the 0-based classes.
+        slide_name: the slide's file name (the table's ``image`` column).
+
+    Returns:
+        ``{format: path}`` of the files written.
+    """
+    written = {}
+    if "geojson" in formats:
+        write_slide_geojson(store, paths["geojson"], class_names)
+        written["geojson"] = paths["geojson"]
+    if "csv" in formats:
+        write_slide_csv(store, paths["csv"], class_names, slide_name)
+        written["csv"] = paths["csv"]
+    if "labels" in formats:
+        written["labels"] = write_slide_labels(store, paths["labels"])
+    return written

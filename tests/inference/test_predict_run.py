@@ -118,7 +118,7 @@ def test_coco_for_slides_only_and_slides_with_an_exported_model_are_refused(
 ) -> None:
     svs = _slide("small.svs")
     run = PredictionRun(source=svs, formats=("coco",), output=tmp_path / "r.json", progress=False)
-    with pytest.raises(CellDataError, match="whole slides are written as geojson or csv"):
+    with pytest.raises(CellDataError, match="whole slides are written as geojson, csv, labels"):
         run_prediction(run, _cfg(), None)
     run = PredictionRun(
         source=svs, formats=("coco", "geojson"), output=tmp_path / "r.json", progress=False

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 
 from cellseg_d2.config import build_config
 from cellseg_d2.errors import CellDataError
@@ -69,6 +70,25 @@ def test_real_svs_cells_come_back_in_level0_pixels_at_the_model_scale(tmp_path: 
     assert len(rows) == 1 + summary.cells
 
 
+def test_real_svs_labels_only_when_asked(tmp_path: Path) -> None:
+    svs = _slide("cmu-1-small-region.svs")  # 2220 x 2967 at 0.499 um/px
+    cfg = _cfg("INPUT.PIXEL_SIZE", 0.998)
+    (summary,) = predict_slides(cfg, CentreCell(), [svs], tmp_path / "a", tissue="none",
+                                progress=False)  # fmt: skip
+    assert set(summary.outputs) == {"geojson", "csv"}
+    (summary,) = predict_slides(cfg, CentreCell(), [svs], tmp_path / "b", tissue="none",
+                                formats=["labels"], progress=False)  # fmt: skip
+    labels = tmp_path / "b" / "cmu-1-small-region.labels.ome.tif"
+    assert summary.outputs == {"labels": labels}
+    with tifffile.TiffFile(labels) as tif:
+        assert [level.shape for level in tif.series[0].levels] == [
+            (2, 2967, 2220), (2, 1484, 1110), (2, 742, 555), (2, 371, 278)
+        ]  # fmt: skip
+        assert 'PhysicalSizeX="0.499"' in tif.ome_metadata
+        ids = tif.series[0].levels[0].asarray()[0]
+    assert set(np.unique(ids).tolist()) == set(range(summary.cells + 1))
+
+
 def test_slide_without_pixel_size_needs_the_flag(tmp_path: Path) -> None:
     tcga = _slide("tcga-cr-7395-01a-01-ts1.svs")
     cfg = _cfg("INPUT.PIXEL_SIZE", 0.5)
@@ -86,8 +106,10 @@ def test_corrupt_slides_name_the_file(tmp_path: Path, name: str) -> None:
 
 def test_slide_formats_and_model_identity(tmp_path: Path) -> None:
     assert check_slide_formats(["coco", "geojson"], [Path("a.svs")]) == ["geojson"]
-    with pytest.raises(CellDataError, match=r"a.svs: whole slides are written as geojson or csv"):
-        check_slide_formats(["coco", "labels"], [Path("a.svs")])
+    with pytest.raises(CellDataError, match=r"a.svs: whole slides are written as geojson, csv, "):
+        check_slide_formats(["coco"], [Path("a.svs")])
+    # labels means the tiled label pyramid for a slide: asked, so chosen
+    assert check_slide_formats(["coco", "labels"], [Path("a.svs")]) == ["labels"]
     assert check_slide_formats(["coco"], []) == []
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"abc")
