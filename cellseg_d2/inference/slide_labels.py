@@ -127,14 +127,16 @@ def _cell_mask(pieces: list, level: int, top: int, left: int, shape: tuple[int, 
     step, shift = 2**level, 2**level // 2 + 0.5
     mask = np.zeros(shape, bool)
     for rings in pieces:
-        piece = np.zeros(shape, bool)
+        # most cells are one ring: painted straight into the mask, no piece of their own
+        piece = mask if len(rings) == 1 else np.zeros(shape, bool)
         for index, ring in enumerate(rings):
-            xy = np.asarray(ring, np.float64)
-            cols = (xy[:, 0] - shift) / step - left
-            rows = (xy[:, 1] - shift) / step - top
-            rr, cc = draw.polygon(rows, cols, shape)
+            xy = np.array(ring, np.float64)
+            rr, cc = draw.polygon(
+                (xy[:, 1] - shift) / step - top, (xy[:, 0] - shift) / step - left, shape
+            )
             piece[rr, cc] = index == 0
-        mask |= piece
+        if piece is not mask:
+            mask |= piece
     return mask
 
 
