@@ -39,6 +39,8 @@ from cellseg_d2.errors import ConfigError
 
 __all__ = [
     "HedJitterTransform",
+    "RandomBrightnessFloat32",
+    "RandomContrastFloat32",
     "RandomHedJitter",
     "RandomHue",
     "RandomSaturationInFormat",
@@ -88,13 +90,14 @@ def hed_jitter(
     offset = beta @ _RGB_FROM_HED
     if image_format == "BGR":  # the same maths with the channel axis reversed
         matrix, offset = matrix[::-1, ::-1], offset[::-1]
-    density = np.take(_OD_OF_UINT8, image.reshape(-1, 3))  # Nx3 float32, one lookup per value
-    # exp(-(OD @ M + offset)) * 255 == exp(-(OD @ M) + (ln 255 - offset)): one fewer pass.
-    out = density @ (-matrix).astype(np.float32)
-    out += (np.log(255.0) - offset).astype(np.float32)
+    density = np.take(_OD_OF_UINT8, image)  # HxWx3 float32, one table lookup per value
+    # exp(-(OD @ M + offset)) * 255 == exp(OD @ -M + (ln 255 - offset)): OpenCV's per-pixel
+    # affine colour transform takes it in one pass (numpy's batched 3x3 matmul is far slower).
+    affine = np.hstack([-matrix.T, (np.log(255.0) - offset)[:, None]]).astype(np.float32)
+    out = cv2.transform(np.ascontiguousarray(density), affine)
     np.exp(out, out=out)
     np.clip(out, 0.0, 255.0, out=out)
-    return np.rint(out, out=out).astype(np.uint8).reshape(image.shape)
+    return np.rint(out, out=out).astype(np.uint8)
 
 
 def shift_hue(image: np.ndarray, shift: float, image_format: str = "RGB") -> np.ndarray:
@@ -150,8 +153,38 @@ class RandomHedJitter(T.Augmentation):
         return HedJitterTransform(alpha, beta, self.image_format)
 
 
+def _float32_blend(tfm: T.Transform) -> T.Transform:
+    """Make a detectron2 ``BlendTransform`` compute in float32.
+
+    NOTE: detectron2 draws its blend weights as numpy float64 scalars (and saturation's grey as
+    a float64 image); under numpy 2's promotion rules they turn the whole blend into float64,
+    which makes it several times slower for the same uint8 result.
+    """
+    if isinstance(tfm, T.BlendTransform):
+        tfm.src_weight, tfm.dst_weight = float(tfm.src_weight), float(tfm.dst_weight)
+        src = tfm.src_image
+        tfm.src_image = src.astype(np.float32) if isinstance(src, np.ndarray) else float(src)
+    return tfm
+
+
+class RandomBrightnessFloat32(T.RandomBrightness):
+    """detectron2's ``RandomBrightness``, blending in float32 (see :func:`_float32_blend`)."""
+
+    def get_transform(self, image: np.ndarray) -> T.Transform:
+        """detectron2's draw."""
+        return _float32_blend(super().get_transform(image))
+
+
+class RandomContrastFloat32(T.RandomContrast):
+    """detectron2's ``RandomContrast``, blending in float32 (see :func:`_float32_blend`)."""
+
+    def get_transform(self, image: np.ndarray) -> T.Transform:
+        """detectron2's draw."""
+        return _float32_blend(super().get_transform(image))
+
+
 class RandomSaturationInFormat(T.RandomSaturation):
-    """detectron2's ``RandomSaturation`` for BGR images too.
+    """detectron2's ``RandomSaturation`` for BGR images too, blending in float32.
 
     NOTE: detectron2's computes the grey it blends towards with RGB weights (0.299, 0.587,
     0.114) whatever the channel order; for BGR the weights are applied to the reversed view.
@@ -166,7 +199,8 @@ class RandomSaturationInFormat(T.RandomSaturation):
     def get_transform(self, image: np.ndarray) -> T.Transform:
         """detectron2's draw, with the grey computed in RGB order."""
         rgb = image[:, :, ::-1] if self.image_format == "BGR" else image
-        return super().get_transform(rgb)  # a blend towards an HxWx1 grey: order-free after
+        # A blend towards an HxWx1 grey: the channel order no longer matters after it.
+        return _float32_blend(super().get_transform(rgb))
 
 
 class RandomHue(T.Augmentation):
@@ -225,10 +259,10 @@ def build_color_augmentations(cfg: CfgNode) -> list[T.Augmentation]:
         group: list[T.Augmentation] = []
         brightness = _checked(color, "BRIGHTNESS", 0.0, 1.0, "INPUT.COLOR")
         if brightness > 0:
-            group.append(T.RandomBrightness(1.0 - brightness, 1.0 + brightness))
+            group.append(RandomBrightnessFloat32(1.0 - brightness, 1.0 + brightness))
         contrast = _checked(color, "CONTRAST", 0.0, 1.0, "INPUT.COLOR")
         if contrast > 0:
-            group.append(T.RandomContrast(1.0 - contrast, 1.0 + contrast))
+            group.append(RandomContrastFloat32(1.0 - contrast, 1.0 + contrast))
         saturation = _checked(color, "SATURATION", 0.0, 1.0, "INPUT.COLOR")
         if saturation > 0:
             group.append(RandomSaturationInFormat(1.0 - saturation, 1.0 + saturation, image_format))
