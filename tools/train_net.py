@@ -34,6 +34,7 @@ from cellseg_d2.checkpoint.checkpointer import check_output_dir
 from cellseg_d2.config import config_file_keys, finish_config, load_cellseg_config
 from cellseg_d2.data.dataset_info import apply_dataset_info
 from cellseg_d2.data.register import count_train_images, register_cell_datasets_from_config
+from cellseg_d2.data.stats import median_train_diameter
 from cellseg_d2.engine import (
     CellTrainer,
     TrainingDivergedError,
@@ -55,7 +56,8 @@ def setup(args: argparse.Namespace) -> CfgNode:
     ``default_setup`` as ``OUTPUT_DIR/config.yaml`` only once it is the config that runs.
 
     The log file is set up between loading and finishing so that the schedule rules (epochs to
-    iterations, a command-line ``MAX_ITER`` over the file's ``EPOCHS``) are logged there too.
+    iterations, a command-line ``MAX_ITER`` over the file's ``EPOCHS``) and the input scale
+    (``INPUT.CELL_DIAMETER`` over the median training cell diameter) are logged there too.
     """
     loaded = load_cellseg_config(args.config_file, args.opts)
     setup_logger(loaded.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cellseg_d2")
@@ -65,6 +67,7 @@ def setup(args: argparse.Namespace) -> CfgNode:
         loaded,
         command_line_keys=args.opts[0::2],
         train_images=None if args.eval_only else count_train_images,
+        train_diameter=median_train_diameter,  # INPUT.CELL_DIAMETER -> INPUT.SCALE
         world_size=comm.get_world_size(),
     )
     default_setup(cfg, args)

@@ -19,6 +19,13 @@ from cellseg_d2.config.loader import (
     merge_config_file,
     merge_config_overrides,
 )
+from cellseg_d2.config.scale import (
+    anchor_fit_warning,
+    input_scale,
+    model_pixel_size,
+    resolve_input_scale,
+    scale_for_diameter,
+)
 from cellseg_d2.config.schedule import (
     adapt_config_to_machine,
     apply_epoch_schedule,
@@ -33,6 +40,11 @@ __all__ = [
     "finish_config",
     "settle_iteration_epoch_keys",
     "adapt_config_to_machine",
+    "anchor_fit_warning",
+    "input_scale",
+    "model_pixel_size",
+    "resolve_input_scale",
+    "scale_for_diameter",
     "add_cellseg_config",
     "config_file_keys",
     "apply_epoch_schedule",

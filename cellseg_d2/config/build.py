@@ -23,6 +23,7 @@ from typing import Any
 from detectron2.config import CfgNode
 
 from cellseg_d2.config.loader import load_cellseg_config, lookup_key
+from cellseg_d2.config.scale import resolve_input_scale
 from cellseg_d2.config.schedule import (
     adapt_config_to_machine,
     apply_epoch_schedule,
@@ -57,6 +58,7 @@ def build_config(
     opts: Sequence[Any] = (),
     *,
     train_images: Callable[[CfgNode], int] | None = None,
+    train_diameter: Callable[[CfgNode], float] | None = None,
     world_size: int = 1,
 ) -> CfgNode:
     """The finished, frozen config of a run: ``config_file``, then the ``KEY VALUE`` ``opts``,
@@ -68,6 +70,10 @@ def build_config(
         train_images: for training, counts the images of ``DATASETS.TRAIN`` (e.g.
             :func:`cellseg_d2.data.register.count_train_images`); needed when any ``*EPOCHS``
             key is non-zero. ``None`` for prediction, export and evaluation.
+        train_diameter: the median cell diameter of ``DATASETS.TRAIN`` in pixels (e.g.
+            :func:`cellseg_d2.data.stats.median_train_diameter`); needed to turn
+            ``INPUT.CELL_DIAMETER`` into ``INPUT.SCALE`` (see
+            :func:`~cellseg_d2.config.scale.resolve_input_scale`). ``None`` for prediction.
         world_size: the number of training processes (detectron2's worker scaling).
 
     Raises:
@@ -75,7 +81,11 @@ def build_config(
     """
     cfg = load_cellseg_config(config_file, opts)
     return finish_config(
-        cfg, command_line_keys=opts[0::2], train_images=train_images, world_size=world_size
+        cfg,
+        command_line_keys=opts[0::2],
+        train_images=train_images,
+        train_diameter=train_diameter,
+        world_size=world_size,
     )
 
 
@@ -84,6 +94,7 @@ def finish_config(
     command_line_keys: Sequence[Any] = (),
     *,
     train_images: Callable[[CfgNode], int] | None = None,
+    train_diameter: Callable[[CfgNode], float] | None = None,
     world_size: int = 1,
 ) -> CfgNode:
     """Apply every finishing rule to a loaded config and return it frozen (the input is left
@@ -96,10 +107,13 @@ def finish_config(
         cfg: a config from :func:`~cellseg_d2.config.loader.load_cellseg_config`.
         command_line_keys: the keys the person running the command gave as overrides.
         train_images: see :func:`build_config`; with it, the schedule is resolved and logged.
+        train_diameter: see :func:`build_config`; with it, ``INPUT.SCALE`` is computed from
+            ``INPUT.CELL_DIAMETER`` (when that is set) and logged.
         world_size: see :func:`build_config`.
     """
     cfg = settle_iteration_epoch_keys(cfg, [str(key) for key in command_line_keys])
     cfg = adapt_config_to_machine(cfg)
+    cfg = resolve_input_scale(cfg, train_diameter)
     if train_images is not None:
         num_images = None
         if _uses_epochs(cfg):

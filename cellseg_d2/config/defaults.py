@@ -57,6 +57,20 @@ def add_cellseg_config(cfg: CN) -> None:
     # used at its own scale). Taken from the dataset's dataset.json when the config leaves it 0;
     # saved with the weights' config so prediction can bring slides to the same scale.
     _c.INPUT.PIXEL_SIZE = 0.0
+    # Median cell (instance) diameter, in pixels, the model should see: every image is resized by
+    # INPUT.SCALE = this / the median equivalent diameter of the DATASETS.TRAIN instances (as
+    # Cellpose brings cells to its diameter). 0 = off. Around 32 px suits the cell anchors
+    # (MODEL.ANCHOR_GENERATOR.SIZES 8..128); tools/dataset_stats.py suggests a value.
+    _c.INPUT.CELL_DIAMETER = 0.0
+    # Factor every image is resized by before the model, in training, evaluation and prediction
+    # (1.0 = as is); when > 0 it replaces the short-edge resize of INPUT.MIN_SIZE_*/MAX_SIZE_*.
+    # 0 = off (the short-edge resize). Computed from INPUT.CELL_DIAMETER when the config is
+    # finished for training and saved in the run's config.yaml, so prediction reproduces it;
+    # slides are read at INPUT.PIXEL_SIZE / INPUT.SCALE um/px.
+    _c.INPUT.SCALE = 0.0
+    # Training only, with INPUT.SCALE > 0: each sample's factor is drawn from
+    # INPUT.SCALE x U(1 - this, 1 + this) (multi-scale training; 0 = the exact factor).
+    _c.INPUT.SCALE_JITTER = 0.1
     _c.INPUT.ELASTIC = CN()
     # Elastic deformation (albumentations ElasticTransform) of image and masks together.
     _c.INPUT.ELASTIC.ENABLED = True
@@ -73,6 +87,32 @@ def add_cellseg_config(cfg: CN) -> None:
     _c.INPUT.GEOMETRIC.VFLIP_PROB = 0.5
     # Probability of a rotation by a random multiple of 90 degrees.
     _c.INPUT.GEOMETRIC.ROT90_PROB = 0.5
+    _c.INPUT.STAIN = CN()
+    # HED stain jitter for H&E (data/stain.py, as Tellez et al. and tiatoolbox do it): each of
+    # the haematoxylin, eosin and DAB concentrations scaled by U(1 - HED_SIGMA, 1 + HED_SIGMA)
+    # and shifted by U(-HED_BIAS, HED_BIAS). Image only; off by default (not every dataset is
+    # H&E: fluorescence has no such stains).
+    _c.INPUT.STAIN.ENABLED = False
+    # Probability of jittering a training sample.
+    _c.INPUT.STAIN.PROB = 0.5
+    # Half-width of the concentration factor's range around 1 (0..1).
+    _c.INPUT.STAIN.HED_SIGMA = 0.05
+    # Half-width of the concentration shift's range, in natural-log optical density (0..1).
+    _c.INPUT.STAIN.HED_BIAS = 0.05
+    _c.INPUT.COLOR = CN()
+    # Brightness, contrast, saturation and hue jitter (detectron2's Random* and an HSV hue
+    # shift), in that order, after the stain jitter. Image only; off by default.
+    _c.INPUT.COLOR.ENABLED = False
+    # Probability of colour-jittering a training sample.
+    _c.INPUT.COLOR.PROB = 0.5
+    # Brightness factor range U(1 - x, 1 + x), 0..1 (0 leaves brightness alone).
+    _c.INPUT.COLOR.BRIGHTNESS = 0.1
+    # Contrast factor range U(1 - x, 1 + x) around the image's mean, 0..1.
+    _c.INPUT.COLOR.CONTRAST = 0.1
+    # Saturation factor range U(1 - x, 1 + x) around the pixel's grey, 0..1.
+    _c.INPUT.COLOR.SATURATION = 0.1
+    # Hue shift range U(-x, x) in turns of the colour circle, 0..0.5.
+    _c.INPUT.COLOR.HUE = 0.02
 
     # ---- Model ----
     _c.MODEL.CELLSEG = CN()

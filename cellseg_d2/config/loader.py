@@ -1,8 +1,8 @@
 """Reading config files safely: the one way the tools load a config.
 
-The keys themselves live in :mod:`~cellseg_d2.config.defaults`. Config files are read by :func:`load_cellseg_config` only, never by detectron2's
-``merge_from_file`` (which defaults to ``allow_unsafe=True``: a YAML tag in a downloaded config
-could run a command).
+The keys themselves live in :mod:`~cellseg_d2.config.defaults`. Config files are read by
+:func:`load_cellseg_config` only, never by detectron2's ``merge_from_file`` (which defaults to
+``allow_unsafe=True``: a YAML tag in a downloaded config could run a command).
 """
 
 from __future__ import annotations

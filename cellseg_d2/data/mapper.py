@@ -7,7 +7,10 @@ What it adds to the stock mapper, and why:
   up, down, left or right;
 - an albumentations ``ElasticTransform`` warping the image and every instance mask with the same
   displacement field (the seed study's alpha 30, sigma 12, p 0.3);
-- boxes are recomputed from the transformed masks and instances that vanished are dropped.
+- boxes are recomputed from the transformed masks and instances that vanished are dropped;
+- with ``INPUT.SCALE`` on, a resize by that factor replaces the short-edge resize (training and
+  evaluation alike), and ``INPUT.STAIN``/``INPUT.COLOR`` add image-only stain and colour jitter
+  (:mod:`cellseg_d2.data.stain`) at the end of the training augmentations.
 
 Each instance mask is decoded once and kept as its tight crop; crops move through crop, resize,
 flips and rotations on their own (cost ~ cell area, not cells x image area), and through the
@@ -31,12 +34,15 @@ from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, Instances
 from scipy import ndimage
 
+from cellseg_d2.config.scale import input_scale
 from cellseg_d2.data.io import read_image
 from cellseg_d2.data.rle import InstanceCrop, tight_crop
+from cellseg_d2.data.stain import build_color_augmentations
 from cellseg_d2.data.transforms import (
     RandomRotation90,
     RandomVFlip,
     Rot90Transform,
+    build_resize,
 )
 
 __all__ = [
@@ -87,7 +93,8 @@ def _transform_crops(
     to the full-size mask and ``apply_segmentation``.
     """
     for tfm in transforms.transforms:
-        if isinstance(tfm, T.NoOpTransform):
+        # Photometric transforms (stain and colour jitter) leave every mask where it is.
+        if isinstance(tfm, (T.NoOpTransform, T.ColorTransform, T.BlendTransform)):
             continue
         out: list[InstanceCrop | None] = []
         if isinstance(tfm, T.ResizeTransform):
@@ -189,8 +196,10 @@ def _crops_from_layers(layers: list[np.ndarray], count: int) -> list[InstanceCro
 class CellDatasetMapper(DatasetMapper):
     """A ``DatasetMapper`` that reads cell TIFFs and adds elastic, flip and rot90 augmentation.
 
-    Configure with ``INPUT.ELASTIC.*`` and ``INPUT.GEOMETRIC.*`` (see ``add_cellseg_config``); the
-    rest (resize, crop, format) is detectron2's. Expects ``INPUT.MASK_FORMAT: bitmask``.
+    Configure with ``INPUT.ELASTIC.*``, ``INPUT.GEOMETRIC.*``, ``INPUT.STAIN.*``,
+    ``INPUT.COLOR.*`` and ``INPUT.SCALE`` (see ``add_cellseg_config``); the rest (short-edge
+    resize when the scale is off, crop, format) is detectron2's. Expects
+    ``INPUT.MASK_FORMAT: bitmask``.
     """
 
     @configurable
@@ -224,6 +233,11 @@ class CellDatasetMapper(DatasetMapper):
     def from_config(cls, cfg: CfgNode, is_train: bool = True) -> dict[str, Any]:
         """Add the flips, rotation and elastic settings to ``DatasetMapper``'s arguments."""
         ret = super().from_config(cfg, is_train)
+        if input_scale(cfg) > 0:  # INPUT.SCALE replaces the short-edge resize, in place
+            ret["augmentations"] = [
+                build_resize(cfg, is_train) if isinstance(a, T.ResizeShortestEdge) else a
+                for a in ret["augmentations"]
+            ]
         if is_train:
             geo = cfg.INPUT.GEOMETRIC
             # detectron2's own RandomFlip (from INPUT.RANDOM_FLIP) is replaced by ours.
@@ -234,6 +248,7 @@ class CellDatasetMapper(DatasetMapper):
                 augs.append(RandomVFlip(prob=geo.VFLIP_PROB))
             if geo.ROT90_PROB > 0:
                 augs.append(RandomRotation90(prob=geo.ROT90_PROB))
+            augs.extend(build_color_augmentations(cfg))  # last: after every geometric draw
             ret["augmentations"] = augs
         elastic = cfg.INPUT.ELASTIC
         ret["elastic_prob"] = elastic.PROB if (is_train and elastic.ENABLED) else 0.0

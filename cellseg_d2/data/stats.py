@@ -16,18 +16,62 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog
 
+from cellseg_d2.config.scale import scale_for_diameter
 from cellseg_d2.data.convert import load_train_coco
 from cellseg_d2.utils.files import atomic_write
 from cellseg_d2.utils.layout import DEFAULT_CLASS_NAMES
 
-__all__ = ["compute_dataset_stats", "format_stats", "stats_from_coco", "write_stats_json"]
+__all__ = [
+    "RECOMMENDED_CELL_DIAMETER",
+    "compute_dataset_stats",
+    "equivalent_diameters",
+    "format_stats",
+    "median_train_diameter",
+    "stats_from_coco",
+    "write_stats_json",
+]
 
 _PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 _FPN_LEVELS = 5  # P2..P6 in detectron2's FPN: one anchor size per level
 _DETECTION_MARGIN = 1.2  # test images may be denser than the densest training image
 _DEFAULT_TOPK = 1000  # detectron2's FPN default for the RPN top-k at test time
 _RARE_SHARE = 0.01  # a class with fewer than this share of the instances gets a note
+#: The INPUT.CELL_DIAMETER the advice suggests: the middle of the cell anchors (8..128 px, one
+#: per FPN level), so cells half and four times the median still have an anchor.
+RECOMMENDED_CELL_DIAMETER = 32.0
+
+
+def equivalent_diameters(areas: Sequence[float] | np.ndarray) -> np.ndarray:
+    """The diameter of the disc of each area (``2 sqrt(area / pi)``), in pixels.
+
+    Why one function: the statistics report and the input scale measure cells the same way.
+    """
+    return 2.0 * np.sqrt(np.asarray(areas, np.float64) / np.pi)
+
+
+def median_train_diameter(cfg: CfgNode) -> float:
+    """The median equivalent diameter of the instances of the registered ``DATASETS.TRAIN``.
+
+    Why from the registered dicts: they are the images the model trains on (the train split,
+    not the held-out ones), and their annotations carry each instance's ``area`` from the
+    conversion cache, so no mask is decoded. Crowd annotations are left out, as in training.
+    Hand it to :func:`cellseg_d2.config.finish_config` as ``train_diameter``.
+
+    Returns:
+        The median in pixels; NaN when the datasets hold no instance (the config floor refuses
+        it with the key named).
+    """
+    areas = [
+        float(annotation["area"])
+        for name in cfg.DATASETS.TRAIN
+        for record in DatasetCatalog.get(name)
+        for annotation in record.get("annotations", ())
+        if not annotation.get("iscrowd", 0)
+    ]
+    return float(np.median(equivalent_diameters(areas))) if areas else float("nan")
 
 
 def _distribution(values: Sequence[float]) -> dict | None:
@@ -56,12 +100,30 @@ def _class_notes(per_class: dict[str, int]) -> list[str]:
     return notes
 
 
+def _scale_advice(sides: np.ndarray, advice: dict, notes: list[str]) -> None:
+    """The ``INPUT.CELL_DIAMETER`` to train with, the scale it gives and whether the scaled
+    sides fit the cell anchors (8..128 px), added to ``advice`` and ``notes``."""
+    median = float(np.median(equivalent_diameters(sides**2)))
+    scale = scale_for_diameter(RECOMMENDED_CELL_DIAMETER, median)
+    advice["INPUT.CELL_DIAMETER"] = RECOMMENDED_CELL_DIAMETER
+    advice["input_scale_at_cell_diameter"] = round(scale, 4)
+    low, high = (float(np.percentile(sides, q)) * scale for q in (1, 99))
+    fits = "within" if low >= 8 and high <= 128 else "NOT within"
+    notes.append(
+        f"INPUT.CELL_DIAMETER {RECOMMENDED_CELL_DIAMETER:g} resizes images by {scale:.3f} "
+        f"(median diameter {median:.1f} px); instance sides p1..p99 then span {low:.1f}.."
+        f"{high:.1f} px, {fits} the cell anchors 8..128 px of configs/Base-CellSeg-RCNN-FPN.yaml"
+    )
+
+
 def _advice(sides: np.ndarray, densest: int, per_class: dict[str, int]) -> dict:
-    """Anchor sizes covering the instance sides, test-time budgets above the densest image, and
-    a note for each class too rare to learn."""
+    """Anchor sizes covering the instance sides, the input scale that brings cells to the
+    recommended diameter, test-time budgets above the densest image, and a note for each class
+    too rare to learn."""
     advice: dict = {}
     notes = _class_notes(per_class)
     if sides.size:
+        _scale_advice(sides, advice, notes)
         low = 2 ** math.floor(math.log2(max(float(np.percentile(sides, 1)), 1.0)))
         high = 2 ** math.ceil(math.log2(max(float(np.percentile(sides, 99)), 1.0)))
         covering = [low * 2**k for k in range(int(math.log2(high // low)) + 1)]
@@ -108,8 +170,7 @@ def stats_from_coco(coco: dict) -> dict:
         "instances_per_image": _distribution(counts),
         "instance_area": {name: _distribution(values) for name, values in by_class.items()},
         "equivalent_diameter": {
-            name: _distribution(2.0 * np.sqrt(np.asarray(values, np.float64) / np.pi))
-            for name, values in by_class.items()
+            name: _distribution(equivalent_diameters(values)) for name, values in by_class.items()
         },
         "image_height": _distribution(heights),
         "image_width": _distribution(widths),
@@ -178,6 +239,8 @@ def format_stats(stats: dict) -> str:
     advice = stats["advice"]
     if "anchor_sizes_covering_p1_p99" in advice:
         lines.append(f"  (sides p1..p99 covered by {advice['anchor_sizes_covering_p1_p99']})")
+    if "input_scale_at_cell_diameter" in advice:
+        lines.append(f"  (INPUT.SCALE it gives: {advice['input_scale_at_cell_diameter']})")
     lines += [f"  {key} = {value}" for key, value in advice.items() if "." in key]
     lines += [f"  note: {note}" for note in advice["notes"]]
     return "\n".join(lines)

@@ -1,5 +1,5 @@
-"""The lossless geometric augmentations cell training adds to detectron2's: quarter-turn
-rotations and a vertical flip done in numpy.
+"""The geometric augmentations cell training adds to detectron2's: quarter-turn rotations and a
+vertical flip done in numpy (lossless), and the resize by ``INPUT.SCALE``.
 
 Why apart from the mapper: they are detectron2 ``Transform``/``Augmentation`` classes that any
 detectron2 pipeline can use on their own; the mapper only chooses them from the config.
@@ -8,9 +8,20 @@ detectron2 pipeline can use on their own; the mapper only chooses them from the 
 from __future__ import annotations
 
 import numpy as np
+from detectron2.config import CfgNode
 from detectron2.data import transforms as T
+from PIL import Image
 
-__all__ = ["NumpyVFlipTransform", "RandomRotation90", "RandomVFlip", "Rot90Transform"]
+from cellseg_d2.config.scale import input_scale
+
+__all__ = [
+    "NumpyVFlipTransform",
+    "RandomRotation90",
+    "RandomVFlip",
+    "ResizeByFactor",
+    "Rot90Transform",
+    "build_resize",
+]
 
 
 class Rot90Transform(T.Transform):
@@ -95,3 +106,58 @@ class RandomVFlip(T.Augmentation):
         if self._rand_range() >= self.prob:
             return T.NoOpTransform()
         return NumpyVFlipTransform(image.shape[0])
+
+
+class ResizeByFactor(T.Augmentation):
+    """Resize by ``factor`` (times ``U(1 - jitter, 1 + jitter)`` when ``jitter`` > 0).
+
+    Why not detectron2's ``ResizeShortestEdge``: that brings every image's short side to one
+    length, so in a data set of mixed image sizes (dsb2018: 256 px crops next to 1040 px fields
+    of view) the cells of each image end up at a different size. A common factor keeps the
+    cells of every image at the size ``INPUT.SCALE`` chose for them. The result is detectron2's
+    ``ResizeTransform`` (bilinear), which the mapper moves instance crops through exactly.
+    """
+
+    def __init__(self, factor: float, jitter: float = 0.0) -> None:
+        """Args:
+        factor: the resize factor (> 0).
+        jitter: relative half-width of the per-sample factor's range (0..1).
+        """
+        super().__init__()
+        if not factor > 0 or not 0 <= jitter < 1:
+            raise ValueError(f"factor must be > 0 and jitter in [0, 1), got {factor}, {jitter}")
+        self._init(locals())
+
+    def get_transform(self, image: np.ndarray) -> T.Transform:
+        """Draw the factor (numpy's global RNG) and resize to ``round(side x factor)``."""
+        factor = self.factor
+        if self.jitter > 0:
+            factor *= np.random.uniform(1.0 - self.jitter, 1.0 + self.jitter)
+        h, w = image.shape[:2]
+        new_h, new_w = max(1, int(round(h * factor))), max(1, int(round(w * factor)))
+        if (new_h, new_w) == (h, w):
+            return T.NoOpTransform()
+        return T.ResizeTransform(h, w, new_h, new_w, Image.BILINEAR)
+
+
+def build_resize(cfg: CfgNode, is_train: bool) -> T.Augmentation:
+    """The resize every image gets before the model: by ``INPUT.SCALE`` when it is on (with
+    ``INPUT.SCALE_JITTER`` in training), else detectron2's short-edge resize from
+    ``INPUT.MIN_SIZE_*``/``MAX_SIZE_*`` (what ``detection_utils.build_augmentation`` builds).
+
+    Why one function: the training mapper, the evaluation loader and the predictor must resize
+    alike, or the model sees cells at another size than it learned.
+
+    Raises:
+        ConfigError: see :func:`~cellseg_d2.config.scale.input_scale`.
+    """
+    scale = input_scale(cfg)
+    if scale > 0:
+        return ResizeByFactor(scale, float(cfg.INPUT.SCALE_JITTER) if is_train else 0.0)
+    if is_train:
+        return T.ResizeShortestEdge(
+            cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
+        )
+    return T.ResizeShortestEdge(
+        [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
+    )

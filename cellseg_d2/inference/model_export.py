@@ -24,7 +24,9 @@ from detectron2.modeling import build_model
 
 from cellseg_d2 import __version__
 from cellseg_d2.checkpoint.checkpointer import AtomicDetectionCheckpointer
+from cellseg_d2.config.scale import input_scale
 from cellseg_d2.data.synthetic import synthesize_image
+from cellseg_d2.errors import ConfigError
 from cellseg_d2.inference.exported import (
     EMBEDDED_KEY,
     FORMAT_VERSION,
@@ -67,7 +69,14 @@ def load_model_for_export(cfg: CfgNode) -> torch.nn.Module:
 
     Raises:
         WeightsUnavailableError: the weights cannot be read or are refused.
+        ConfigError: ``INPUT.SCALE`` is on: the exported folder's reader resizes by
+            ``min_size``/``max_size`` only and would predict at the wrong scale.
     """
+    if input_scale(cfg) > 0:
+        raise ConfigError(
+            f"INPUT.SCALE {cfg.INPUT.SCALE}: exported models resize by INPUT.MIN_SIZE_TEST/"
+            "MAX_SIZE_TEST only, so a model trained at a scale cannot be exported yet"
+        )
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"

@@ -8,6 +8,7 @@ finished config, so every slide of a run is predicted the same way.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from detectron2.config import CfgNode
 
+from cellseg_d2.config.scale import model_pixel_size
 from cellseg_d2.data.slide import open_slide
 from cellseg_d2.errors import CellDataError
 from cellseg_d2.inference.slide_predict import (
@@ -72,7 +74,8 @@ def predict_slides(
 ) -> list[SlideSummary]:
     """Predict every slide into ``output_dir`` (``<stem>.cells.sqlite``, ``<stem>.geojson``,
     ``<stem>.cells.csv``, with ``labels`` ``<stem>.labels.ome.tif``) at the model's pixel size
-    (``INPUT.PIXEL_SIZE``; 0 = as scanned).
+    (``INPUT.PIXEL_SIZE / INPUT.SCALE``, see :func:`~cellseg_d2.config.scale.model_pixel_size`;
+    0 = as scanned).
 
     Args:
         cfg: the finished prediction config.
@@ -90,25 +93,31 @@ def predict_slides(
     """
     summaries = []
     model_id = model_identity(cfg)
-    for slide in slides:
-        summaries.append(
-            predict_slide(
-                slide,
-                open_slide,
-                predictor,
-                output_dir,
-                model_pixel_size=float(cfg.INPUT.PIXEL_SIZE) or None,
-                pixel_size_override=pixel_size,
-                tile_size=int(cfg.TEST.TILING.TILE_SIZE),
-                overlap=int(cfg.TEST.TILING.OVERLAP),
-                batch_size=int(getattr(predictor, "batch_size", 1)),
-                num_workers=int(cfg.DATALOADER.NUM_WORKERS),
-                tissue=tissue,
-                resume=resume,
-                class_names=tuple(cfg.DATASETS.CLASS_NAMES),
-                formats=formats,
-                model_id=model_id,
-                progress=progress,
+    target = model_pixel_size(cfg)
+    # Slides with a known model pixel size are read at INPUT.PIXEL_SIZE / INPUT.SCALE straight
+    # from their pyramid, so the predictor must not resize the tiles by INPUT.SCALE again;
+    # without one they are read as scanned and the predictor resizes as for images.
+    at_model_scale = getattr(predictor, "inputs_at_model_scale", None)
+    with at_model_scale() if (target and at_model_scale) else contextlib.nullcontext():
+        for slide in slides:
+            summaries.append(
+                predict_slide(
+                    slide,
+                    open_slide,
+                    predictor,
+                    output_dir,
+                    model_pixel_size=target or None,
+                    pixel_size_override=pixel_size,
+                    tile_size=int(cfg.TEST.TILING.TILE_SIZE),
+                    overlap=int(cfg.TEST.TILING.OVERLAP),
+                    batch_size=int(getattr(predictor, "batch_size", 1)),
+                    num_workers=int(cfg.DATALOADER.NUM_WORKERS),
+                    tissue=tissue,
+                    resume=resume,
+                    class_names=tuple(cfg.DATASETS.CLASS_NAMES),
+                    formats=formats,
+                    model_id=model_id,
+                    progress=progress,
+                )
             )
-        )
     return summaries

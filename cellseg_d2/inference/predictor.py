@@ -16,18 +16,21 @@ image counts as hitting the cap when one of its tiles does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
 from cellseg_d2.checkpoint.checkpointer import AtomicDetectionCheckpointer
+from cellseg_d2.config.scale import input_scale
 from cellseg_d2.data.rle import InstanceCrop, encode_crops
+from cellseg_d2.data.transforms import ResizeByFactor, build_resize
+from cellseg_d2.errors import ConfigError
 from cellseg_d2.inference.detections import (
     Detection,
     predict_in_tiles,
@@ -123,7 +126,15 @@ class CellPredictor:
         Raises:
             WeightsUnavailableError: the weights cannot be read, or (``WeightsMismatchError``)
                 leave model tensors unset: predicting with them would use random values.
+            ConfigError: an uncomputed ``INPUT.SCALE``, or ``INPUT.SCALE`` with ``tta``
+                (detectron2's TTA resizes by ``TEST.AUG.MIN_SIZES``, not by the factor).
         """
+        self.input_scale = input_scale(cfg)
+        if tta and self.input_scale > 0:
+            raise ConfigError(
+                "test-time augmentation (TEST.AUG) resizes to TEST.AUG.MIN_SIZES and would "
+                f"ignore INPUT.SCALE {self.input_scale}: predict without --tta"
+            )
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg).eval()
         if cfg.MODEL.WEIGHTS:
@@ -133,9 +144,7 @@ class CellPredictor:
         else:
             logger.warning("MODEL.WEIGHTS is empty: predicting with a randomly initialised model")
         self.mask_threshold = float(getattr(self.model, "mask_threshold", 0.5))
-        self.resize = T.ResizeShortestEdge(
-            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
-        )
+        self.resize = build_resize(cfg, is_train=False)
         self.tta_model = CellRCNNWithTTA(self.cfg, self.model) if tta else None
         self.detection_cap = int(cfg.TEST.DETECTIONS_PER_IMAGE)
         #: Images (a tiled image counts once) whose model output reached ``detection_cap``.
@@ -152,10 +161,12 @@ class CellPredictor:
     def model_input(self, image: np.ndarray) -> dict:
         """The network input of one HxWx3 uint8 BGR image, exactly as prediction feeds it.
 
-        Resized as in evaluation (``INPUT.MIN_SIZE_TEST``/``MAX_SIZE_TEST``) and turned into
-        the model's CHW tensor in ``INPUT.FORMAT``, with the original ``height``/``width`` the
-        detections are mapped back to. Public so that a benchmark or an export check can run
-        the network alone on the very inputs the predictor would give it.
+        Resized as in evaluation (by ``INPUT.SCALE`` when it is on, else
+        ``INPUT.MIN_SIZE_TEST``/``MAX_SIZE_TEST``; see :meth:`inputs_at_model_scale`) and
+        turned into the model's CHW tensor in ``INPUT.FORMAT``, with the original
+        ``height``/``width`` the detections are mapped back to. Public so that a benchmark or
+        an export check can run the network alone on the very inputs the predictor would give
+        it.
 
         Returns:
             ``{"image": CHW uint8 tensor, "height": int, "width": int}``.
@@ -166,6 +177,23 @@ class CellPredictor:
         resized = self.resize.get_transform(image).apply_image(image)
         tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
         return {"image": tensor, "height": height, "width": width}
+
+    @contextlib.contextmanager
+    def inputs_at_model_scale(self) -> Iterator[None]:
+        """Within it, images are taken as already resized by ``INPUT.SCALE``.
+
+        Why: slides are read from their pyramid directly at the model's pixel size
+        (:func:`~cellseg_d2.config.scale.model_pixel_size`), so their tiles need no second
+        resize by the factor. Without a scale (the short-edge resize) nothing changes.
+        """
+        if self.input_scale <= 0:
+            yield
+            return
+        resize, self.resize = self.resize, ResizeByFactor(1.0)  # the identity
+        try:
+            yield
+        finally:
+            self.resize = resize
 
     @torch.no_grad()
     def _predict_batch(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:

@@ -219,3 +219,66 @@ def test_classes_follow_their_masks_when_crop_and_elastic_drop_cells(tmp_path) -
         ys, xs = np.nonzero(mask)
         source = int(round((xs.mean() + 20 - 5) / 8))  # centre x back in the uncropped image
         assert cls == classes[source]
+
+
+_NO_GEOMETRY = (
+    "INPUT.ELASTIC.ENABLED", False,
+    "INPUT.GEOMETRIC.HFLIP_PROB", 0.0,
+    "INPUT.GEOMETRIC.VFLIP_PROB", 0.0,
+    "INPUT.GEOMETRIC.ROT90_PROB", 0.0,
+    "INPUT.CROP.ENABLED", False,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("is_train", [True, False])
+def test_scale_resizes_every_image_by_the_factor(
+    cells_prefix: str, tmp_path, is_train: bool
+) -> None:
+    """INPUT.SCALE replaces the short-edge resize: each image (of any size) times the factor,
+    masks and boxes with it, in training and in the evaluation loader alike."""
+    opts = (*_NO_GEOMETRY, "INPUT.SCALE", 1.5, "INPUT.SCALE_JITTER", 0.0)
+    mapper = _mapper(cells_prefix, tmp_path, *opts, is_train=is_train)
+    records = DatasetCatalog.get(f"{cells_prefix}_trainval")
+    assert len({(r["height"], r["width"]) for r in records}) > 1  # mixed sizes
+    for record in records[:3]:
+        out = mapper(record)
+        expected = (round(record["height"] * 1.5), round(record["width"] * 1.5))
+        assert tuple(out["image"].shape[1:]) == expected
+        if is_train:
+            assert tuple(out["instances"].gt_masks.tensor.shape[1:]) == expected
+            areas = out["instances"].gt_masks.tensor.flatten(1).sum(1).float()
+            original = torch.tensor([a["area"] for a in record["annotations"]]).float()
+            assert areas.sum() / original.sum() == pytest.approx(2.25, rel=0.1)
+        else:
+            assert (out["height"], out["width"]) == (record["height"], record["width"])
+
+
+def test_scale_jitter_draws_factors_around_the_scale(cells_prefix: str, tmp_path) -> None:
+    opts = (*_NO_GEOMETRY, "INPUT.SCALE", 2.0, "INPUT.SCALE_JITTER", 0.2)
+    mapper = _mapper(cells_prefix, tmp_path, *opts)
+    record = _densest(cells_prefix)
+    np.random.seed(0)
+    heights = {mapper(record)["image"].shape[1] for _ in range(6)}
+    assert len(heights) > 1
+    assert all(1.6 * record["height"] - 1 <= h <= 2.4 * record["height"] + 1 for h in heights)
+
+
+def test_stain_and_colour_jitter_change_pixels_not_masks(cells_prefix: str, tmp_path) -> None:
+    record = _densest(cells_prefix)
+    geometry = ("INPUT.GEOMETRIC.ROT90_PROB", 1.0, "INPUT.ELASTIC.ENABLED", False)
+    colour = (
+        "INPUT.STAIN.ENABLED", True, "INPUT.STAIN.PROB", 1.0,
+        "INPUT.COLOR.ENABLED", True, "INPUT.COLOR.PROB", 1.0,
+    )  # fmt: skip
+    plain = _mapper(cells_prefix, tmp_path, *geometry)
+    jittered = _mapper(cells_prefix, tmp_path, *geometry, *colour)
+    np.random.seed(3)
+    before = plain(record)
+    np.random.seed(3)  # the colour draws come last: the same geometry
+    after = jittered(record)
+    assert before["image"].shape == after["image"].shape
+    assert not torch.equal(before["image"], after["image"])
+    assert after["image"].dtype == torch.uint8
+    assert torch.equal(before["instances"].gt_masks.tensor, after["instances"].gt_masks.tensor)
+    assert torch.equal(before["instances"].gt_boxes.tensor, after["instances"].gt_boxes.tensor)
+    assert not _mapper(cells_prefix, tmp_path, *colour, is_train=False).augmentations.augs[1:]

@@ -9,11 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from detectron2.data import DatasetCatalog
 
+from cellseg_d2.config import finish_config, get_cellseg_cfg
 from cellseg_d2.data.io import write_tiff
 from cellseg_d2.data.stats import (
     compute_dataset_stats,
     format_stats,
+    median_train_diameter,
     stats_from_coco,
     write_stats_json,
 )
@@ -69,6 +72,47 @@ def test_advice_covers_sizes_and_densest_image(root: Path) -> None:
     assert advice["TEST.DETECTIONS_PER_IMAGE"] % 100 == 0
     assert advice["MODEL.RPN.POST_NMS_TOPK_TEST"] >= advice["TEST.DETECTIONS_PER_IMAGE"]
     assert advice["MODEL.RPN.PRE_NMS_TOPK_TEST"] >= advice["MODEL.RPN.POST_NMS_TOPK_TEST"]
+
+
+def test_advice_names_the_cell_diameter_and_its_scale(root: Path) -> None:
+    stats = compute_dataset_stats(root, class_names=NAMES)
+    advice = stats["advice"]
+    median = 2 * math.sqrt(16 / math.pi)  # 30 of the 32 instances have 16 px
+    assert advice["INPUT.CELL_DIAMETER"] == 32.0
+    assert advice["input_scale_at_cell_diameter"] == round(32.0 / median, 4)
+    # Scaled by ~7.1, the 30 px side of the 900 px blob exceeds the 128 px anchor.
+    assert any("NOT within the cell anchors" in note for note in advice["notes"])
+    report = format_stats(stats)
+    assert "INPUT.CELL_DIAMETER = 32.0" in report and "INPUT.SCALE it gives: 7.0898" in report
+
+
+def test_median_train_diameter_from_registered_dicts_gives_the_exact_factor() -> None:
+    """Discs of diameter 10, 20, 40 (and a crowd region, left out) over two datasets."""
+
+    def disc(diameter: float, crowd: int = 0) -> dict:
+        return {"area": math.pi * (diameter / 2) ** 2, "iscrowd": crowd}
+
+    splits = {
+        "scale_test_a": [{"annotations": [disc(10), disc(40)]}, {"annotations": []}],
+        "scale_test_b": [{"annotations": [disc(20), disc(500, crowd=1)]}],
+    }
+    for name, dicts in splits.items():
+        DatasetCatalog.register(name, lambda dicts=dicts: dicts)
+    try:
+        cfg = get_cellseg_cfg()
+        cfg.MODEL.DEVICE = "cpu"
+        cfg.DATASETS.TRAIN = tuple(splits)
+        assert median_train_diameter(cfg) == pytest.approx(20.0)
+        cfg.INPUT.CELL_DIAMETER = 30.0
+        finished = finish_config(cfg, train_diameter=median_train_diameter)
+        assert finished.INPUT.SCALE == pytest.approx(1.5)
+        cfg.DATASETS.TRAIN = ("scale_test_b",)
+        DatasetCatalog.remove("scale_test_b")
+        DatasetCatalog.register("scale_test_b", lambda: [{"annotations": []}])
+        assert math.isnan(median_train_diameter(cfg))
+    finally:
+        for name in splits:
+            DatasetCatalog.remove(name)
 
 
 def test_rare_class_gets_a_note() -> None:

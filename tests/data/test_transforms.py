@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 from detectron2.data import transforms as T
 
+from cellseg_d2.config import get_cellseg_cfg
 from cellseg_d2.data.transforms import (
     NumpyVFlipTransform,
     RandomRotation90,
     RandomVFlip,
+    ResizeByFactor,
     Rot90Transform,
+    build_resize,
 )
 
 
@@ -51,3 +54,24 @@ def test_random_rotation_draws_all_three_turns_and_none_at_prob_0() -> None:
     turns = {RandomRotation90(prob=1.0).get_transform(image).k for _ in range(60)}
     assert turns == {1, 2, 3}
     assert isinstance(RandomRotation90(prob=0.0).get_transform(image), T.NoOpTransform)
+
+
+def test_resize_by_factor_rounds_each_side_and_jitters_around_it() -> None:
+    image = np.zeros((40, 50, 3), np.uint8)
+    tfm = ResizeByFactor(1.5).get_transform(image)
+    assert isinstance(tfm, T.ResizeTransform) and (tfm.new_h, tfm.new_w) == (60, 75)
+    assert tfm.apply_image(image).shape == (60, 75, 3)
+    assert isinstance(ResizeByFactor(1.0).get_transform(image), T.NoOpTransform)
+    np.random.seed(0)
+    sides = {ResizeByFactor(2.0, jitter=0.25).get_transform(image).new_h for _ in range(10)}
+    assert len(sides) > 1 and all(60 <= h <= 100 for h in sides)
+    with pytest.raises(ValueError):
+        ResizeByFactor(0.0)
+
+
+def test_build_resize_follows_input_scale() -> None:
+    cfg = get_cellseg_cfg()
+    assert isinstance(build_resize(cfg, is_train=False), T.ResizeShortestEdge)
+    cfg.INPUT.SCALE, cfg.INPUT.SCALE_JITTER = 0.5, 0.1
+    train, test = build_resize(cfg, is_train=True), build_resize(cfg, is_train=False)
+    assert (train.factor, train.jitter, test.factor, test.jitter) == (0.5, 0.1, 0.5, 0.0)

@@ -13,6 +13,7 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
 from cellseg_d2.data import decode_rle
+from cellseg_d2.errors import ConfigError
 from cellseg_d2.inference.predictor import (
     CellPredictor,
     detections_to_results,
@@ -132,3 +133,31 @@ def test_model_input_is_the_evaluation_resize_in_the_model_format(tmp_path: Path
     assert tuple(item["image"].shape) == (3, 64, 80)
     rgb = CellPredictor(instant_cfg("unused", tmp_path, *sizes, "INPUT.FORMAT", "RGB"))
     assert torch.equal(rgb.model_input(image)["image"], item["image"].flip(0))
+
+
+def test_scale_resizes_inputs_and_maps_detections_back(tmp_path: Path) -> None:
+    """INPUT.SCALE 2: a 48x60 image enters the model at 96x120 whatever MIN_SIZE_TEST says,
+    and the detections come back in the 48x60 image's pixels."""
+    cfg = instant_cfg("unused", tmp_path, "INPUT.SCALE", 2.0, "INPUT.MIN_SIZE_TEST", 64)
+    cfg.merge_from_list(["MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0])
+    predictor = CellPredictor(cfg)
+    image = np.random.default_rng(2).integers(0, 255, (48, 60, 3), dtype=np.uint8)
+    item = predictor.model_input(image)
+    assert tuple(item["image"].shape) == (3, 96, 120)
+    assert (item["height"], item["width"]) == (48, 60)
+    (detections,) = predictor([image])
+    assert detections, "a random model at score 0 still detects something"
+    for det in detections:
+        x0, y0, x1, y1 = det.box
+        assert 0 <= x0 < x1 <= 60 and 0 <= y0 < y1 <= 48
+        assert det.top + det.mask.shape[0] <= 48 and det.left + det.mask.shape[1] <= 60
+    with predictor.inputs_at_model_scale():  # slide tiles: read at the model's pixel size
+        assert tuple(predictor.model_input(image)["image"].shape) == (3, 48, 60)
+    assert tuple(predictor.model_input(image)["image"].shape) == (3, 96, 120)
+
+
+def test_scale_refuses_tta_and_an_uncomputed_scale(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="TEST.AUG"):
+        CellPredictor(instant_cfg("unused", tmp_path, "INPUT.SCALE", 2.0), tta=True)
+    with pytest.raises(ConfigError, match="never computed"):
+        CellPredictor(instant_cfg("unused", tmp_path, "INPUT.CELL_DIAMETER", 30.0))
