@@ -19,6 +19,7 @@ times the whole predict call of the eager model, its TorchScript export and its 
 export on one synthetic image (the model exported to a temporary folder first).
 
     python tools/benchmark.py --slides 10000,40000 [--slide-model-ms 50] [--slide-pitch 64]
+        [--slide-cell-workers N]
 
 measures whole-slide prediction instead: synthetic square slides of those sides (generated tile
 by tile) through the real slide loop with 2 reading workers, a fake model that finds the slide's
@@ -88,6 +89,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="milliseconds the fake model takes per tile with --slides (default 50)",
     )
     parser.add_argument(
+        "--slide-cell-workers",
+        type=int,
+        default=0,
+        help="processes outlining and measuring cells beside the fake model with --slides "
+        "(default 0: in the loop)",
+    )
+    parser.add_argument(
         "--slide-pitch",
         type=int,
         default=DISC_PITCH,
@@ -103,8 +111,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             args.slides = [int(side) for side in args.slides.split(",")]
         except ValueError:
             parser.error("--slides: comma-separated whole numbers of pixels, e.g. 10000,40000")
-        if min(args.slides) < 1 or args.slide_model_ms < 0:
-            parser.error("--slides must be positive and --slide-model-ms >= 0")
+        if min(args.slides) < 1 or args.slide_model_ms < 0 or args.slide_cell_workers < 0:
+            parser.error(
+                "--slides must be positive, --slide-model-ms and --slide-cell-workers >= 0"
+            )
         if args.slide_pitch % 2 or args.slide_pitch < MIN_DISC_PITCH:
             parser.error(f"--slide-pitch must be even and >= {MIN_DISC_PITCH}")
     standalone = args.stream_images is not None or args.slides is not None or args.engines
@@ -131,7 +141,10 @@ def main(args: argparse.Namespace) -> int:
         return 0
     elif args.slides is not None:
         report = measure_slide_benchmark(
-            args.slides, model_ms=args.slide_model_ms, pitch=args.slide_pitch
+            args.slides,
+            model_ms=args.slide_model_ms,
+            pitch=args.slide_pitch,
+            cell_workers=args.slide_cell_workers,
         )
     else:
         cfg = build_config(args.config_file, args.opts)

@@ -270,6 +270,7 @@ def measure_slide_benchmark(
     tissue: str = "auto",
     formats: Sequence[str] = DEFAULT_SLIDE_FORMATS,
     pitch: int = DISC_PITCH,
+    cell_workers: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """Peak memory, tiles/s and how much of the time the model works, per square slide size.
 
@@ -286,6 +287,8 @@ def measure_slide_benchmark(
             :func:`~cellseg_d2.inference.slide_predict.predict_slide` (the slide's pixel size is
             the model's: tiles are read at level 0, unresized).
         pitch: level-0 pixels between disc centres (cells per tile: ``(tile_size / pitch)²``).
+        cell_workers: processes outlining and measuring cells beside the model
+            (:class:`~cellseg_d2.inference.slide_cells.TileCellsPool`).
 
     Returns:
         A section ``slide_<size>`` per size (tiles, cells and expected cells, seconds,
@@ -307,6 +310,7 @@ def measure_slide_benchmark(
         tissue=tissue,
         formats=tuple(formats),
         progress=False,
+        cell_workers=cell_workers,
     )
     report: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="cellseg_slides_") as tmp:
@@ -320,6 +324,7 @@ def measure_slide_benchmark(
         "overlap": overlap,
         "batch_size": batch_size,
         "num_workers": num_workers,
+        "cell_workers": cell_workers,
         "tissue": tissue,
         "formats": ",".join(formats),
         "cpu_count": os.cpu_count(),

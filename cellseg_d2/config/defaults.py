@@ -149,6 +149,10 @@ def add_cellseg_config(cfg: CN) -> None:
     _c.TEST.TILING.TILE_SIZE = 1024
     # Overlap between neighbouring tiles, in pixels; larger than the biggest cell.
     _c.TEST.TILING.OVERLAP = 128
+    # Processes that outline and measure a whole slide's cells while the model predicts the next
+    # tiles (-1 = automatic: none on CPU, where the model uses every core; on a GPU up to 4 of
+    # the cores the reading workers leave).
+    _c.TEST.SLIDE_CELL_WORKERS = -1
 
 
 def get_cellseg_cfg() -> CN:

@@ -14,7 +14,8 @@ Formats (``tools/predict.py --format``):
 - ``geojson``: ``<stem>.geojson``, a QuPath FeatureCollection, one ``detection`` per cell: a
   ``Polygon`` or ``MultiPolygon`` with holes, ``classification`` ``{name, color}`` and the
   measurements ``cell_id``, ``score`` and ``area_px``.
-- ``csv``: one row per cell (:data:`CSV_COLUMNS`), measured with ``skimage.measure.regionprops``.
+- ``csv``: one row per cell (:data:`CSV_COLUMNS`), measured as ``skimage.measure.regionprops``
+  does (:func:`~cellseg_d2.inference.measure.measure_cell`).
 
 One cell, one id: the label image decides which cells there are. Detections are painted by
 descending score, each into the pixels no better one holds, and a detection left without a
@@ -55,10 +56,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from skimage import measure
 
 from cellseg_d2.data.io import write_tiff
 from cellseg_d2.inference.detections import Detection, trim_detection
+from cellseg_d2.inference.measure import measure_cell
 from cellseg_d2.inference.outlines import mask_to_polygons
 from cellseg_d2.utils.files import atomic_write
 from cellseg_d2.utils.layout import class_color, class_name
@@ -281,9 +282,10 @@ def cell_table_rows(
     """One image's rows of the per-cell table (:data:`CSV_COLUMNS`, no header) as CSV text.
 
     Each cell of ``labels.cells`` is measured on its own pixels with
-    ``skimage.measure.regionprops``: the pixels it holds in the label image (what a
-    biologist's table tools measure), or its own mask with ``keep_overlaps``. Intensities are
-    the means of the image as the model reads it (8-bit, see ``read_image``), per RGB channel.
+    :func:`~cellseg_d2.inference.measure.measure_cell` (regionprops' values): the pixels it
+    holds in the label image (what a biologist's table tools measure), or its own mask with
+    ``keep_overlaps``. Intensities are the means of the image as the model reads it (8-bit, see
+    ``read_image``), per RGB channel.
     Image and class names pass :func:`spreadsheet_safe`.
 
     Args:
@@ -298,8 +300,8 @@ def cell_table_rows(
     for cell_id, cell in enumerate(labels.cells, start=1):
         height, width = cell.mask.shape
         rgb = image[cell.top : cell.top + height, cell.left : cell.left + width, ::-1]
-        (region,) = measure.regionprops(cell.mask.astype(np.uint8), intensity_image=rgb)
-        row, col = region.centroid
+        region = measure_cell(cell.mask, rgb)
+        row, col = region.centroid_row, region.centroid_col
         writer.writerow(
             [
                 spreadsheet_safe(image_name),
@@ -316,7 +318,7 @@ def cell_table_rows(
                 f"{region.perimeter:.6g}",
                 f"{region.eccentricity:.6g}",
                 f"{region.solidity:.6g}",
-                *(f"{value:.6g}" for value in region.intensity_mean),
+                *(f"{value:.6g}" for value in region.mean_rgb),
                 labels.note,
             ]
         )

@@ -19,6 +19,7 @@ from detectron2.config import CfgNode
 from cellseg_d2.config.scale import model_pixel_size
 from cellseg_d2.data.slide import open_slide
 from cellseg_d2.errors import CellDataError
+from cellseg_d2.inference.slide_cells import auto_cell_workers
 from cellseg_d2.inference.slide_predict import (
     Predictor,
     SlideSummary,
@@ -98,6 +99,9 @@ def predict_slides(
     # from their pyramid, so the predictor must not resize the tiles by INPUT.SCALE again;
     # without one they are read as scanned and the predictor resizes as for images.
     at_model_scale = getattr(predictor, "inputs_at_model_scale", None)
+    cell_workers = int(cfg.TEST.SLIDE_CELL_WORKERS)
+    if cell_workers < 0:
+        cell_workers = auto_cell_workers(cfg.MODEL.DEVICE, int(cfg.DATALOADER.NUM_WORKERS))
     with at_model_scale() if (target and at_model_scale) else contextlib.nullcontext():
         for slide in slides:
             summaries.append(
@@ -118,6 +122,7 @@ def predict_slides(
                     formats=formats,
                     model_id=model_id,
                     progress=progress,
+                    cell_workers=cell_workers,
                 )
             )
     return summaries

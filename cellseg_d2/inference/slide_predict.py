@@ -21,27 +21,25 @@ The predictor is any callable taking BGR uint8 images and returning one list of
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from cellseg_d2.data.slide import SlideInfo, SlideReader, resolve_pixel_size
 from cellseg_d2.errors import CellDataError, ConfigError
 from cellseg_d2.inference.cell_store import CELL_STORE_SUFFIX, CellStore
 from cellseg_d2.inference.detections import Detection
+from cellseg_d2.inference.slide_cells import predict_chunks
 from cellseg_d2.inference.slide_labels import SLIDE_LABELS_SUFFIX
 from cellseg_d2.inference.slide_loader import OpenReader, iter_tile_batches
-from cellseg_d2.inference.slide_stitch import SlideCell, drop_seam_duplicates, tile_cells
 from cellseg_d2.inference.slide_tiles import (
     SlideTile,
     plan_slide_tiles,
@@ -236,6 +234,7 @@ def predict_slide(
     max_cell_size: int | None = None,
     model_id: str = "",
     progress: bool = True,
+    cell_workers: int = 0,
 ) -> SlideSummary:
     """Predict every cell of one slide into its cell store, then write the chosen formats.
 
@@ -264,6 +263,8 @@ def predict_slide(
         model_id: identifies the model (e.g. the checkpoint's hash) so that a resumed store is
             never continued with another model.
         progress: show a tqdm bar with tiles/s and ETA.
+        cell_workers: processes that outline and measure the cells while the model runs
+            (:class:`~cellseg_d2.inference.slide_cells.TileCellsPool`; 0: in the loop).
 
     Returns:
         The :class:`SlideSummary`, also logged as one line.
@@ -333,8 +334,14 @@ def predict_slide(
         )
         store = CellStore.create(paths["store"], settings, resume=resume)
         try:
-            summary.resumed_tiles, summary.predicted_tiles = _predict_chunks(
-                store, tiles, chunk_tiles, read, predictor, slide_name if progress else None
+            summary.resumed_tiles, summary.predicted_tiles = predict_chunks(
+                store,
+                tiles,
+                chunk_tiles,
+                read,
+                predictor,
+                slide_name if progress else None,
+                cell_workers=cell_workers,
             )
             store.finish()
         finally:
@@ -347,50 +354,3 @@ def predict_slide(
     summary.seconds = time.perf_counter() - started
     logger.info(summary.line())
     return summary
-
-
-def _predict_chunks(
-    store: CellStore,
-    tiles: Sequence[SlideTile],
-    chunk_tiles: int,
-    batches: Callable[[list[SlideTile]], Iterator[tuple[list[SlideTile], list[np.ndarray]]]],
-    predictor: Predictor,
-    progress_label: str | None,
-) -> tuple[int, int]:
-    """Predict the tiles of the chunks the store lacks, committing chunk by chunk.
-
-    Returns:
-        ``(tiles resumed from the store, tiles predicted now)``.
-    """
-    chunks = [list(tiles[i : i + chunk_tiles]) for i in range(0, len(tiles), chunk_tiles)]
-    first = store.finished_chunks()
-    if first > len(chunks):
-        raise CellDataError(f"{store.path}: more chunks stored than planned; run without resume")
-    resumed = sum(len(chunk) for chunk in chunks[:first])
-    pending = [tile for chunk in chunks[first:] for tile in chunk]
-    chunk_of = {tile.index: first + i // chunk_tiles for i, tile in enumerate(pending)}
-    cells: list[SlideCell] = []
-    seen = 0
-    bar = tqdm(
-        total=len(tiles),
-        initial=resumed,
-        unit="tile",
-        desc=progress_label,
-        disable=progress_label is None,
-    )
-    with bar, contextlib.closing(batches(pending)) as loader:
-        for batch_tiles, images in loader:
-            outputs = predictor(images)
-            if len(outputs) != len(images):
-                raise ValueError(f"predictor gave {len(outputs)} results for {len(images)} tiles")
-            for tile, image, detections in zip(batch_tiles, images, outputs):
-                cells.extend(tile_cells(tile, detections, image))
-                seen += 1
-                chunk = chunk_of[tile.index]
-                if seen == len(pending) or chunk_of[pending[seen].index] != chunk:
-                    members = chunks[chunk]
-                    kept = drop_seam_duplicates(cells, members)
-                    store.write_chunk(chunk, [t.index for t in members], kept)
-                    cells = []
-            bar.update(len(batch_tiles))
-    return resumed, seen

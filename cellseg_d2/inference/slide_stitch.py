@@ -21,8 +21,9 @@ pixels (different when ``scale != 1``). Its seam-aware pair search
 (``tile_overlap_matches``: only boxes reaching into two windows' overlap are compared) is
 reused as it is, on level-0 float boxes, followed by the same greedy pass by score.
 
-Measurements follow the per-cell table of :mod:`~cellseg_d2.inference.export` (regionprops on
-the cell's mask and the image as the model saw it), on each cell's own mask (a slide has no
+Measurements follow the per-cell table of :mod:`~cellseg_d2.inference.export`
+(:func:`~cellseg_d2.inference.measure.measure_cell`, regionprops' values, on the cell's mask
+and the image as the model saw it), on each cell's own mask (a slide has no
 label image). Lengths and areas are converted to level-0 pixels.
 """
 
@@ -33,13 +34,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from skimage import measure
 
 from cellseg_d2.inference.detections import (
     Detection,
     greedy_tile_survivors,
     tile_overlap_matches,
 )
+from cellseg_d2.inference.measure import measure_cell
 from cellseg_d2.inference.outlines import mask_to_polygons
 from cellseg_d2.inference.slide_tiles import SlideTile
 
@@ -92,24 +93,24 @@ def _level0_box(tile: SlideTile, det: Detection) -> tuple[float, float, float, f
 
 
 def _geometry(tile: SlideTile, det: Detection) -> dict | None:
-    """The mask's outline (:func:`mask_to_polygons`) mapped to level-0 pixels, or None."""
+    """The mask's outline (:func:`mask_to_polygons`) mapped to level-0 pixels, or None.
+
+    Vertices are mapped a ring at a time with NumPy (a Python ``round`` per vertex cost more
+    than measuring the cell); at scale 1 they stay whole numbers and need no rounding.
+    """
     sx, sy = tile.level0_per_model_pixel
     pieces = mask_to_polygons(det.mask, det.top, det.left)
     if not pieces:
         return None
-    mapped = [
-        [
-            [
-                [
-                    round(tile.x + x * sx, COORDINATE_DECIMALS),
-                    round(tile.y + y * sy, COORDINATE_DECIMALS),
-                ]
-                for x, y in ring
-            ]
-            for ring in piece
-        ]
-        for piece in pieces
-    ]
+    factor = np.array([sx, sy])
+    origin = np.array([tile.x, tile.y], np.float64)
+    exact = sx == 1.0 and sy == 1.0
+
+    def mapped_ring(ring: list[list[int]]) -> list[list[float]]:
+        points = origin + np.asarray(ring, np.float64) * factor
+        return (points if exact else np.round(points, COORDINATE_DECIMALS)).tolist()
+
+    mapped = [[mapped_ring(ring) for ring in piece] for piece in pieces]
     if len(mapped) == 1:
         return {"type": "Polygon", "coordinates": mapped[0]}
     return {"type": "MultiPolygon", "coordinates": mapped}
@@ -141,9 +142,7 @@ def tile_cells(
             continue
         height, width = det.mask.shape
         rgb = image[det.top : det.top + height, det.left : det.left + width, ::-1]
-        props = measure.regionprops(det.mask.astype(np.uint8), intensity_image=rgb)[0]
-        row, col = props.centroid
-        mean = props.intensity_mean
+        props = measure_cell(det.mask, rgb)
         cells.append(
             SlideCell(
                 tile=tile.index,
@@ -152,12 +151,12 @@ def tile_cells(
                 box=box,
                 area=float(props.area) * sx * sy,
                 # pixel-index centroid -> pixel centre (+0.5) -> level-0 (QuPath's frame)
-                centroid_x=tile.x + (det.left + col + 0.5) * sx,
-                centroid_y=tile.y + (det.top + row + 0.5) * sy,
-                perimeter=float(props.perimeter) * math.sqrt(sx * sy),
-                eccentricity=float(props.eccentricity),
-                solidity=float(props.solidity),
-                mean_rgb=(float(mean[0]), float(mean[1]), float(mean[2])),
+                centroid_x=tile.x + (det.left + props.centroid_col + 0.5) * sx,
+                centroid_y=tile.y + (det.top + props.centroid_row + 0.5) * sy,
+                perimeter=props.perimeter * math.sqrt(sx * sy),
+                eccentricity=props.eccentricity,
+                solidity=props.solidity,
+                mean_rgb=props.mean_rgb,
                 geometry=geometry,
             )
         )
