@@ -164,6 +164,8 @@ def measure_run_timing(cfg: CfgNode) -> RunTiming:
         checkpoint_s = _checkpoint_seconds(model, trainer.optimizer)
         del trainer, model, storage  # the loader's workers stop with the trainer
         gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the real trainer's model gets the memory back
     return RunTiming(
         seconds_per_iter=steady,
         startup_s=max(0.0, startup),
