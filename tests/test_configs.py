@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -16,7 +17,8 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from cellseg_d2.checkpoint.checkpointer import AtomicDetectionCheckpointer, is_class_layer
-from cellseg_d2.config import add_cellseg_config, load_cellseg_config
+from cellseg_d2.config import add_cellseg_config, finish_config, load_cellseg_config
+from cellseg_d2.data.register import count_train_images
 from cellseg_d2.engine import CellTrainer
 from cellseg_d2.modeling import CellRCNN
 from tests.conftest import CONFIGS
@@ -245,3 +247,50 @@ def test_add_cellseg_config_is_idempotent() -> None:
     add_cellseg_config(cfg)
     assert cfg.MODEL.CELLSEG.MASK_THRESHOLD == 0.5
     assert cfg.SOLVER.EPOCHS == 0 and cfg.SOLVER.OPTIMIZER == "SGD"
+
+
+def _trained_two_iterations(name: str, prefix: str, output: Path) -> CellTrainer:
+    """A shipped config trained for 2 iterations on the synthetic data, on CPU, as
+    ``train_net.py`` would run it (finished config, CellTrainer)."""
+    loaded = _cfg(
+        name,
+        "DATASETS.TRAIN", (f"{prefix}_train",), "DATASETS.TEST", (),
+        "OUTPUT_DIR", str(output), "SOLVER.MAX_ITER", 2, "SOLVER.IMS_PER_BATCH", 2,
+        "DATALOADER.NUM_WORKERS", 0, "SOLVER.BEST_CHECKPOINT.METRIC", "",
+    )  # fmt: skip
+    trainer = CellTrainer(finish_config(loaded, train_images=count_train_images))
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    return trainer
+
+
+def test_pointrend_trains_two_iterations_and_predicts_image_size_masks(
+    cells_prefix: str, tmp_path: Path
+) -> None:
+    trainer = _trained_two_iterations("demo_pointrend_cells.yaml", cells_prefix, tmp_path)
+    assert type(trainer.model.roi_heads.mask_head).__name__ == "PointRendMaskHead"
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
+    assert metrics[-1]["iteration"] == 1 and "loss_mask_point" in metrics[-1]
+    model = trainer.model.eval()
+    model.roi_heads.box_predictor.test_score_thresh = 0.0  # an untrained model: keep everything
+    image = _small_inputs()[0]["image"]
+    with torch.no_grad():
+        instances = model([{"image": image, "height": 100, "width": 150}])[0]["instances"]
+    assert len(instances) > 0
+    assert instances.pred_masks.shape == (len(instances), 100, 150)
+    assert instances.pred_masks.dtype == torch.bool
+
+
+def test_mask56_head_predicts_56_by_56_masks(cells_prefix: str, tmp_path: Path) -> None:
+    trainer = _trained_two_iterations("demo_mask56_cells.yaml", cells_prefix, tmp_path)
+    shapes = []
+    predictor = trainer.model.roi_heads.mask_head.predictor
+    handle = predictor.register_forward_hook(lambda module, args, out: shapes.append(out.shape))
+    model = trainer.model.eval()
+    model.roi_heads.box_predictor.test_score_thresh = 0.0
+    with torch.no_grad():
+        model([{"image": _small_inputs()[0]["image"], "height": 128, "width": 128}])
+    handle.remove()
+    assert shapes and tuple(shapes[0][-2:]) == (56, 56)
+    default = build_model(_cfg("demo_cells.yaml"))
+    assert default.roi_heads.mask_pooler.output_size == (14, 14)  # 28 x 28 masks

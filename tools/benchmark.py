@@ -25,13 +25,25 @@ measures whole-slide prediction instead: synthetic square slides of those sides 
 by tile) through the real slide loop with 2 reading workers, a fake model that finds the slide's
 discs and takes --slide-model-ms per tile; peak RSS (this process and its workers), tiles/s and
 the share of the time the model works.
+
+    python tools/benchmark.py --accuracy configs/demo_cells.yaml,configs/demo_pointrend_cells.yaml \
+        --data ROOT --minutes 30 [--output-dir output/accuracy] [KEY VALUE ...]
+
+measures accuracy instead: each config trains on ROOT/train for --minutes of wall-clock time
+(SOLVER.TIME_BUDGET_MINUTES), predicts ROOT/test_release with its best checkpoint and is scored
+against ROOT/test_gt as tools/evaluate_submission.py scores: one row per config (iterations,
+train minutes, mask AP, AP50, PQ, mPQ, AJI in percent) with the exact train and predict
+commands, also written as accuracy.json and accuracy.md in --output-dir. A read-only ROOT is
+used through links in --output-dir/data. Exit status 1 when a config failed (its row says why).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
+from pathlib import Path
 
 from cellseg_d2.utils import cli
 
@@ -45,6 +57,11 @@ from cellseg_d2.benchmark import (
     measure_slide_benchmark,
     measure_stream_memory,
     run_benchmark,
+)
+from cellseg_d2.benchmark.accuracy import (
+    format_accuracy_table,
+    run_accuracy_benchmark,
+    write_accuracy_report,
 )
 from cellseg_d2.benchmark.engines import format_engines, time_engines
 from cellseg_d2.benchmark.slides import DISC_PITCH, MIN_DISC_PITCH
@@ -101,7 +118,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=DISC_PITCH,
         help=f"pixels between cells of the synthetic slides (default {DISC_PITCH})",
     )
+    _add_accuracy_arguments(parser)
     args = parser.parse_args(argv)
+    if args.accuracy is not None:
+        args.accuracy = [name for name in args.accuracy.split(",") if name]
+        if not args.accuracy or not args.data or args.minutes is None or args.minutes <= 0:
+            parser.error("--accuracy needs config files, --data and --minutes > 0")
     if args.iters < 1:
         parser.error("--iters must be >= 1")
     if args.engines is not None and (args.engines < 32 or not args.config_file):
@@ -117,7 +139,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             )
         if args.slide_pitch % 2 or args.slide_pitch < MIN_DISC_PITCH:
             parser.error(f"--slide-pitch must be even and >= {MIN_DISC_PITCH}")
-    standalone = args.stream_images is not None or args.slides is not None or args.engines
+    standalone = (
+        args.stream_images is not None or args.slides is not None or args.engines or args.accuracy
+    )
     if not standalone and not (args.config_file and args.data):
         parser.error("--config-file and --data are required (unless --stream-images or --slides)")
     if args.stream_images is not None and args.stream_images < 10:
@@ -129,10 +153,52 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _add_accuracy_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``--accuracy``."""
+    parser.add_argument(
+        "--accuracy",
+        metavar="CONFIG[,CONFIG...]",
+        help="instead: train each config for --minutes on --data/train, predict test_release, "
+        "score against test_gt (AP, AP50, PQ, mPQ, AJI)",
+    )
+    parser.add_argument("--minutes", type=float, help="--accuracy: training budget per config")
+    parser.add_argument(
+        "--output-dir",
+        default="output/accuracy",
+        help="--accuracy: one folder per config and the tables (default output/accuracy)",
+    )
+    parser.add_argument(
+        "--score-thresh",
+        type=float,
+        default=0.5,
+        help="--accuracy: smallest score PQ, mPQ and AJI count (AP counts all; default 0.5)",
+    )
+
+
+def _accuracy(args: argparse.Namespace) -> int:
+    """``--accuracy``: train, predict and score each config; print and write the table."""
+    rows = run_accuracy_benchmark(
+        args.accuracy,
+        args.data,
+        args.minutes,
+        args.output_dir,
+        tools_dir=Path(__file__).resolve().parent,
+        opts=args.opts,
+        score_thresh=args.score_thresh,
+    )
+    print(format_accuracy_table(rows))
+    command = shlex.join(["python", *sys.argv])
+    for path in write_accuracy_report(rows, args.output_dir, command=command):
+        print(f"written: {path}")
+    return 1 if any(row["error"] for row in rows) else 0
+
+
 @cli.exit_2_on_bad_input
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark, print the table, write the JSON atomically."""
     setup_logger(name="cellseg_d2")
+    if args.accuracy is not None:
+        return _accuracy(args)
     if args.stream_images is not None:
         report = {"stream": measure_stream_memory(args.stream_images, args.stream_formats)}
     elif args.engines is not None:

@@ -6,6 +6,7 @@
     python tools/train_net.py --config-file C --eval-only MODEL.WEIGHTS output/x/model_best.pth
     python tools/train_net.py --config-file C --num-gpus 2             # DDP (gloo on CPU)
     python tools/train_net.py --config-file C --overwrite              # retrain into a used dir
+    python tools/train_net.py --config-file C SOLVER.TIME_BUDGET_MINUTES 30   # fit to 30 min
 
 An OUTPUT_DIR that already holds checkpoints is refused (exit 2) unless ``--resume`` continues
 that run or ``--overwrite`` starts anew over it. Bad configs, data or weights exit 2 with the
@@ -39,6 +40,7 @@ from cellseg_d2.engine import (
     CellTrainer,
     TrainingDivergedError,
     evaluate_weights,
+    fit_time_budget,
     prepare_for_launch,
 )
 
@@ -56,8 +58,9 @@ def setup(args: argparse.Namespace) -> CfgNode:
     ``default_setup`` as ``OUTPUT_DIR/config.yaml`` only once it is the config that runs.
 
     The log file is set up between loading and finishing so that the schedule rules (epochs to
-    iterations, a command-line ``MAX_ITER`` over the file's ``EPOCHS``) and the input scale
-    (``INPUT.CELL_DIAMETER`` over the median training cell diameter) are logged there too.
+    iterations, a command-line ``MAX_ITER`` over the file's ``EPOCHS``, a time budget) and the
+    input scale (``INPUT.CELL_DIAMETER`` over the median training cell diameter) are logged there
+    too.
     """
     loaded = load_cellseg_config(args.config_file, args.opts)
     setup_logger(loaded.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cellseg_d2")
@@ -70,6 +73,8 @@ def setup(args: argparse.Namespace) -> CfgNode:
         train_diameter=median_train_diameter,  # INPUT.CELL_DIAMETER -> INPUT.SCALE
         world_size=comm.get_world_size(),
     )
+    if not args.eval_only:  # SOLVER.TIME_BUDGET_MINUTES: time, then fit, before it is saved
+        cfg = fit_time_budget(cfg, resume=args.resume)
     default_setup(cfg, args)
     return cfg
 

@@ -114,6 +114,7 @@ def finish_config(
     cfg = settle_iteration_epoch_keys(cfg, [str(key) for key in command_line_keys])
     cfg = adapt_config_to_machine(cfg)
     cfg = resolve_input_scale(cfg, train_diameter)
+    cfg = _point_head_follows_class_count(cfg)
     if train_images is not None:
         num_images = None
         if _uses_epochs(cfg):
@@ -200,6 +201,31 @@ def describe_schedule(cfg: CfgNode, num_images: int | None = None) -> str:
         f"{cfg.SOLVER.CHECKPOINT_PERIOD} iterations, "
         + (f"evaluate every {evaluate} iterations" if evaluate > 0 else "evaluate at the end")
     )
+
+
+def _point_head_follows_class_count(cfg: CfgNode) -> CfgNode:
+    """``MODEL.POINT_HEAD.NUM_CLASSES`` set to ``MODEL.ROI_HEADS.NUM_CLASSES``; a changed clone
+    or ``cfg`` itself.
+
+    Why: PointRend's point head predicts one logit per class of the RoI heads and asserts the two
+    counts are equal, but the class count is often filled from the dataset's ``dataset.json`` or
+    given on the command line: one count, followed everywhere, instead of a crash at model build.
+    """
+    if cfg.MODEL.POINT_HEAD.NUM_CLASSES == cfg.MODEL.ROI_HEADS.NUM_CLASSES:
+        return cfg
+    if cfg.MODEL.ROI_MASK_HEAD.NAME.endswith("PointRendMaskHead"):
+        logger.info(
+            "MODEL.POINT_HEAD.NUM_CLASSES %d follows MODEL.ROI_HEADS.NUM_CLASSES %d",
+            cfg.MODEL.POINT_HEAD.NUM_CLASSES,
+            cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+        )
+    cfg = cfg.clone()
+    was_frozen = cfg.is_frozen()
+    cfg.defrost()
+    cfg.MODEL.POINT_HEAD.NUM_CLASSES = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    if was_frozen:
+        cfg.freeze()
+    return cfg
 
 
 def _unshare_sequences(node: CfgNode) -> None:

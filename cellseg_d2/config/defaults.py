@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from detectron2.config import CfgNode as CN
+from detectron2.projects.point_rend import add_pointrend_config
 
 from cellseg_d2.utils.layout import DEFAULT_CLASS_NAMES
 
@@ -121,6 +122,11 @@ def add_cellseg_config(cfg: CN) -> None:
     # Unpickle MODEL.WEIGHTS from outside detectron2's model zoo (pickles run code); only as a
     # command-line override, never from a config file.
     _c.MODEL.CELLSEG.TRUST_PICKLE = False
+    # PointRend's keys (MODEL.POINT_HEAD, MODEL.IMPLICIT_POINTREND, the coarse mask head's
+    # ROI_MASK_HEAD.IN_FEATURES/FC_DIM/NUM_FC/OUTPUT_SIDE_RESOLUTION/POINT_HEAD_ON, and two INPUT
+    # keys of its semantic variant), added by detectron2's own function so the safe loader
+    # accepts configs/*pointrend*.yaml. Importing it also registers PointRendMaskHead.
+    add_pointrend_config(_c)
 
     # ---- Solver ----
     # "ADAMW" or "SGD"; anything else raises.
@@ -134,6 +140,11 @@ def add_cellseg_config(cfg: CN) -> None:
     _c.SOLVER.BEST_CHECKPOINT.METRIC = "segm/AP"
     # "max" or "min": whether a larger metric is better.
     _c.SOLVER.BEST_CHECKPOINT.MODE = "max"
+    # Train for about this many minutes of wall-clock time (0 = off): the first iterations and
+    # one evaluation are timed, then MAX_ITER is fitted to the budget and the warm-up, STEPS and
+    # the checkpoint and evaluation periods are scaled with it (engine/time_budget.py); the
+    # saved config.yaml holds the fitted values.
+    _c.SOLVER.TIME_BUDGET_MINUTES = 0.0
 
     # ---- Test ----
     # Evaluate every this many epochs (0 = use TEST.EVAL_PERIOD in iterations).

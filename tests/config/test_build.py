@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from detectron2.modeling import build_model
 
 from cellseg_d2.config import (
     build_config,
@@ -124,3 +125,13 @@ def test_saved_config_of_a_training_run_gives_the_schedule_that_ran(
         ran_schedule
     )
     assert again.TEST.EVAL_PERIOD == cfg.TEST.EVAL_PERIOD
+
+
+def test_point_head_class_count_follows_the_roi_heads(caplog) -> None:
+    pointrend = REPO_ROOT / "configs" / "demo_pointrend_cells.yaml"
+    with caplog.at_level(logging.INFO, logger="cellseg_d2"):
+        cfg = build_config(pointrend, ["MODEL.ROI_HEADS.NUM_CLASSES", 1])
+    assert cfg.MODEL.POINT_HEAD.NUM_CLASSES == 1 and cfg.is_frozen()
+    build_model(cfg)  # PointRend asserts the two counts are equal
+    assert any("POINT_HEAD.NUM_CLASSES 4 follows" in r.getMessage() for r in caplog.records)
+    assert build_config(pointrend).MODEL.POINT_HEAD.NUM_CLASSES == 4
