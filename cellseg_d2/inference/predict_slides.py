@@ -16,7 +16,7 @@ from pathlib import Path
 
 from detectron2.config import CfgNode
 
-from cellseg_d2.config.scale import model_pixel_size
+from cellseg_d2.config.scale import input_scale, model_pixel_size
 from cellseg_d2.data.slide import open_slide
 from cellseg_d2.errors import CellDataError
 from cellseg_d2.inference.slide_cells import auto_cell_workers
@@ -96,13 +96,15 @@ def predict_slides(
     model_id = model_identity(cfg)
     target = model_pixel_size(cfg)
     # Slides with a known model pixel size are read at INPUT.PIXEL_SIZE / INPUT.SCALE straight
-    # from their pyramid, so the predictor must not resize the tiles by INPUT.SCALE again;
-    # without one they are read as scanned and the predictor resizes as for images.
+    # from their pyramid: the predictor takes their tiles as they are. Without one they are read
+    # as scanned and resized by INPUT.SCALE alone (never by the short-edge resize, which would
+    # scale each tile by its own size).
     at_model_scale = getattr(predictor, "inputs_at_model_scale", None)
+    factor = 1.0 if target else (input_scale(cfg) or 1.0)
     cell_workers = int(cfg.TEST.SLIDE_CELL_WORKERS)
     if cell_workers < 0:
         cell_workers = auto_cell_workers(cfg.MODEL.DEVICE, int(cfg.DATALOADER.NUM_WORKERS))
-    with at_model_scale() if (target and at_model_scale) else contextlib.nullcontext():
+    with at_model_scale(factor) if at_model_scale else contextlib.nullcontext():
         for slide in slides:
             summaries.append(
                 predict_slide(

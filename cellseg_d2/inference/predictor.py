@@ -179,17 +179,17 @@ class CellPredictor:
         return {"image": tensor, "height": height, "width": width}
 
     @contextlib.contextmanager
-    def inputs_at_model_scale(self) -> Iterator[None]:
-        """Within it, images are taken as already resized by ``INPUT.SCALE``.
+    def inputs_at_model_scale(self, factor: float = 1.0) -> Iterator[None]:
+        """Within it, every image is resized by exactly ``factor`` (1.0: taken as it is).
 
-        Why: slides are read from their pyramid directly at the model's pixel size
-        (:func:`~cellseg_d2.config.scale.model_pixel_size`), so their tiles need no second
-        resize by the factor. Without a scale (the short-edge resize) nothing changes.
+        Why: the tiles of a slide must all be seen at one scale. Slides with a known pixel size
+        are read from their pyramid at the model's pixel size
+        (:func:`~cellseg_d2.config.scale.model_pixel_size`), so they need no resize at all;
+        slides read as scanned get ``INPUT.SCALE`` alone. The short-edge resize of
+        ``INPUT.MIN_SIZE_TEST`` would scale each tile by its own size (a narrow tile at the
+        slide's edge would be enlarged), so it never applies to tiles.
         """
-        if self.input_scale <= 0:
-            yield
-            return
-        resize, self.resize = self.resize, ResizeByFactor(1.0)  # the identity
+        resize, self.resize = self.resize, ResizeByFactor(factor)
         try:
             yield
         finally:

@@ -156,6 +156,27 @@ def test_scale_resizes_inputs_and_maps_detections_back(tmp_path: Path) -> None:
     assert tuple(predictor.model_input(image)["image"].shape) == (3, 96, 120)
 
 
+def test_slide_tiles_are_never_resized_by_their_own_size(tmp_path: Path) -> None:
+    """Without INPUT.SCALE the short-edge resize would enlarge a narrow edge tile to
+    MIN_SIZE_TEST; slide tiles get one fixed factor instead."""
+    predictor = CellPredictor(instant_cfg("unused", tmp_path, "INPUT.MIN_SIZE_TEST", 128))
+    narrow = np.zeros((40, 100, 3), np.uint8)
+    assert tuple(predictor.model_input(narrow)["image"].shape) == (
+        3,
+        102,
+        256,
+    )  # short side to 128, long side capped at 256
+    with predictor.inputs_at_model_scale():
+        assert tuple(predictor.model_input(narrow)["image"].shape) == (3, 40, 100)
+    with predictor.inputs_at_model_scale(2.0):
+        assert tuple(predictor.model_input(narrow)["image"].shape) == (3, 80, 200)
+    assert tuple(predictor.model_input(narrow)["image"].shape) == (
+        3,
+        102,
+        256,
+    )  # short side to 128, long side capped at 256
+
+
 def test_scale_refuses_tta_and_an_uncomputed_scale(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="TEST.AUG"):
         CellPredictor(instant_cfg("unused", tmp_path, "INPUT.SCALE", 2.0), tta=True)
