@@ -19,6 +19,14 @@ class names and scores; ``--style outlines`` draws only class-coloured cell outl
 per-class count strip (ground truth vs predictions) under each row. The submission is validated
 first; exit status 2 means violations or
 unreadable input, with the file named.
+
+A whole slide's cells are drawn from its cell store instead (``predict.py`` wrote it beside the
+GeoJSON): ``--slide SLIDE --cells STEM.cells.sqlite --region X,Y,W,H [--downsample D]`` outlines
+every cell of a level-0 region in its class colour over the slide's pixels::
+
+    python tools/visualize.py --slide slides/cmu-1-small-region.svs \\
+        --cells output/slides/cmu-1-small-region.cells.sqlite --region 0,0,2220,2967 \\
+        --downsample 2 --output output/slides/cells.png
 """
 
 from __future__ import annotations
@@ -38,9 +46,10 @@ from cellseg_d2.data.id_map import load_id_map
 from cellseg_d2.evaluation.submission import group_by_image
 from cellseg_d2.evaluation.submission_check import require_valid_submission
 from cellseg_d2.evaluation.submission_read import read_submission
-from cellseg_d2.inference.figures import STYLES
+from cellseg_d2.inference.figures import STYLES, write_png
 from cellseg_d2.inference.predict import build_predict_config, predict_folder
 from cellseg_d2.inference.predictor import CellPredictor
+from cellseg_d2.inference.slide_figure import render_slide_region
 from cellseg_d2.inference.visualize import (
     recorded_class_names,
     validation_id_map,
@@ -68,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--split-seed", type=int, help="DATASETS.SPLIT_SEED (default: the config's, else 0)"
     )
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--pred", help="submission: results JSON or zip")
     source.add_argument("--config-file", help="predict with this config (and MODEL.WEIGHTS)")
     parser.add_argument("--output", required=True, help="PNG file to write")
@@ -85,8 +94,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "outlines only, plus per-class count bars",
     )
     cli.add_class_names_argument(parser, default=None)  # None: not given (see dataset_settings)
+    parser.add_argument("--slide", help="instead: a whole slide, drawn with --cells and --region")
+    parser.add_argument("--cells", help="--slide: the slide's cell store (.cells.sqlite)")
+    parser.add_argument("--region", help="--slide: X,Y,WIDTH,HEIGHT in level-0 pixels")
+    parser.add_argument(
+        "--downsample", type=float, default=1.0, help="--slide: level-0 pixels per figure pixel"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
+    if args.slide:
+        if not (args.cells and args.region):
+            parser.error("--slide needs --cells and --region")
+        try:
+            args.region = tuple(int(v) for v in args.region.split(","))
+        except ValueError:
+            parser.error("--region: four whole numbers X,Y,WIDTH,HEIGHT")
+        if len(args.region) != 4:
+            parser.error("--region: four whole numbers X,Y,WIDTH,HEIGHT")
+        return args
+    if not (args.pred or args.config_file):
+        parser.error("one of the arguments --pred --config-file is required")
     if args.val_root:
         if args.input or args.id_map or args.gt:
             parser.error("--val-root replaces --input, --id-map and --gt")
@@ -141,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     """Validate the submission and write the figure; 0 on success, 2 on bad input."""
     args = parse_args(argv)
     cli.log_to_console()
+    if args.slide:
+        figure, drawn = render_slide_region(args.slide, args.cells, args.region, args.downsample)
+        write_png(figure, args.output)
+        print(f"{args.output}: {drawn} cells over {args.slide} region {args.region}")
+        return 0
     # The model's own thresholds and the dataset's settings come from the config.
     cfg = build_predict_config(args.config_file, args.opts) if args.config_file else None
     dataset_settings(args, cfg)
