@@ -185,7 +185,8 @@ def main(args: argparse.Namespace) -> int:
         main_output = args.output if "coco" in args.format else args.output_dir
         print(
             f"interrupted: finished work is kept ({work_dir_for(main_output)} for images, the "
-            ".cells.sqlite.partial stores for slides); rerun the same command with --resume",
+            ".cells.sqlite.partial stores and .partial.d chunk folders for slides); rerun the same "
+            "command with --resume",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED

@@ -11,7 +11,8 @@ here in one order, with every check done before the model is built:
    folder); slides need a slide format (GeoJSON/CSV/labels) and an export folder;
 3. the images through :func:`~cellseg_d2.inference.predict.predict_to_files` (streamed,
    resumable; on several processes through :mod:`~cellseg_d2.inference.predict_launch`);
-4. the slides through :func:`~cellseg_d2.inference.predict_slides.predict_slides`, under the
+4. the slides through :func:`~cellseg_d2.inference.predict_slides.predict_slides` (on several
+   processes through :mod:`~cellseg_d2.inference.slide_ranks`, chunk by chunk), under the
    export folder's lock.
 """
 
@@ -36,6 +37,7 @@ from cellseg_d2.inference.predict_slides import check_slide_formats, predict_sli
 from cellseg_d2.inference.predictor import CellPredictor
 from cellseg_d2.inference.shards import prediction_fingerprint, run_fingerprint
 from cellseg_d2.inference.slide_predict import SlideSummary
+from cellseg_d2.inference.slide_ranks import distributed_slides
 from cellseg_d2.utils.files import check_file_size, sha256_file
 from cellseg_d2.utils.lock import hold_lock
 
@@ -157,6 +159,23 @@ def run_prediction(run: PredictionRun, cfg: CfgNode | None, model_dir: Path | No
     if inputs.slides:
         assert run.output_dir is not None and cfg is not None
         with hold_lock(run.output_dir):
+            if run.num_gpus * run.num_machines > 1:
+                report.slides = distributed_slides(
+                    cfg,
+                    run.tta,
+                    inputs.slides,
+                    run.output_dir,
+                    formats=slide_formats,
+                    pixel_size=run.pixel_size,
+                    tissue=run.tissue,
+                    resume=run.resume,
+                    progress=run.progress,
+                    num_gpus=run.num_gpus,
+                    num_machines=run.num_machines,
+                    machine_rank=run.machine_rank,
+                    dist_url=run.dist_url,
+                )
+                return report
             if predictor is None:
                 predictor = CellPredictor(cfg, tta=run.tta)
             report.slides = predict_slides(

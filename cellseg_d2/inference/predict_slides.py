@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from detectron2.config import CfgNode
 
@@ -29,7 +30,14 @@ from cellseg_d2.inference.slide_predict import (
 from cellseg_d2.inference.slide_writers import DEFAULT_SLIDE_FORMATS, SLIDE_FORMATS
 from cellseg_d2.utils.files import sha256_file
 
-__all__ = ["check_slide_formats", "model_identity", "predict_slides"]
+__all__ = [
+    "check_slide_formats",
+    "model_identity",
+    "predict_slides",
+    "slide_cell_workers",
+    "slide_tile_factor",
+    "slide_plan_options",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +67,39 @@ def model_identity(cfg: CfgNode) -> str:
     with other weights: the SHA-256 of a local weights file, else its name."""
     weights = cfg.MODEL.WEIGHTS
     return sha256_file(weights) if weights and os.path.isfile(weights) else str(weights)
+
+
+def slide_plan_options(
+    cfg: CfgNode, pixel_size: float | None, tissue: TissueOption
+) -> dict[str, Any]:
+    """:func:`~cellseg_d2.inference.slide_plan.plan_slide`'s keyword arguments from the config.
+
+    Why one place: one process and several (:mod:`~cellseg_d2.inference.slide_ranks`) must plan
+    a slide identically, or their stores would differ (and a resume would be refused).
+    """
+    return {
+        "model_pixel_size": model_pixel_size(cfg) or None,
+        "pixel_size_override": pixel_size,
+        "tile_size": int(cfg.TEST.TILING.TILE_SIZE),
+        "overlap": int(cfg.TEST.TILING.OVERLAP),
+        "tissue": tissue,
+        "model_id": model_identity(cfg),
+    }
+
+
+def slide_tile_factor(cfg: CfgNode) -> float:
+    """The one resize factor of every slide tile in the predictor: 1 when slides are read at
+    the model's pixel size (it includes ``INPUT.SCALE``), else ``INPUT.SCALE`` (or 1 when off):
+    never the short-edge resize, which would scale each tile by its own size."""
+    return 1.0 if model_pixel_size(cfg) else (input_scale(cfg) or 1.0)
+
+
+def slide_cell_workers(cfg: CfgNode) -> int:
+    """``TEST.SLIDE_CELL_WORKERS``, with ``-1`` resolved for the config's device."""
+    cell_workers = int(cfg.TEST.SLIDE_CELL_WORKERS)
+    if cell_workers < 0:
+        cell_workers = auto_cell_workers(cfg.MODEL.DEVICE, int(cfg.DATALOADER.NUM_WORKERS))
+    return cell_workers
 
 
 def predict_slides(
@@ -93,17 +134,14 @@ def predict_slides(
         CellDataError: an unreadable slide or a missing/implausible pixel size (named).
     """
     summaries = []
-    model_id = model_identity(cfg)
-    target = model_pixel_size(cfg)
+    options = slide_plan_options(cfg, pixel_size, tissue)
     # Slides with a known model pixel size are read at INPUT.PIXEL_SIZE / INPUT.SCALE straight
     # from their pyramid: the predictor takes their tiles as they are. Without one they are read
     # as scanned and resized by INPUT.SCALE alone (never by the short-edge resize, which would
     # scale each tile by its own size).
     at_model_scale = getattr(predictor, "inputs_at_model_scale", None)
-    factor = 1.0 if target else (input_scale(cfg) or 1.0)
-    cell_workers = int(cfg.TEST.SLIDE_CELL_WORKERS)
-    if cell_workers < 0:
-        cell_workers = auto_cell_workers(cfg.MODEL.DEVICE, int(cfg.DATALOADER.NUM_WORKERS))
+    factor = slide_tile_factor(cfg)
+    cell_workers = slide_cell_workers(cfg)
     with at_model_scale(factor) if at_model_scale else contextlib.nullcontext():
         for slide in slides:
             summaries.append(
@@ -112,19 +150,14 @@ def predict_slides(
                     open_slide,
                     predictor,
                     output_dir,
-                    model_pixel_size=target or None,
-                    pixel_size_override=pixel_size,
-                    tile_size=int(cfg.TEST.TILING.TILE_SIZE),
-                    overlap=int(cfg.TEST.TILING.OVERLAP),
                     batch_size=int(getattr(predictor, "batch_size", 1)),
                     num_workers=int(cfg.DATALOADER.NUM_WORKERS),
-                    tissue=tissue,
                     resume=resume,
                     class_names=tuple(cfg.DATASETS.CLASS_NAMES),
                     formats=formats,
-                    model_id=model_id,
                     progress=progress,
                     cell_workers=cell_workers,
+                    **options,
                 )
             )
     return summaries

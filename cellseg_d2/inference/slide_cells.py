@@ -31,7 +31,14 @@ from cellseg_d2.inference.slide_stitch import SlideCell, drop_seam_duplicates, t
 from cellseg_d2.inference.slide_tiles import SlideTile
 from cellseg_d2.utils.closing import Closing
 
-__all__ = ["TileCellsPool", "auto_cell_workers", "predict_chunks"]
+__all__ = [
+    "ChunkWriter",
+    "TileCellsPool",
+    "auto_cell_workers",
+    "predict_chunk_list",
+    "predict_chunks",
+    "slide_chunks",
+]
 
 #: Tiles waiting in the pool per worker before :meth:`TileCellsPool.submit` blocks.
 PENDING_PER_WORKER = 4
@@ -118,12 +125,29 @@ class TileCellsPool(Closing):
             self._executor = None
 
 
+def slide_chunks(tiles: Sequence[SlideTile], chunk_tiles: int) -> list[list[SlideTile]]:
+    """The plan's tiles in chunks of ``chunk_tiles`` (the last may be shorter), in order.
+
+    Why one definition: chunk ``c`` must mean the same tiles to every process of a slide
+    (seam duplicates are dropped within a chunk, so the chunks decide the cells).
+    """
+    return [list(tiles[i : i + chunk_tiles]) for i in range(0, len(tiles), chunk_tiles)]
+
+
+#: ``write(chunk number, its tiles' indices, its kept cells)``: where a finished chunk goes.
+ChunkWriter = Callable[[int, list[int], list[SlideCell]], None]
+#: ``tiles -> (tiles, BGR images)`` batches in the given order.
+TileBatches = Callable[[list[SlideTile]], Iterator[tuple[list[SlideTile], list[np.ndarray]]]]
+#: ``predict(images) -> detections per image``.
+TilePredictor = Callable[[Sequence[np.ndarray]], list[list[Detection]]]
+
+
 def predict_chunks(
     store: CellStore,
     tiles: Sequence[SlideTile],
     chunk_tiles: int,
-    batches: Callable[[list[SlideTile]], Iterator[tuple[list[SlideTile], list[np.ndarray]]]],
-    predictor: Callable[[Sequence[np.ndarray]], list[list[Detection]]],
+    batches: TileBatches,
+    predictor: TilePredictor,
     progress_label: str | None,
     cell_workers: int = 0,
 ) -> tuple[int, int]:
@@ -132,7 +156,7 @@ def predict_chunks(
     The model runs here; each tile's cells are made by a :class:`TileCellsPool` of
     ``cell_workers`` processes while the model goes on, and a chunk is stitched
     (:func:`~cellseg_d2.inference.slide_stitch.drop_seam_duplicates`) and written as soon as
-    its last tile's cells are back, in chunk order.
+    its last tile's cells are back, in chunk order (:func:`predict_chunk_list`).
 
     Returns:
         ``(tiles resumed from the store, tiles predicted now)``.
@@ -140,13 +164,53 @@ def predict_chunks(
     Raises:
         CellDataError: the store holds more chunks than the plan.
     """
-    chunks = [list(tiles[i : i + chunk_tiles]) for i in range(0, len(tiles), chunk_tiles)]
+    chunks = slide_chunks(tiles, chunk_tiles)
     first = store.finished_chunks()
     if first > len(chunks):
         raise CellDataError(f"{store.path}: more chunks stored than planned; run without resume")
     resumed = sum(len(chunk) for chunk in chunks[:first])
-    pending = [tile for chunk in chunks[first:] for tile in chunk]
-    chunk_of = {tile.index: first + i // chunk_tiles for i, tile in enumerate(pending)}
+    bar = tqdm(
+        total=len(tiles),
+        initial=resumed,
+        unit="tile",
+        desc=progress_label,
+        disable=progress_label is None,
+    )
+    with bar:
+        todo = list(enumerate(chunks))[first:]
+        seen = predict_chunk_list(todo, store.write_chunk, batches, predictor, bar, cell_workers)
+    return resumed, seen
+
+
+def predict_chunk_list(
+    chunks: Sequence[tuple[int, list[SlideTile]]],
+    write: ChunkWriter,
+    batches: TileBatches,
+    predictor: TilePredictor,
+    bar: tqdm,
+    cell_workers: int = 0,
+) -> int:
+    """Predict the given chunks (any subset of a slide's, in order) and ``write`` each one.
+
+    Why apart from :func:`predict_chunks`: a rank of a multi-process run predicts every
+    ``n``-th chunk and writes each to a shard file instead of the store
+    (:mod:`~cellseg_d2.inference.slide_ranks`); the chunk's cells are the same either way,
+    because a chunk is stitched from its own tiles only. On an error, every chunk whose tiles
+    were all predicted is still written before the error goes on.
+
+    Args:
+        chunks: ``(chunk number, its tiles)`` in the order to predict.
+        write: receives each finished chunk, in that order.
+        batches: reads the tiles in batches, in the given order.
+        predictor: the model.
+        bar: progress, advanced by the tiles predicted.
+        cell_workers: :class:`TileCellsPool` processes (0: in this thread).
+
+    Returns:
+        The tiles predicted.
+    """
+    pending = [tile for _, members in chunks for tile in members]
+    number_of = {tile.index: i for i, (_, members) in enumerate(chunks) for tile in members}
     cells: list[SlideCell] = []
     seen = 0
 
@@ -155,22 +219,15 @@ def predict_chunks(
         for tile, tile_kept in finished:
             cells.extend(tile_kept)
             seen += 1
-            chunk = chunk_of[tile.index]
-            if seen == len(pending) or chunk_of[pending[seen].index] != chunk:
-                members = chunks[chunk]
+            position = number_of[tile.index]
+            if seen == len(pending) or number_of[pending[seen].index] != position:
+                chunk, members = chunks[position]
                 kept = drop_seam_duplicates(cells, members)
-                store.write_chunk(chunk, [t.index for t in members], kept)
+                write(chunk, [t.index for t in members], kept)
                 cells = []
 
-    bar = tqdm(
-        total=len(tiles),
-        initial=resumed,
-        unit="tile",
-        desc=progress_label,
-        disable=progress_label is None,
-    )
     pool = TileCellsPool(cell_workers)
-    with bar, pool, contextlib.closing(batches(pending)) as loader:
+    with pool, contextlib.closing(batches(pending)) as loader:
         try:
             for batch_tiles, images in loader:
                 outputs = predictor(images)
@@ -188,4 +245,4 @@ def predict_chunks(
                 collect(pool.drain())
             raise
         collect(pool.drain())
-    return resumed, seen
+    return seen

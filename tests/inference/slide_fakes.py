@@ -194,3 +194,13 @@ def slide_cell(
         mean_rgb=(1.0, 2.0, 3.0),
         geometry={"type": "Polygon", "coordinates": [ring]},
     )
+
+
+def rank_disc_predictor(
+    fail_rank: int | None = None, fail_after: int | None = None
+) -> DiscPredictor:
+    """A :class:`DiscPredictor` built inside a rank of a multi-process run (module level:
+    picklable for spawned ranks); the one of rank ``fail_rank`` crashes on call ``fail_after``."""
+    from detectron2.utils import comm
+
+    return DiscPredictor(fail_after if comm.get_rank() == fail_rank else None)

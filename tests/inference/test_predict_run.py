@@ -140,3 +140,26 @@ def test_id_map_is_still_checked_against_the_images(synthetic_root: Path, tmp_pa
         CellDataError, match=r"test_image_name_to_ids.json: names 3 file\(s\) not in"
     ):
         run_prediction(run, _cfg(), None)
+
+
+def test_slides_go_to_the_ranks_with_num_gpus(tmp_path: Path, monkeypatch) -> None:
+    from cellseg_d2.inference import predict_run
+
+    svs = _slide("small.svs")
+    calls = []
+
+    def ranks(cfg, tta, slides, output_dir, **kwargs):
+        calls.append((slides, output_dir, kwargs))
+        return []
+
+    monkeypatch.setattr(predict_run, "distributed_slides", ranks)
+    monkeypatch.setattr(predict_run, "CellPredictor", None)  # never built in this process
+    run = PredictionRun(
+        source=svs, formats=("geojson",), output_dir=tmp_path / "o", progress=False, num_gpus=2,
+        resume=True, dist_url="tcp://127.0.0.1:1234",
+    )  # fmt: skip
+    assert run_prediction(run, _cfg(), None).slides == []
+    ((slides, output_dir, kwargs),) = calls
+    assert slides == [svs] and output_dir == tmp_path / "o"
+    assert kwargs["num_gpus"] == 2 and kwargs["resume"] and kwargs["formats"] == ["geojson"]
+    assert kwargs["dist_url"] == "tcp://127.0.0.1:1234"
