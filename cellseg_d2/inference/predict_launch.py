@@ -37,12 +37,13 @@ from cellseg_d2.inference.predictor import CellPredictor
 from cellseg_d2.inference.shards import PredictionShards
 from cellseg_d2.utils.files import atomic_write, parse_json
 
-__all__ = ["REPORT_NAME", "distributed_images", "rank_entries"]
+__all__ = ["REPORT_NAME", "distributed_images", "rank_entries", "read_rank_report"]
 
 logger = logging.getLogger(__name__)
 
 #: Each rank's report in the work folder (hidden: never taken for a shard).
 REPORT_NAME = ".rank-{rank}.report.json"
+_REPORT_KEYS = frozenset({"predicted", "detections", "skipped", "error"})
 
 
 def rank_entries(entries: Sequence[dict], rank: int, world_size: int) -> list[dict]:
@@ -94,7 +95,9 @@ def distributed_images(
         )
         errors = []
         for rank in range(world_size):
-            report = _read_report(shards.work_dir, rank)
+            report = read_rank_report(
+                shards.work_dir / REPORT_NAME.format(rank=rank), rank, _REPORT_KEYS
+            )
             summary.predicted += report["predicted"]
             summary.detections += report["detections"]
             summary.skipped.extend(tuple(item) for item in report["skipped"])
@@ -112,19 +115,29 @@ def distributed_images(
     return distribute
 
 
-def _read_report(work_dir: Path, rank: int) -> dict:
-    """A rank's report; a missing or unreadable one is an error naming the file."""
-    path = work_dir / REPORT_NAME.format(rank=rank)
+def read_rank_report(path: Path, rank: int, keys: frozenset[str], kept: str = "images") -> dict:
+    """A rank's report at ``path``; a missing or malformed one is an error naming the file.
+
+    Why shared: image ranks and slide ranks leave the same kind of report (what they did, an
+    error) for the launching process, and both must fail the same clear way without one.
+
+    Args:
+        path: the report file.
+        rank: whose it is (for the message).
+        keys: the keys a report of this kind holds (exactly).
+        kept: what a rerun with ``--resume`` keeps, for the message.
+
+    Raises:
+        CellDataError: no report, unreadable JSON, or other keys.
+    """
     try:
         report = parse_json(path.read_bytes(), str(path))
     except OSError as exc:
         raise CellDataError(
-            f"{path}: rank {rank} left no report ({exc}); its finished images are kept, rerun "
+            f"{path}: rank {rank} left no report ({exc}); its finished {kept} are kept, rerun "
             "with --resume"
         ) from exc
-    if not isinstance(report, dict) or not {"predicted", "detections", "skipped", "error"} <= set(
-        report
-    ):
+    if not isinstance(report, dict) or set(report) != keys:
         raise CellDataError(f"{path}: not a rank report")
     return report
 

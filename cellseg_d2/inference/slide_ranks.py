@@ -45,6 +45,7 @@ from tqdm import tqdm
 from cellseg_d2.data.slide import open_slide
 from cellseg_d2.errors import CellDataError, CellSegError
 from cellseg_d2.inference.cell_store import CellStore
+from cellseg_d2.inference.predict_launch import read_rank_report
 from cellseg_d2.inference.predict_slides import (
     slide_cell_workers,
     slide_plan_options,
@@ -64,7 +65,7 @@ from cellseg_d2.inference.slide_shards import (
 )
 from cellseg_d2.inference.slide_stitch import SlideCell
 from cellseg_d2.inference.slide_tiles import SlideTile
-from cellseg_d2.utils.files import atomic_write, parse_json
+from cellseg_d2.utils.files import atomic_write
 
 __all__ = [
     "REPORT_NAME",
@@ -76,6 +77,7 @@ logger = logging.getLogger(__name__)
 
 #: Each rank's report in the output folder (hidden; removed after the run).
 REPORT_NAME = ".slides.rank-{rank}.report.json"
+_REPORT_KEYS = frozenset({"chunks", "error"})
 
 
 @dataclass(frozen=True)
@@ -125,21 +127,6 @@ def _assemble(plan: SlidePlan, resume: bool) -> None:
     finally:
         store.close()
     shutil.rmtree(work_dir, ignore_errors=True)
-
-
-def _read_report(report_dir: Path, rank: int) -> dict:
-    """A rank's report; a missing or malformed one is an error naming the file."""
-    path = report_dir / REPORT_NAME.format(rank=rank)
-    try:
-        report = parse_json(path.read_bytes(), str(path))
-    except OSError as exc:
-        raise CellDataError(
-            f"{path}: rank {rank} left no report ({exc}); its finished chunks are kept, rerun "
-            "with --resume"
-        ) from exc
-    if not isinstance(report, dict) or set(report) != {"chunks", "error"}:
-        raise CellDataError(f"{path}: not a rank report")
-    return report
 
 
 def predict_slides_on_ranks(
@@ -228,7 +215,12 @@ def predict_slides_on_ranks(
         )
         if not owner:
             return []
-        reports = [_read_report(job.report_dir, rank) for rank in range(world_size)]
+        reports = [
+            read_rank_report(
+                job.report_dir / REPORT_NAME.format(rank=rank), rank, _REPORT_KEYS, "chunks"
+            )
+            for rank in range(world_size)
+        ]
         errors = [f"rank {r}: {rep['error']}" for r, rep in enumerate(reports) if rep["error"]]
         if errors:
             raise CellDataError("\n".join(errors))
