@@ -13,7 +13,12 @@ import tifffile
 from cellseg_d2.config import build_config
 from cellseg_d2.errors import CellDataError
 from cellseg_d2.inference.detections import Detection
-from cellseg_d2.inference.predict_slides import check_slide_formats, model_identity, predict_slides
+from cellseg_d2.inference.predict_slides import (
+    check_slide_formats,
+    model_identity,
+    predict_slides,
+    slide_tile_factor,
+)
 from tests.conftest import INSTANT_CONFIG, SHARED_DATA
 
 SLIDES = SHARED_DATA / "slides"
@@ -115,3 +120,14 @@ def test_slide_formats_and_model_identity(tmp_path: Path) -> None:
     weights.write_bytes(b"abc")
     identity = model_identity(_cfg("MODEL.WEIGHTS", str(weights)))
     assert identity == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+@pytest.mark.parametrize(
+    ("pixel_size", "scale", "factor"),
+    [(0.25, 0.0, 1.0), (0.25, 2.0, 1.0), (0.0, 2.0, 2.0), (0.0, 0.0, 1.0)],
+)
+def test_slide_tiles_get_one_factor(pixel_size: float, scale: float, factor: float) -> None:
+    """Read at the model's pixel size: no resize (the read includes INPUT.SCALE); read as
+    scanned: INPUT.SCALE alone; never the short-edge resize (factor 1 when the scale is off)."""
+    cfg = build_config(INSTANT_CONFIG, ["INPUT.PIXEL_SIZE", pixel_size, "INPUT.SCALE", scale])
+    assert slide_tile_factor(cfg) == factor
