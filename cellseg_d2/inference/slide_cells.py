@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -57,6 +58,11 @@ def auto_cell_workers(device: str, reading_workers: int, cpu_count: int | None =
     return max(0, min(4, cores - reading_workers - 1))
 
 
+def _single_threaded() -> None:
+    """Worker start: OpenCV without its thread pool (one worker is one core's worth of work)."""
+    cv2.setNumThreads(1)
+
+
 class TileCellsPool(Closing):
     """``tile_cells`` for a stream of tiles, in ``workers`` processes, results in order.
 
@@ -79,9 +85,14 @@ class TileCellsPool(Closing):
             raise ValueError(f"cell workers must be 0 or more, got {workers}")
         self.workers = workers
         self.max_pending = max_pending or PENDING_PER_WORKER * max(1, workers)
-        # spawn: the parent holds torch's thread pools and maybe CUDA, which fork must not copy
+        # fork where the platform has it, as torch's DataLoader does for the reading workers:
+        # a spawned worker would import torch and detectron2 again (~1 GiB each) to unpickle
+        # tile_cells. The workers use NumPy, scikit-image and OpenCV only, never torch or CUDA,
+        # and keep OpenCV to one thread (its pool is not fork-safe).
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         self._executor = (
-            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            ProcessPoolExecutor(workers, mp_context=context, initializer=_single_threaded)
             if workers
             else None
         )
