@@ -78,6 +78,8 @@ def _descendants(root: int) -> list[int]:
 class ProcessTreeMemory:
     """Peak memory of this process and of every process it starts while the block runs.
 
+    Processes it had started before the block (a pool, a leftover) are not counted.
+
     Why: a DataLoader reads in worker processes, whose memory ``VmHWM`` of this process never
     sees. Entering resets this process's high-water mark; a background thread then looks at the
     process tree every ``interval_s`` seconds and keeps each descendant's own ``VmHWM`` (a kernel
@@ -98,6 +100,7 @@ class ProcessTreeMemory:
         self.total_pss_peak_mib = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._before: set[int] = set()  # descendants older than the block: not its workers
 
     @property
     def total_rss_peak_mib(self) -> float:
@@ -110,6 +113,8 @@ class ProcessTreeMemory:
         """Update the worker peaks and the largest ``Pss`` sum from the current tree."""
         pss = _proc_kib("/proc/self/smaps_rollup", "Pss") / 1024.0
         for pid in _descendants(os.getpid()):
+            if pid in self._before:
+                continue
             peak = rss_mib("VmHWM", pid)
             if peak == peak:  # not NaN: the process was still there
                 self.worker_peaks_mib[pid] = max(self.worker_peaks_mib.get(pid, 0.0), peak)
@@ -124,6 +129,7 @@ class ProcessTreeMemory:
 
     def __enter__(self) -> ProcessTreeMemory:
         reset_peak_rss()
+        self._before = set(_descendants(os.getpid()))
         self._sample()
         self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
         self._thread.start()

@@ -161,6 +161,7 @@ def predict_chunks(
     predictor: TilePredictor,
     progress_label: str | None,
     cell_workers: int = 0,
+    keep: Callable[[float, float], bool] | None = None,
 ) -> tuple[int, int]:
     """Predict the tiles of the chunks the store lacks, committing chunk by chunk.
 
@@ -189,7 +190,9 @@ def predict_chunks(
     )
     with bar:
         todo = list(enumerate(chunks))[first:]
-        seen = predict_chunk_list(todo, store.write_chunk, batches, predictor, bar, cell_workers)
+        seen = predict_chunk_list(
+            todo, store.write_chunk, batches, predictor, bar, cell_workers, keep
+        )
     return resumed, seen
 
 
@@ -200,6 +203,7 @@ def predict_chunk_list(
     predictor: TilePredictor,
     bar: tqdm,
     cell_workers: int = 0,
+    keep: Callable[[float, float], bool] | None = None,
 ) -> int:
     """Predict the given chunks (any subset of a slide's, in order) and ``write`` each one.
 
@@ -216,6 +220,8 @@ def predict_chunk_list(
         predictor: the model.
         bar: progress, advanced by the tiles predicted.
         cell_workers: :class:`TileCellsPool` processes (0: in this thread).
+        keep: ``(centroid x, centroid y) -> bool`` in level-0 pixels; cells it refuses are
+            dropped (the tissue filter, :class:`~cellseg_d2.inference.slide_tiles.TissueFilter`).
 
     Returns:
         The tiles predicted.
@@ -228,6 +234,8 @@ def predict_chunk_list(
     def collect(finished: Iterator[tuple[SlideTile, list[SlideCell]]]) -> None:
         nonlocal cells, seen
         for tile, tile_kept in finished:
+            if keep is not None:
+                tile_kept = [c for c in tile_kept if keep(c.centroid_x, c.centroid_y)]
             cells.extend(tile_kept)
             seen += 1
             position = number_of[tile.index]

@@ -28,6 +28,7 @@ from cellseg_d2.inference.slide_labels import SLIDE_LABELS_SUFFIX
 from cellseg_d2.inference.slide_loader import OpenReader
 from cellseg_d2.inference.slide_tiles import (
     SlideTile,
+    TissueFilter,
     plan_slide_tiles,
     slide_scale,
     tiles_touching_tissue,
@@ -210,6 +211,7 @@ class SlidePlan:
         paths: :func:`slide_output_paths` of the slide.
         summary: the slide's summary so far (plan figures; filled in by the rest).
         started: ``time.perf_counter()`` when planning began.
+        tissue: keeps the cells on tissue (None without a tissue mask).
     """
 
     reader_path: Path
@@ -219,6 +221,7 @@ class SlidePlan:
     paths: dict[str, Path]
     summary: SlideSummary
     started: float
+    tissue: TissueFilter | None = None
 
     @property
     def chunks(self) -> list[list[SlideTile]]:
@@ -266,6 +269,7 @@ def plan_slide(
     finally:
         reader.close()
     tiles = grid if mask is None else tiles_touching_tissue(grid, *mask)
+    tissue_filter = None if mask is None else TissueFilter(*mask)
     paths = slide_output_paths(output_dir, reader_path)
     settings = {
         "slide": slide_name,
@@ -283,6 +287,7 @@ def plan_slide(
         "chunk_tiles": chunk_tiles,
         "tiles": len(tiles),
         "plan": _plan_digest(tiles),
+        "tissue": None if tissue_filter is None else tissue_filter.digest,
         "model": model_id,
     }
     summary = SlideSummary(
@@ -294,4 +299,7 @@ def plan_slide(
         scale=scale,
         level=grid[0].level,
     )
-    return SlidePlan(Path(reader_path), list(tiles), chunk_tiles, settings, paths, summary, started)
+    return SlidePlan(
+        Path(reader_path), list(tiles), chunk_tiles, settings, paths, summary, started,
+        tissue=tissue_filter,
+    )  # fmt: skip

@@ -181,6 +181,7 @@ def predict_slide(
                 predictor,
                 summary.slide if progress else None,
                 cell_workers=cell_workers,
+                keep=plan.tissue,
             )
             store.finish()
         finally:

@@ -64,7 +64,7 @@ from cellseg_d2.inference.slide_shards import (
     write_chunk_shard,
 )
 from cellseg_d2.inference.slide_stitch import SlideCell
-from cellseg_d2.inference.slide_tiles import SlideTile
+from cellseg_d2.inference.slide_tiles import SlideTile, TissueFilter
 from cellseg_d2.utils.files import atomic_write
 
 __all__ = [
@@ -88,6 +88,7 @@ class RankSlide:
     chunks: list[list[SlideTile]]
     work_dir: Path
     plan_digest: str
+    tissue: TissueFilter | None = None
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,13 @@ def predict_slides_on_ranks(
         work += [] if finished else [(index, c) for c in prepare_slide_shards(plan, resume, owner)]
     job = SlidesJob(
         tuple(
-            RankSlide(p.reader_path, p.chunks, slide_work_dir(p.paths["store"]), p.settings["plan"])
+            RankSlide(
+                p.reader_path,
+                p.chunks,
+                slide_work_dir(p.paths["store"]),
+                p.settings["plan"],
+                p.tissue,
+            )
             for p in plans
         ),
         open_reader,
@@ -330,4 +337,4 @@ def _predict_slide_chunks(
         disable=not show,
     )
     with bar:
-        predict_chunk_list(chunks, write, read, predictor, bar, job.cell_workers)
+        predict_chunk_list(chunks, write, read, predictor, bar, job.cell_workers, slide.tissue)

@@ -22,6 +22,7 @@ height`` with exclusive ends, pixel ``i`` covering ``[i, i + 1)``.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ if TYPE_CHECKING:  # types only: only the description's attributes are used here
 __all__ = [
     "LEVEL_DOWNSAMPLE_TOLERANCE",
     "SlideTile",
+    "TissueFilter",
     "check_overlap",
     "choose_level",
     "plan_slide_tiles",
@@ -208,6 +210,40 @@ def tiles_touching_tissue(
         if mask[r0:r1, c0:c1].any():
             kept.append(tile)
     return kept
+
+
+@dataclass(frozen=True, eq=False)
+class TissueFilter:
+    """Keeps the cells whose centroid lies on tissue of the slide's low-resolution mask.
+
+    Why: a tile is predicted when it touches tissue, but much of it may be glass, where a model
+    trained on tissue finds specks, dust and the scanner's noise. Cells off the tissue are not
+    kept (the field's tools filter the same way). The mask pixel of the centroid and its 8
+    neighbours are looked at, so a nucleus on the tissue's edge is not lost to the mask's coarse
+    pixels. Picklable: sent to the ranks and cell workers.
+
+    Attributes:
+        mask: bool tissue mask, pixel ``(r, c)`` covering level-0 ``[c * d, (c + 1) * d)`` x
+            ``[r * d, (r + 1) * d)``.
+        downsample: ``d``, level-0 pixels per mask pixel.
+    """
+
+    mask: np.ndarray
+    downsample: float
+
+    def __call__(self, x: float, y: float) -> bool:
+        """Whether level-0 point ``(x, y)`` lies on (or next to) tissue."""
+        rows, cols = self.mask.shape[:2]
+        r = min(max(int(y // self.downsample), 0), rows - 1)
+        c = min(max(int(x // self.downsample), 0), cols - 1)
+        return bool(self.mask[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2].any())
+
+    @property
+    def digest(self) -> str:
+        """A short hash of the mask (a resumed store must have used the same one)."""
+        packed = np.packbits(np.asarray(self.mask, bool)).tobytes()
+        text = f"{self.mask.shape}:{self.downsample!r}:".encode() + packed
+        return hashlib.sha256(text).hexdigest()[:16]
 
 
 def plan_slide_tiles(

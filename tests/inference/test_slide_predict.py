@@ -252,3 +252,19 @@ def test_bad_settings_stop_before_reading(tmp_path: Path) -> None:
     # an override makes a slide without metadata usable
     summary, _, _ = _run(tmp_path, opener, model_pixel_size=0.5, pixel_size_override=0.5)
     assert summary.scale == 1.0
+
+
+def test_cells_off_the_tissue_mask_are_dropped(tmp_path: Path) -> None:
+    """A tile touching tissue is predicted whole, but only the cells on tissue are kept."""
+    canvas, discs = make_canvas()
+    everything, _, _ = _run(tmp_path / "all", Opener(canvas))
+    mask = np.zeros((32, 40), bool)  # downsample 8 over the 320 x 256 canvas
+    mask[:, :12] = True  # tissue in x < 96 (the mask's edge pixel forgiven: x < 104)
+    summary, _, paths = _run(tmp_path / "left", Opener(canvas), tissue=(mask, 8.0))
+    xs = [row[10] for row in _cells(paths["store"])]  # centroid_x
+    assert xs and max(xs) < 104
+    assert summary.cells == sum(1 for d in discs if d.cx + 0.5 < 104) < everything.cells
+    with sqlite3.connect(paths["store"]) as db:
+        (text,) = db.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()
+    settings = json.loads(text)
+    assert settings["tissue"] and len(settings["tissue"]) == 16

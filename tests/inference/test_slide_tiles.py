@@ -10,6 +10,7 @@ import pytest
 from cellseg_d2.errors import ConfigError
 from cellseg_d2.inference.slide_tiles import (
     SlideTile,
+    TissueFilter,
     check_overlap,
     choose_level,
     plan_slide_tiles,
@@ -115,3 +116,16 @@ def test_slide_scale_rules() -> None:
     assert slide_scale(0.5, 0) == 1.0
     with pytest.raises(ConfigError, match="unknown"):
         slide_scale(None, 0.25)
+
+
+def test_tissue_filter_keeps_points_on_or_next_to_tissue() -> None:
+    mask = np.zeros((10, 10), bool)
+    mask[2:5, 2:5] = True  # level-0 [16, 40) x [16, 40) at downsample 8
+    keep = TissueFilter(mask, 8.0)
+    assert keep(20.0, 20.0) and keep(39.9, 16.0)
+    assert keep(45.0, 30.0)  # next mask pixel: the coarse mask's edge is forgiven
+    assert not keep(60.0, 30.0) and not keep(5.0, 70.0)
+    assert not keep(-100.0, 1e9)  # far outside: clipped to the border pixel, not an error
+    other = mask.copy()
+    other[9, 9] = True
+    assert TissueFilter(other, 8.0).digest != keep.digest == TissueFilter(mask, 8.0).digest
