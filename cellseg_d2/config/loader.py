@@ -7,6 +7,7 @@ The keys themselves live in :mod:`~cellseg_d2.config.defaults`. Config files are
 
 from __future__ import annotations
 
+import ast
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -128,10 +129,28 @@ def merge_config_overrides(cfg: CN, opts: Sequence[Any]) -> None:
         )
     before = {str(key): lookup_key(cfg, str(key)) for key in opts[0::2]}
     try:
-        cfg.merge_from_list(opts)
+        cfg.merge_from_list(_ints_as_floats(opts, before))
     except (KeyError, ValueError, AssertionError, TypeError) as exc:
         raise ConfigError(f"command-line override: {_reason(exc)}") from exc
     _check_list_items(cfg, before, "command-line override")
+
+
+def _ints_as_floats(opts: list[Any], before: dict[str, Any]) -> list[Any]:
+    """``KEY 30`` for a float key means 30.0 (``SOLVER.TIME_BUDGET_MINUTES 30``): detectron2's
+    merge would refuse the int although no value is lost; every other type stays strict."""
+    widened = list(opts)
+    for i in range(1, len(widened), 2):
+        if not isinstance(before.get(str(widened[i - 1])), float):
+            continue
+        value = widened[i]
+        if isinstance(value, str):
+            try:
+                value = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                continue
+        if isinstance(value, int) and not isinstance(value, bool):
+            widened[i] = float(value)
+    return widened
 
 
 def _check_list_items(cfg: CN, before: dict[str, Any], where: str) -> None:

@@ -251,3 +251,15 @@ def test_predict_tool_exits_2_on_a_pixel_mean_of_strings(tmp_path: Path, capsys)
     err = _bad_override_exit("predict.py", argv, capsys)
     assert "MODEL.PIXEL_MEAN" in err and "Traceback" not in err
     assert earlier.read_text() == "[]"
+
+
+def test_a_whole_number_for_a_float_key_is_that_float() -> None:
+    """``SOLVER.TIME_BUDGET_MINUTES 30`` as typed: no value is lost, so it is accepted; other
+    mismatches (a float for an int key, a string for a float key) stay refused."""
+    cfg = load_cellseg_config(
+        INSTANT_CONFIG, ["SOLVER.TIME_BUDGET_MINUTES", "30", "INPUT.PIXEL_SIZE", 1]
+    )
+    assert cfg.SOLVER.TIME_BUDGET_MINUTES == 30.0 and isinstance(cfg.INPUT.PIXEL_SIZE, float)
+    for opts in (["SOLVER.MAX_ITER", "2.5"], ["INPUT.PIXEL_SIZE", "'a'"], ["INPUT.SCALE", "True"]):
+        with pytest.raises(ConfigError, match=opts[0]):
+            load_cellseg_config(INSTANT_CONFIG, opts)
