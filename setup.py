@@ -43,6 +43,6 @@ setup(
         # running exported ONNX models (tools/export_model.py --format onnx writes them)
         "export": ["onnx", "onnxruntime"],
         # the tests export and run ONNX models too
-        "dev": ["pytest>=7", "ruff>=0.6", "packaging", "onnx", "onnxruntime"],
+        "dev": ["pytest>=7", "pytest-timeout>=2", "ruff>=0.6", "packaging", "onnx", "onnxruntime"],
     },
 )

@@ -15,7 +15,6 @@ calling thread (CPU prediction, where the model already uses every core, and tes
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -31,6 +30,7 @@ from cellseg_d2.inference.detections import Detection
 from cellseg_d2.inference.slide_stitch import SlideCell, drop_seam_duplicates, tile_cells
 from cellseg_d2.inference.slide_tiles import SlideTile
 from cellseg_d2.utils.closing import Closing
+from cellseg_d2.utils.processes import worker_context
 
 __all__ = [
     "ChunkWriter",
@@ -85,12 +85,11 @@ class TileCellsPool(Closing):
             raise ValueError(f"cell workers must be 0 or more, got {workers}")
         self.workers = workers
         self.max_pending = max_pending or PENDING_PER_WORKER * max(1, workers)
-        # fork where the platform has it, as torch's DataLoader does for the reading workers:
-        # a spawned worker would import torch and detectron2 again (~1 GiB each) to unpickle
-        # tile_cells. The workers use NumPy, scikit-image and OpenCV only, never torch or CUDA,
-        # and keep OpenCV to one thread (its pool is not fork-safe).
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        # forkserver, not fork: OpenCV's thread pool does not survive fork (a forked worker
+        # hung in its first cv2 call); the server imports this module once, so workers start
+        # with it (and torch) already imported. The workers use NumPy, scikit-image and OpenCV
+        # only, never torch or CUDA, and keep OpenCV to one thread.
+        context = worker_context([__name__])
         self._executor = (
             ProcessPoolExecutor(workers, mp_context=context, initializer=_single_threaded)
             if workers

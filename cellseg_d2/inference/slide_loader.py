@@ -24,6 +24,7 @@ import numpy as np
 import torch.utils.data
 
 from cellseg_d2.inference.slide_tiles import SlideTile
+from cellseg_d2.utils.processes import worker_context
 
 if TYPE_CHECKING:  # types only: the readers are opened through ``open_reader``
     from cellseg_d2.data.slide import SlideReader
@@ -135,6 +136,8 @@ def iter_tile_batches(
             num_workers=num_workers,
             collate_fn=_as_lists,
             prefetch_factor=PREFETCH_BATCHES,
+            # not fork: the workers call cv2.resize, and OpenCV's pool does not survive fork
+            multiprocessing_context=worker_context([__name__]),
         )
         for positions, images in loader:
             yield [tiles[p] for p in positions], images
