@@ -11,11 +11,19 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterable
 from types import TracebackType
 
 import torch
 
-__all__ = ["ProcessTreeMemory", "cuda_sync", "matmul_peak_gflops", "reset_peak_rss", "rss_mib"]
+__all__ = [
+    "ProcessTreeMemory",
+    "cuda_sync",
+    "descendants",
+    "matmul_peak_gflops",
+    "reset_peak_rss",
+    "rss_mib",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +63,7 @@ def _proc_kib(path: str, field: str) -> float:
     return float("nan")
 
 
-def _descendants(root: int) -> list[int]:
+def descendants(root: int) -> list[int]:
     """The ids of every live process below ``root`` (children, their children...), from
     ``/proc/<pid>/stat`` (Linux). Forkserver- and spawn-started workers are grandchildren."""
     parent_of = {}
@@ -78,7 +86,9 @@ def _descendants(root: int) -> list[int]:
 class ProcessTreeMemory:
     """Peak memory of this process and of every process it starts while the block runs.
 
-    Processes it had started before the block (a pool, a leftover) are not counted.
+    Processes it had started before the block (a pool, a leftover) are not counted, except the
+    ones named in ``keep`` (a worker fork server started once for several measured runs, which
+    each run uses and should pay for).
 
     Why: a DataLoader reads in worker processes, whose memory ``VmHWM`` of this process never
     sees. Entering resets this process's high-water mark; a background thread then looks at the
@@ -93,8 +103,9 @@ class ProcessTreeMemory:
         total_pss_peak_mib: the largest sampled sum of ``Pss`` over the tree.
     """
 
-    def __init__(self, interval_s: float = 0.5) -> None:
+    def __init__(self, interval_s: float = 0.5, keep: Iterable[int] = ()) -> None:
         self.interval_s = interval_s
+        self.keep = set(keep)
         self.main_peak_mib = float("nan")
         self.worker_peaks_mib: dict[int, float] = {}
         self.total_pss_peak_mib = 0.0
@@ -112,7 +123,7 @@ class ProcessTreeMemory:
     def _sample(self) -> None:
         """Update the worker peaks and the largest ``Pss`` sum from the current tree."""
         pss = _proc_kib("/proc/self/smaps_rollup", "Pss") / 1024.0
-        for pid in _descendants(os.getpid()):
+        for pid in descendants(os.getpid()):
             if pid in self._before:
                 continue
             peak = rss_mib("VmHWM", pid)
@@ -129,7 +140,7 @@ class ProcessTreeMemory:
 
     def __enter__(self) -> ProcessTreeMemory:
         reset_peak_rss()
-        self._before = set(_descendants(os.getpid()))
+        self._before = set(descendants(os.getpid())) - self.keep
         self._sample()
         self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
         self._thread.start()

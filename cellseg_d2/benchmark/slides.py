@@ -16,6 +16,8 @@ pure function of its position, so any process can open the same slide from its n
 from __future__ import annotations
 
 import math
+import multiprocessing
+import multiprocessing.forkserver
 import os
 import re
 import tempfile
@@ -27,11 +29,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cellseg_d2.benchmark.machine import ProcessTreeMemory
+from cellseg_d2.benchmark.machine import ProcessTreeMemory, descendants
 from cellseg_d2.data.slide_base import SlideInfo, SlideReader, level_position
+from cellseg_d2.inference import slide_cells, slide_loader
 from cellseg_d2.inference.detections import Detection
 from cellseg_d2.inference.slide_predict import predict_slide
 from cellseg_d2.inference.slide_writers import DEFAULT_SLIDE_FORMATS
+from cellseg_d2.utils.processes import worker_context
 
 __all__ = [
     "DISC_PITCH",
@@ -42,6 +46,7 @@ __all__ = [
     "SyntheticSlide",
     "find_discs",
     "measure_slide_benchmark",
+    "start_worker_server",
     "open_synthetic_slide",
     "synthetic_slide_name",
 ]
@@ -220,15 +225,36 @@ class DiscSleepPredictor:
         return outputs
 
 
+def start_worker_server(workers: bool) -> set[int]:
+    """Start the workers' fork server now (when there are workers) and return its processes.
+
+    Why: the server is started by the first slide and serves the next ones; counted only in
+    the slide that started it, it would make memory look larger for the first size than for
+    the others. Started here, before any slide, it is counted in every slide (``keep``).
+    """
+    if not workers:
+        return set()
+    before = set(descendants(os.getpid()))
+    context = worker_context([slide_loader.__name__, slide_cells.__name__])
+    if context.get_start_method() == "forkserver":
+        multiprocessing.forkserver.ensure_running()
+    return set(descendants(os.getpid())) - before
+
+
 def _one_slide(
-    size: int, pitch: int, model_ms: float, tmp: Path, options: dict[str, Any]
+    size: int,
+    pitch: int,
+    model_ms: float,
+    tmp: Path,
+    options: dict[str, Any],
+    server: set[int],
 ) -> dict[str, float | int]:
     """Predict one synthetic slide of ``size``² px under :class:`ProcessTreeMemory`."""
     path = tmp / synthetic_slide_name(size, size, pitch)
     expected = open_synthetic_slide(path).disc_counts
     predictor = DiscSleepPredictor(model_ms)
     started = time.perf_counter()
-    with ProcessTreeMemory() as memory:
+    with ProcessTreeMemory(keep=server) as memory:
         summary = predict_slide(path, open_synthetic_slide, predictor, tmp / "out", **options)
     ended = time.perf_counter()
     seconds = ended - started
@@ -278,7 +304,8 @@ def measure_slide_benchmark(
     are held), and reading and writing must hide behind the model. ``efficiency`` is the time
     spent inside the model's calls over the whole call's wall time (1.0: the model never waited
     for a tile nor for the writing). Each slide runs in its own temporary folder, one after the
-    other in this process; the memory figures cover this process and its reading workers.
+    other in this process; the memory figures cover this process, its reading and cell workers
+    and their fork server.
 
     Args:
         sizes: sides of the square synthetic slides, in level-0 pixels.
@@ -313,9 +340,10 @@ def measure_slide_benchmark(
         cell_workers=cell_workers,
     )
     report: dict[str, dict[str, Any]] = {}
+    server = start_worker_server(num_workers > 0 or cell_workers > 0)
     with tempfile.TemporaryDirectory(prefix="cellseg_slides_") as tmp:
         for size in sizes:
-            report[f"slide_{size}"] = _one_slide(size, pitch, model_ms, Path(tmp), options)
+            report[f"slide_{size}"] = _one_slide(size, pitch, model_ms, Path(tmp), options, server)
     peaks = [section["peak_rss_total_mib"] for section in report.values()]
     report["slides"] = {
         "model_ms_per_tile": model_ms,

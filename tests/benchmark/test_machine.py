@@ -59,3 +59,19 @@ def test_process_tree_memory_sees_the_workers() -> None:
         memory.main_peak_mib + sum(memory.worker_peaks_mib.values())
     )
     assert math.isnan(rss_mib("VmRSS", pid=2**22 + 1))  # no such process
+
+
+def test_process_tree_memory_counts_an_older_process_only_when_kept() -> None:
+    context = multiprocessing.get_context("fork")
+    older = context.Process(target=_hold_memory, args=(16, 3.0))
+    older.start()
+    try:
+        time.sleep(0.3)
+        with ProcessTreeMemory(interval_s=0.05) as skipped:
+            time.sleep(0.2)
+        with ProcessTreeMemory(interval_s=0.05, keep=[older.pid]) as kept:
+            time.sleep(0.2)
+    finally:
+        older.join()
+    assert older.pid not in skipped.worker_peaks_mib
+    assert kept.worker_peaks_mib[older.pid] >= 16

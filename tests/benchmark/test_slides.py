@@ -17,6 +17,7 @@ from cellseg_d2.benchmark.slides import (
     find_discs,
     measure_slide_benchmark,
     open_synthetic_slide,
+    start_worker_server,
     synthetic_slide_name,
 )
 from cellseg_d2.data.slide_base import SlideReader
@@ -105,3 +106,15 @@ def test_benchmark_slides_flag_writes_the_report(tmp_path: Path) -> None:
     for bad in (["--slides", "10k"], ["--slides", "0"], ["--slides", "64", "--slide-pitch", "7"]):
         with pytest.raises(SystemExit):
             tool.parse_args(bad)
+
+
+def test_the_worker_server_is_counted_in_every_slide() -> None:
+    server = start_worker_server(True)
+    assert start_worker_server(False) == set()
+    options = dict(model_ms=0, tile_size=512, overlap=32, batch_size=2, num_workers=1)
+    report = measure_slide_benchmark((1024, 1536), tissue="none", pitch=128, **options)
+    for size in (1024, 1536):
+        slide = report[f"slide_{size}"]
+        assert slide["cells"] == slide["expected_cells"] > 0
+        # the reading worker, and the fork server started before the first slide, in both
+        assert slide["workers_seen"] >= 1 + len(server)
