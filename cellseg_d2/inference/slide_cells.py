@@ -88,10 +88,11 @@ class TileCellsPool(Closing):
         # forkserver, not fork: OpenCV's thread pool does not survive fork (a forked worker
         # hung in its first cv2 call); the server imports this module once, so workers start
         # with it (and torch) already imported. The workers use NumPy, scikit-image and OpenCV
-        # only, never torch or CUDA, and keep OpenCV to one thread.
-        context = worker_context([__name__])
+        # only, never torch or CUDA, and keep OpenCV to one thread. No workers: no server touched.
         self._executor = (
-            ProcessPoolExecutor(workers, mp_context=context, initializer=_single_threaded)
+            ProcessPoolExecutor(
+                workers, mp_context=worker_context([__name__]), initializer=_single_threaded
+            )
             if workers
             else None
         )
