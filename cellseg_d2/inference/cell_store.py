@@ -102,6 +102,17 @@ CREATE VIRTUAL TABLE IF NOT EXISTS cell_boxes USING rtree(cell_id, x0, x1, y0, y
 """
 
 
+def _geometry_text(geometry: object) -> str:
+    """A cell's geometry as the store keeps it: the cell's own compact GeoJSON text.
+
+    Raises:
+        TypeError: anything but text (the whole chunk is then rolled back).
+    """
+    if not isinstance(geometry, str):
+        raise TypeError(f"a cell's geometry must be GeoJSON text, got {type(geometry).__name__}")
+    return geometry
+
+
 def partial_path(path: str | os.PathLike) -> Path:
     """Where the store that will become ``path`` is built."""
     path = Path(path)
@@ -306,7 +317,7 @@ class CellStore(Closing):
                         cell.eccentricity,
                         cell.solidity,
                         *cell.mean_rgb,
-                        json.dumps(cell.geometry, separators=(",", ":")),
+                        _geometry_text(cell.geometry),
                     )
                 )
             self._db.executemany(

@@ -91,10 +91,18 @@ def _shard_cell(row: object, tiles: set[int]) -> SlideCell | None:
         return None
     if tile not in tiles or category < 0 or not all(map(_is_number, numbers)):
         return None
-    if not isinstance(geometry, dict) or geometry.get("type") not in ("Polygon", "MultiPolygon"):
+    parsed = geometry
+    if isinstance(geometry, str):  # the cell's GeoJSON text (a shard of an older run: a dict)
+        try:
+            parsed = json.loads(geometry)
+        except ValueError:
+            return None
+    if not isinstance(parsed, dict) or parsed.get("type") not in ("Polygon", "MultiPolygon"):
         return None
-    if not isinstance(geometry.get("coordinates"), list):
+    if not isinstance(parsed.get("coordinates"), list):
         return None
+    if not isinstance(geometry, str):
+        geometry = json.dumps(parsed, separators=(",", ":"))
     score, x0, y0, x1, y1, area, cx, cy, perimeter, eccentricity, solidity, r, g, b = numbers
     return SlideCell(
         tile, category, score, (x0, y0, x1, y1), area, cx, cy, perimeter, eccentricity,

@@ -22,26 +22,28 @@ pixels (different when ``scale != 1``). Its seam-aware pair search
 reused as it is, on level-0 float boxes, followed by the same greedy pass by score.
 
 Measurements follow the per-cell table of :mod:`~cellseg_d2.inference.export`
-(:func:`~cellseg_d2.inference.measure.measure_cell`, regionprops' values, on the cell's mask
+(:func:`~cellseg_d2.inference.measure.measure_mosaic`, regionprops' values, on the cell's mask
 and the image as the model saw it), on each cell's own mask (a slide has no
 label image). Lengths and areas are converted to level-0 pixels.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from cellseg_d2.inference.crop_mosaic import pack_crops
 from cellseg_d2.inference.detections import (
     Detection,
     greedy_tile_survivors,
     tile_overlap_matches,
 )
-from cellseg_d2.inference.measure import measure_cell
-from cellseg_d2.inference.outlines import mask_to_polygons
+from cellseg_d2.inference.measure import measure_mosaic
+from cellseg_d2.inference.outlines import mosaic_polygons
 from cellseg_d2.inference.slide_tiles import SlideTile
 
 __all__ = ["COORDINATE_DECIMALS", "SlideCell", "drop_seam_duplicates", "tile_cells"]
@@ -66,9 +68,12 @@ class SlideCell:
         perimeter: regionprops perimeter in level-0 pixels.
         eccentricity, solidity: regionprops, scale-free.
         mean_rgb: mean R, G, B of the cell in the tile the model saw.
-        geometry: GeoJSON ``Polygon`` / ``MultiPolygon`` (holes kept) with vertices on pixel
-            edges: pixel ``i`` spans ``[i, i + 1]`` and its centre is ``i + 0.5``, the
-            convention of :func:`~cellseg_d2.inference.outlines.mask_to_polygons` and QuPath.
+        geometry: compact GeoJSON text of a ``Polygon`` / ``MultiPolygon`` (holes kept) with
+            vertices on pixel edges: pixel ``i`` spans ``[i, i + 1]`` and its centre is
+            ``i + 0.5``, the convention of :func:`~cellseg_d2.inference.outlines
+            .mask_to_polygons` and QuPath. Text, not a dict: it is encoded once where the cell
+            is made (a cell worker), so the model's process neither unpickles thousands of
+            small lists per tile nor encodes them for the store.
     """
 
     tile: int
@@ -82,7 +87,7 @@ class SlideCell:
     eccentricity: float
     solidity: float
     mean_rgb: tuple[float, float, float]
-    geometry: dict
+    geometry: str
 
 
 def _level0_box(tile: SlideTile, det: Detection) -> tuple[float, float, float, float]:
@@ -92,34 +97,47 @@ def _level0_box(tile: SlideTile, det: Detection) -> tuple[float, float, float, f
     return tile.x + x0 * sx, tile.y + y0 * sy, tile.x + x1 * sx, tile.y + y1 * sy
 
 
-def _geometry(tile: SlideTile, det: Detection) -> dict | None:
-    """The mask's outline (:func:`mask_to_polygons`) mapped to level-0 pixels, or None.
+def _geometry(tile: SlideTile, pieces: list) -> str | None:
+    """A cell's outline (:func:`~cellseg_d2.inference.outlines.mosaic_polygons`, tile pixels)
+    mapped to level-0 pixels as compact GeoJSON text, or None when it has no pieces.
 
     Vertices are mapped a ring at a time with NumPy (a Python ``round`` per vertex cost more
     than measuring the cell); at scale 1 they stay whole numbers and need no rounding.
     """
-    sx, sy = tile.level0_per_model_pixel
-    pieces = mask_to_polygons(det.mask, det.top, det.left)
     if not pieces:
         return None
-    factor = np.array([sx, sy])
-    origin = np.array([tile.x, tile.y], np.float64)
-    exact = sx == 1.0 and sy == 1.0
-
-    def mapped_ring(ring: list[list[int]]) -> list[list[float]]:
-        points = origin + np.asarray(ring, np.float64) * factor
-        return (points if exact else np.round(points, COORDINATE_DECIMALS)).tolist()
-
-    mapped = [[mapped_ring(ring) for ring in piece] for piece in pieces]
+    sx, sy = tile.level0_per_model_pixel
+    if sx == 1.0 and sy == 1.0:
+        mapped = [
+            [[[x + tile.x, y + tile.y] for x, y in ring] for ring in piece] for piece in pieces
+        ]
+    else:
+        factor = np.array([sx, sy])
+        origin = np.array([tile.x, tile.y], np.float64)
+        mapped = [
+            [
+                np.round(
+                    origin + np.asarray(ring, np.float64) * factor, COORDINATE_DECIMALS
+                ).tolist()
+                for ring in piece
+            ]
+            for piece in pieces
+        ]
     if len(mapped) == 1:
-        return {"type": "Polygon", "coordinates": mapped[0]}
-    return {"type": "MultiPolygon", "coordinates": mapped}
+        geometry = {"type": "Polygon", "coordinates": mapped[0]}
+    else:
+        geometry = {"type": "MultiPolygon", "coordinates": mapped}
+    return json.dumps(geometry, separators=(",", ":"))
 
 
 def tile_cells(
     tile: SlideTile, detections: Sequence[Detection], image: np.ndarray
 ) -> list[SlideCell]:
     """The cells this tile owns, measured and in level-0 pixels, in the model's order.
+
+    All the tile's cells are outlined and measured together, in one mosaic
+    (:mod:`~cellseg_d2.inference.crop_mosaic`): a handful of whole-image calls per tile
+    instead of a dozen small calls per cell.
 
     Args:
         tile: the tile the detections were predicted on.
@@ -130,19 +148,24 @@ def tile_cells(
         The detections whose box centre lies in the tile's core, as :class:`SlideCell`.
     """
     sx, sy = tile.level0_per_model_pixel
-    cells = []
+    owned = []
     for det in detections:
         if not det.mask.any():
             continue
         box = _level0_box(tile, det)
-        if not tile.owns((box[0] + box[2]) / 2, (box[1] + box[3]) / 2):
-            continue
-        geometry = _geometry(tile, det)
+        if tile.owns((box[0] + box[2]) / 2, (box[1] + box[3]) / 2):
+            owned.append((det, box))
+    if not owned:
+        return []
+    mosaic = pack_crops([det.mask for det, _ in owned])
+    positions = np.array([(det.top, det.left) for det, _ in owned], np.int64)
+    outlines = mosaic_polygons(mosaic, positions[:, ::-1])
+    measures = measure_mosaic(mosaic, image[:, :, ::-1], positions)
+    cells = []
+    for (det, box), pieces, props in zip(owned, outlines, measures, strict=True):
+        geometry = _geometry(tile, pieces)
         if geometry is None:
             continue
-        height, width = det.mask.shape
-        rgb = image[det.top : det.top + height, det.left : det.left + width, ::-1]
-        props = measure_cell(det.mask, rgb)
         cells.append(
             SlideCell(
                 tile=tile.index,

@@ -8,6 +8,7 @@ thresholds a tile and returns one Detection per dark blob, so stitching can be c
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,7 +193,7 @@ def slide_cell(
         eccentricity=0.0,
         solidity=1.0,
         mean_rgb=(1.0, 2.0, 3.0),
-        geometry={"type": "Polygon", "coordinates": [ring]},
+        geometry=json.dumps({"type": "Polygon", "coordinates": [ring]}, separators=(",", ":")),
     )
 
 

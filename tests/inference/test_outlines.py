@@ -7,7 +7,7 @@ import pytest
 import shapely
 from shapely.geometry import MultiPolygon, Polygon, box
 
-from cellseg_d2.inference.outlines import mask_to_polygons
+from cellseg_d2.inference.outlines import mask_to_polygons, masks_to_polygons
 
 
 def _shape(pieces: list) -> MultiPolygon:
@@ -56,3 +56,45 @@ def test_pixels_touching_at_a_corner_are_two_pieces() -> None:
     pieces = mask_to_polygons(mask)
     assert len(pieces) == 2 and all(len(piece) == 1 for piece in pieces)
     assert _shape(pieces).is_valid and _shape(pieces).area == 2
+
+
+def _canonical(pieces: list) -> list:
+    """Pieces with each ring started at its smallest vertex, in a fixed order."""
+
+    def ring(points: list) -> tuple:
+        open_ring = [tuple(p) for p in points[:-1]]
+        start = open_ring.index(min(open_ring))
+        return tuple(open_ring[start:] + open_ring[:start])
+
+    return sorted((ring(piece[0]), sorted(ring(hole) for hole in piece[1:])) for piece in pieces)
+
+
+def test_many_masks_at_once_equal_one_at_a_time() -> None:
+    """One trace of a packed mosaic gives each mask exactly its own outline (crops never
+    merge, shifts follow each crop), empty masks included."""
+    rng = np.random.default_rng(5)
+    masks = [rng.random(tuple(rng.integers(1, 20, 2))) < rng.uniform(0.1, 0.9) for _ in range(80)]
+    masks[3] = np.zeros((4, 4), bool)
+    masks[7] = np.ones((1, 9), bool)  # a one-pixel line: both sides kept apart
+    positions = [(int(i * 3), int(i * 5 + 1)) for i in range(len(masks))]
+    together = masks_to_polygons(masks, positions)
+    assert len(together) == len(masks) and together[3] == []
+    for mask, (top, left), pieces in zip(masks, positions, together, strict=True):
+        alone = mask_to_polygons(mask, top, left)
+        assert _canonical(pieces) == _canonical(alone)
+        if mask.any():
+            assert _shape(pieces).area == mask.sum()
+    assert masks_to_polygons([], []) == []
+
+
+def test_rings_are_oriented_outer_negative_hole_positive() -> None:
+    """The orientation the store and QuPath exports have always had: outer rings negative and
+    holes positive by the shoelace sum with y down."""
+    mask = np.ones((5, 5), bool)
+    mask[2, 2] = False
+    [[outer, hole]] = mask_to_polygons(mask)
+
+    def shoelace(ring: list) -> int:
+        return sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(ring, ring[1:], strict=False))
+
+    assert shoelace(outer) == -50 and shoelace(hole) == 2

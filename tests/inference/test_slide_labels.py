@@ -5,6 +5,7 @@ writing it only when asked."""
 from __future__ import annotations
 
 import csv
+import json
 import tracemalloc
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def _mask_cell(mask: np.ndarray, category: int, score: float = 0.8) -> SlideCell
         eccentricity=0.0,
         solidity=1.0,
         mean_rgb=(0.0, 0.0, 0.0),
-        geometry=geometry,
+        geometry=json.dumps(geometry, separators=(",", ":")),
     )
 
 
