@@ -3,9 +3,10 @@
 Why: turning a tile's detections into stored cells (:func:`~cellseg_d2.inference.slide_stitch
 .tile_cells`: ownership, outline polygons, measurements) costs 0.15-0.25 ms a cell even done a
 tile at a time, so a tile of a few hundred nuclei takes about as long as a GPU needs to predict
-it. Done in the loop it makes the GPU wait; done in ``workers`` processes it overlaps the model's next
-batches, and several workers share the tiles. Results come back in submission order, so chunks
-are written exactly as by one process (same cells, same ids, same resume points).
+it. Done in the loop it makes the GPU wait; done in ``workers`` processes it overlaps the
+model's next batches, and several workers share the tiles. Results come back in submission
+order, so chunks are written exactly as by one process (same cells, same ids, same resume
+points).
 
 Memory stays bounded: at most ``max_pending`` tiles (their detections and pixels) wait in the
 pool; submitting more blocks until the oldest is done. ``workers=0`` does the work in the
