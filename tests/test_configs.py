@@ -95,6 +95,7 @@ def test_cpu_recipe_keeps_cells_at_their_size_and_fits_a_budget() -> None:
     assert cpu.TEST.DETECTIONS_PER_IMAGE >= 1000 and cpu.MODEL.RPN.POST_NMS_TOPK_TEST >= 1000
     assert cpu.SOLVER.TIME_BUDGET_MINUTES == 30.0
     assert cpu.MODEL.RESNETS.DEPTH == demo.MODEL.RESNETS.DEPTH == 18
+    assert cpu.SOLVER.IMS_PER_BATCH == 2  # the sweep's choice: more iterations per minute
 
 
 def test_real_configs_start_from_imagenet_and_demo_from_scratch() -> None:
