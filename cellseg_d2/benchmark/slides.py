@@ -146,18 +146,57 @@ class SyntheticSlide(SlideReader):
         return tissue, k, offset, has_disc
 
     def _read_level(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+        """The region's pixels, drawn from what each row and column is (see :meth:`_axis`).
+
+        Why a table: a pixel's colour depends only on its row's and its column's (tissue, grid
+        parity, offset from the disc centre, disc or not), which take few distinct values (at
+        most two disc pitches' worth). So the colours of those few rows by those few columns
+        are drawn with the formulas, and the region is gathered from that small table: ~20x
+        faster than the formulas over every pixel, which matters because the benchmark's
+        reading workers draw every tile and a real slide reader only decodes it.
+        """
         downsample = self.info.level_downsamples[level]
         lx, ly = level_position(x, downsample), level_position(y, downsample)
-        tx, kx, ox, dx = self._axis(lx, width, downsample, self.info.width, self.discs_x)
-        ty, ky, oy, dy = self._axis(ly, height, downsample, self.info.height, self.discs_y)
-        out = np.empty((height, width, 3), np.uint8)
-        out[:] = GLASS_RGB
-        out[ty[:, None] & tx[None, :]] = TISSUE_RGB
+        row_kinds, rows = _distinct(
+            self._axis(ly, height, downsample, self.info.height, self.discs_y)
+        )
+        col_kinds, cols = _distinct(
+            self._axis(lx, width, downsample, self.info.width, self.discs_x)
+        )
+        ty, py, oy, dy = row_kinds
+        tx, px, ox, dx = col_kinds
+        table = np.empty((len(ty), len(tx), 3), np.uint8)
+        table[:] = GLASS_RGB
+        table[ty[:, None] & tx[None, :]] = TISSUE_RGB
         disc = (oy[:, None] ** 2 + ox[None, :] ** 2 <= DISC_RADIUS**2) & dy[:, None] & dx[None, :]
-        odd = ((ky[:, None] + kx[None, :]) % 2).astype(bool)
-        out[disc & ~odd] = DISC_RGB[0]
-        out[disc & odd] = DISC_RGB[1]
-        return out
+        odd = ((py[:, None] + px[None, :]) % 2).astype(bool)
+        table[disc & ~odd] = DISC_RGB[0]
+        table[disc & odd] = DISC_RGB[1]
+        return np.ascontiguousarray(table[rows][:, cols])
+
+
+def _distinct(
+    axis: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+    """The distinct kinds of position along one axis and which kind each position is.
+
+    Args:
+        axis: per position: in the tissue, grid index, offset from the disc centre, has a disc
+            (:meth:`SyntheticSlide._axis`); only the grid index's parity matters for colour.
+
+    Returns:
+        ``((tissue, parity, offset, has_disc) per distinct kind, kind of each position)``.
+    """
+    tissue, k, offset, has_disc = axis
+    keys = np.stack([tissue, k % 2, offset, has_disc], axis=1).astype(np.float64)
+    kinds, index = np.unique(keys, axis=0, return_inverse=True)
+    kind = (
+        kinds[:, 0].astype(bool),
+        kinds[:, 1].astype(np.int64),
+        kinds[:, 2],
+        kinds[:, 3].astype(bool),
+    )
+    return kind, index.reshape(-1)
 
 
 def open_synthetic_slide(path: str | os.PathLike) -> SyntheticSlide:
@@ -181,7 +220,11 @@ def find_discs(image: np.ndarray) -> list[Detection]:
     Why thresholding instead of fixed positions: the predictor gets pixels only, as a model
     does, and discs cut by the tile's edge come out cut, which the stitching must handle.
     """
-    dark = (image.min(axis=2) < _DISC_THRESHOLD).astype(np.uint8)
+    # "some channel below the threshold" = not "every channel at or above it"; OpenCV's range
+    # test is ~20x faster than NumPy's min over the 3-wide last axis, and a stand-in for a model
+    # on a GPU must leave the CPU to the reading and cell workers it is measuring.
+    light = _DISC_THRESHOLD, _DISC_THRESHOLD, _DISC_THRESHOLD
+    dark = cv2.bitwise_not(cv2.inRange(image, light, (255, 255, 255)))
     count, labels, stats, centroids = cv2.connectedComponentsWithStats(dark, connectivity=4)
     detections = []
     for label in range(1, count):

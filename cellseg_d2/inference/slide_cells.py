@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -30,7 +31,7 @@ from cellseg_d2.errors import CellDataError
 from cellseg_d2.inference.cell_store import CellStore
 from cellseg_d2.inference.detections import Detection
 from cellseg_d2.inference.slide_stitch import SlideCell, drop_seam_duplicates, tile_cells
-from cellseg_d2.inference.slide_tiles import SlideTile
+from cellseg_d2.inference.slide_tiles import SlideTile, TissueFilter
 from cellseg_d2.utils.closing import Closing
 from cellseg_d2.utils.processes import worker_context
 
@@ -170,7 +171,7 @@ def predict_chunks(
     predictor: TilePredictor,
     progress_label: str | None,
     cell_workers: int = 0,
-    keep: Callable[[float, float], bool] | None = None,
+    keep: TissueFilter | None = None,
 ) -> tuple[int, int]:
     """Predict the tiles of the chunks the store lacks, committing chunk by chunk.
 
@@ -212,7 +213,7 @@ def predict_chunk_list(
     predictor: TilePredictor,
     bar: tqdm,
     cell_workers: int = 0,
-    keep: Callable[[float, float], bool] | None = None,
+    keep: TissueFilter | None = None,
 ) -> int:
     """Predict the given chunks (any subset of a slide's, in order) and ``write`` each one.
 
@@ -229,8 +230,8 @@ def predict_chunk_list(
         predictor: the model.
         bar: progress, advanced by the tiles predicted.
         cell_workers: :class:`TileCellsPool` processes (0: in this thread).
-        keep: ``(centroid x, centroid y) -> bool`` in level-0 pixels; cells it refuses are
-            dropped (the tissue filter, :class:`~cellseg_d2.inference.slide_tiles.TissueFilter`).
+        keep: the tissue filter (:class:`~cellseg_d2.inference.slide_tiles.TissueFilter`):
+            cells whose level-0 centroid it refuses are dropped; None keeps all.
 
     Returns:
         The tiles predicted.
@@ -243,8 +244,10 @@ def predict_chunk_list(
     def collect(finished: Iterator[tuple[SlideTile, list[SlideCell]]]) -> None:
         nonlocal cells, seen
         for tile, tile_kept in finished:
-            if keep is not None:
-                tile_kept = [c for c in tile_kept if keep(c.centroid_x, c.centroid_y)]
+            if keep is not None and tile_kept:
+                xs = np.fromiter((c.centroid_x for c in tile_kept), np.float64, len(tile_kept))
+                ys = np.fromiter((c.centroid_y for c in tile_kept), np.float64, len(tile_kept))
+                tile_kept = list(itertools.compress(tile_kept, keep.keeps(xs, ys)))
             cells.extend(tile_kept)
             seen += 1
             position = number_of[tile.index]

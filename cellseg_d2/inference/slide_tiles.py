@@ -22,6 +22,7 @@ height`` with exclusive ends, pixel ``i`` covering ``[i, i + 1)``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Sequence
@@ -233,10 +234,31 @@ class TissueFilter:
 
     def __call__(self, x: float, y: float) -> bool:
         """Whether level-0 point ``(x, y)`` lies on (or next to) tissue."""
+        return bool(self.keeps(np.array([x], np.float64), np.array([y], np.float64))[0])
+
+    def keeps(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        """Which level-0 points ``(xs[i], ys[i])`` lie on (or next to) tissue, as a bool array.
+
+        Why vectorised: the slide loop filters a tile's few hundred cells at once; a Python
+        call per cell cost the model's process ~10 µs a cell. Points beyond the mask are
+        clipped to its border pixels (never an error).
+        """
         rows, cols = self.mask.shape[:2]
-        r = min(max(int(y // self.downsample), 0), rows - 1)
-        c = min(max(int(x // self.downsample), 0), cols - 1)
-        return bool(self.mask[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2].any())
+        r = np.clip(np.floor_divide(np.asarray(ys, np.float64), self.downsample), 0, rows - 1)
+        c = np.clip(np.floor_divide(np.asarray(xs, np.float64), self.downsample), 0, cols - 1)
+        return self._near_tissue[r.astype(np.int64), c.astype(np.int64)]
+
+    @functools.cached_property
+    def _near_tissue(self) -> np.ndarray:
+        """The mask grown by one pixel (3 x 3, nothing beyond its border): a pixel is near
+        tissue when it or one of its 8 neighbours is tissue."""
+        mask = np.asarray(self.mask, bool)
+        padded = np.pad(mask, 1)
+        near = np.zeros_like(mask)
+        for dr in range(3):
+            for dc in range(3):
+                near |= padded[dr : dr + mask.shape[0], dc : dc + mask.shape[1]]
+        return near
 
     @property
     def digest(self) -> str:

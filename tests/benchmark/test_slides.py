@@ -52,6 +52,30 @@ def test_synthetic_slide_is_a_function_of_position() -> None:
     assert np.mean(coarse != whole[1::4, 1::4]) < 0.01
 
 
+def test_synthetic_slide_draws_the_rule_at_every_level() -> None:
+    # the rule, pixel by pixel: glass outside [margin, size - margin), tissue inside, a disc of
+    # DISC_RADIUS around each grid centre k * pitch + pitch / 2 of the disc range, coloured by
+    # the checkerboard parity of its grid index; a coarse pixel shows the level-0 pixel at its
+    # centre. The reader draws it from a table of row and column kinds: it must agree.
+    slide = SyntheticSlide(700, 500, pitch=48)
+    (fx, nx), (fy, ny) = slide.discs_x, slide.discs_y
+    for level, d in enumerate(slide.info.level_downsamples[:2]):
+        x, y, w, h = 37, 11, int(640 // d), int(480 // d)
+        got = slide.read_region(x, y, level, w, h)
+        u = (x // int(d) + np.arange(w)) * d + (d - 1) / 2
+        v = (y // int(d) + np.arange(h)) * d + (d - 1) / 2
+        expected = np.empty((h, w, 3), np.uint8)
+        for i, vy in enumerate(v):
+            for j, ux in enumerate(u):
+                inside = slide.margin <= min(ux, vy) and max(ux - 700, vy - 500) < -slide.margin
+                kx, ky = int(ux // 48), int(vy // 48)
+                on_disc = (ux - kx * 48 - 24) ** 2 + (vy - ky * 48 - 24) ** 2 <= 10**2
+                on_disc &= fx <= kx < fx + nx and fy <= ky < fy + ny
+                colour = DISC_RGB[(kx + ky) % 2] if on_disc else (230, 180, 205)
+                expected[i, j] = colour if inside else (255, 255, 255)
+        assert np.array_equal(got, expected), level
+
+
 def test_find_discs_counts_the_slide_by_class() -> None:
     slide = SyntheticSlide(1280, 1024)
     bgr = np.ascontiguousarray(slide.read_region(0, 0, 0, 1280, 1024)[:, :, ::-1])

@@ -129,3 +129,22 @@ def test_tissue_filter_keeps_points_on_or_next_to_tissue() -> None:
     other = mask.copy()
     other[9, 9] = True
     assert TissueFilter(other, 8.0).digest != keep.digest == TissueFilter(mask, 8.0).digest
+
+
+def test_tissue_filter_keeps_many_points_as_one_at_a_time() -> None:
+    rng = np.random.default_rng(3)
+    mask = rng.random((23, 31)) < 0.1
+    keep = TissueFilter(mask, 4.0)
+    xs = rng.uniform(-20, 31 * 4 + 20, 3000)
+    ys = rng.uniform(-20, 23 * 4 + 20, 3000)
+
+    def near(x: float, y: float) -> bool:  # the rule, spelled out: the pixel or a neighbour
+        r = min(max(int(y // 4.0), 0), 22)
+        c = min(max(int(x // 4.0), 0), 30)
+        return bool(mask[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2].any())
+
+    expected = np.array([near(x, y) for x, y in zip(xs, ys)])
+    assert 0.2 < expected.mean() < 0.9  # both answers are exercised
+    assert np.array_equal(keep.keeps(xs, ys), expected)
+    assert [keep(x, y) for x, y in zip(xs[:50], ys[:50])] == expected[:50].tolist()
+    assert keep.keeps(np.empty(0), np.empty(0)).shape == (0,)
