@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CropMosaic", "pack_crops"]
+__all__ = ["CropMosaic", "pack_crops", "ring_neighbours"]
 
 #: Padding around each crop inside its slot, and the margin around the mosaic (pixels).
 PAD = 1
@@ -100,3 +100,24 @@ def pack_crops(masks: Sequence[np.ndarray]) -> CropMosaic:
         slots[top - PAD : top + height + PAD, left - PAD : left + width + PAD] = index
         labels[top : top + height, left : left + width][array] = index + 1
     return CropMosaic(labels=labels, slots=slots, origins=origins, shapes=shapes)
+
+
+def ring_neighbours(owner: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Where each ring of points starts and ends, and each point's neighbours in its own ring.
+
+    Why one helper: the mosaic's outlines and hulls keep many closed rings end to end in one
+    array (``owner[i]``, the ring of point ``i``; each ring's points contiguous) and walk them
+    all at once; the wrap-around from a ring's last point to its first is easy to get wrong.
+
+    Returns:
+        ``(starts, ends, previous, following)``: each ring's first index and end (exclusive),
+        and for each point the index of the point before and after it (cyclic in its ring).
+    """
+    count = len(owner)
+    starts = np.flatnonzero(np.r_[count > 0, owner[1:] != owner[:-1]])
+    ends = np.append(starts[1:], count)[: len(starts)]
+    previous = np.arange(count) - 1
+    previous[starts] = ends - 1
+    following = np.arange(count) + 1
+    following[ends - 1] = starts
+    return starts, ends, previous, following

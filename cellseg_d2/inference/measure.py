@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
-from cellseg_d2.inference.crop_mosaic import CropMosaic, pack_crops
+from cellseg_d2.inference.crop_mosaic import CropMosaic, pack_crops, ring_neighbours
 
 __all__ = ["CellMeasures", "measure_cell", "measure_mosaic"]
 
@@ -115,9 +115,7 @@ def _lattice_counts(hulls: list[np.ndarray]) -> np.ndarray:
     sizes = np.array([len(hull) for hull in hulls], np.int64)
     cell = np.repeat(np.arange(len(hulls)), sizes)
     twice = np.rint(np.concatenate(hulls) * 2).astype(np.int64)
-    starts = np.r_[0, np.cumsum(sizes)[:-1]]
-    following = np.arange(len(cell)) + 1
-    following[starts + sizes - 1] = starts
+    following = ring_neighbours(cell)[3]
     (y0, x0), (y1, x1) = twice.T, twice[following].T
     sloped = y0 != y1
     cell, y0, x0, y1, x1 = cell[sloped], y0[sloped], x0[sloped], y1[sloped], x1[sloped]

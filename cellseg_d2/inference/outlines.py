@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 from skimage import measure
 
-from cellseg_d2.inference.crop_mosaic import CropMosaic, pack_crops
+from cellseg_d2.inference.crop_mosaic import CropMosaic, pack_crops, ring_neighbours
 
 __all__ = ["mask_to_polygons", "masks_to_polygons", "mosaic_polygons"]
 
@@ -79,15 +79,10 @@ def _turning_corners(contours: Sequence[np.ndarray]) -> tuple[np.ndarray, np.nda
     owner = np.repeat(np.arange(len(contours)), lengths)
     xy = np.rint((np.concatenate(contours).reshape(-1, 2) + 0.5) / 2).astype(np.int64)
     for step in ("repeats", "straight"):
-        starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
-        ends = np.r_[starts[1:], len(owner)]
-        prev = np.arange(len(owner)) - 1
-        prev[starts] = ends - 1
+        _, _, prev, following = ring_neighbours(owner)
         if step == "repeats":
             keep = np.any(xy != xy[prev], axis=1)
         else:
-            following = np.arange(len(owner)) + 1
-            following[ends - 1] = starts
             before, after = xy - xy[prev], xy[following] - xy
             keep = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0] != 0
         xy, owner = xy[keep], owner[keep]
@@ -148,10 +143,7 @@ def mosaic_polygons(
     shift = -mosaic.origins[:, ::-1] + (0 if offsets is None else np.asarray(offsets, np.int64))
     xy = xy + shift[crops[owner]]
     # twice the signed area of each contour, and whether it passes a corner twice
-    following = np.arange(len(owner)) + 1
-    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
-    ends = np.r_[starts[1:], len(owner)]
-    following[ends - 1] = starts
+    starts, ends, _, following = ring_neighbours(owner)
     cross = xy[:, 0] * xy[following, 1] - xy[:, 1] * xy[following, 0]
     signed = np.add.reduceat(cross, starts)
     corner = xy - xy.min(axis=0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from cellseg_d2.inference.crop_mosaic import pack_crops
+from cellseg_d2.inference.crop_mosaic import pack_crops, ring_neighbours
 
 
 def _random_crops(seed: int, count: int) -> list[np.ndarray]:
@@ -64,3 +64,15 @@ def test_bad_crops_are_refused() -> None:
         pack_crops([np.ones((0, 3), bool)])
     with pytest.raises(ValueError, match="2-D"):
         pack_crops([np.ones(3, bool)])
+
+
+def test_ring_neighbours_wrap_around_within_each_ring() -> None:
+    owner = np.array([0, 0, 0, 3, 3, 5, 5, 5, 5])
+    starts, ends, previous, following = ring_neighbours(owner)
+    assert starts.tolist() == [0, 3, 5] and ends.tolist() == [3, 5, 9]
+    assert previous.tolist() == [2, 0, 1, 4, 3, 8, 5, 6, 7]
+    assert following.tolist() == [1, 2, 0, 4, 3, 6, 7, 8, 5]
+    one = ring_neighbours(np.array([7]))
+    assert [a.tolist() for a in one] == [[0], [1], [0], [0]]  # a ring of one point is its own
+    empty = ring_neighbours(np.zeros(0, np.int64))
+    assert all(len(a) == 0 for a in empty)
