@@ -5,7 +5,8 @@
 periods it trains with (``--resume`` and evaluation read the same values). The arithmetic and
 the reasons for the design are in :mod:`cellseg_d2.config.budget`; this module only measures:
 a throw-away :class:`CellTrainer` (temporary output folder, no weights loaded: speed does not
-depend on them) runs :data:`WARMUP_STEPS` + :data:`TIMED_STEPS` iterations with its data loader,
+depend on them) runs :data:`WARMUP_STEPS` + :data:`TIMED_STEPS` iterations with its data loader
+(and more for a long budget, :func:`~cellseg_d2.config.budget.extra_timed_steps`),
 its model predicts up to :data:`EVAL_SAMPLE_IMAGES` images of each test dataset (an untrained
 model keeps every low-score detection, so this is the expensive end of evaluation), and one
 checkpoint is serialised to memory.
@@ -37,6 +38,7 @@ from cellseg_d2.config.budget import (
     BudgetSchedule,
     RunTiming,
     apply_budget_schedule,
+    extra_timed_steps,
     fit_schedule_to_budget,
 )
 from cellseg_d2.engine.trainer import CellTrainer
@@ -156,8 +158,14 @@ def measure_run_timing(cfg: CfgNode) -> RunTiming:
         with EventStorage(0) as storage:
             trainer.storage = storage
             _run_steps(trainer, storage, WARMUP_STEPS, cfg.MODEL.DEVICE)
-            steady = _run_steps(trainer, storage, TIMED_STEPS, cfg.MODEL.DEVICE) / TIMED_STEPS
-        startup = time.perf_counter() - started - TIMED_STEPS * steady
+            timed_s = _run_steps(trainer, storage, TIMED_STEPS, cfg.MODEL.DEVICE)
+            budget_s = float(cfg.SOLVER.TIME_BUDGET_MINUTES) * 60.0
+            extra = extra_timed_steps(budget_s, timed_s / TIMED_STEPS, TIMED_STEPS)
+            if extra:
+                timed_s += _run_steps(trainer, storage, extra, cfg.MODEL.DEVICE)
+            steady = timed_s / (TIMED_STEPS + extra)
+        logger.info("Timed %d training iterations: %.3g s each", TIMED_STEPS + extra, steady)
+        startup = time.perf_counter() - started - timed_s
         startup -= WARMUP_STEPS * steady  # the warm-up steps' own share is training time
         model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
         eval_s = _evaluation_seconds(timing_cfg, model)

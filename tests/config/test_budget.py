@@ -6,9 +6,12 @@ import pytest
 
 from cellseg_d2.config import load_cellseg_config
 from cellseg_d2.config.budget import (
+    MAX_TIMED_STEPS,
+    TIMING_SHARE,
     BudgetSchedule,
     RunTiming,
     apply_budget_schedule,
+    extra_timed_steps,
     fit_schedule_to_budget,
 )
 from tests.conftest import INSTANT_CONFIG
@@ -110,3 +113,12 @@ def test_applied_schedule_is_the_config_with_epochs_off() -> None:
     assert (solver.CHECKPOINT_PERIOD, fitted.TEST.EVAL_PERIOD) == (20, 10)
     assert solver.EPOCHS == 0 and solver.CHECKPOINT_PERIOD_EPOCHS == 0.0
     assert fitted.TEST.EVAL_PERIOD_EPOCHS == 0.0
+
+
+def test_longer_budgets_time_more_iterations_up_to_a_share_and_a_cap() -> None:
+    assert TIMING_SHARE == 0.03 and MAX_TIMED_STEPS == 50
+    # 28 minutes at 1.84 s: 3% is 50.4 s, 27 iterations in all, 22 more after the first 5
+    assert extra_timed_steps(28 * 60, 1.84, 5) == 22
+    assert extra_timed_steps(5 * 60, 3.5, 5) == 0  # 9 s buys 2 iterations: 5 already timed
+    assert extra_timed_steps(600 * 60, 0.5, 5) == 45  # capped at 50 in all
+    assert extra_timed_steps(28 * 60, 0.0, 5) == extra_timed_steps(0.0, 1.0, 5) == 0

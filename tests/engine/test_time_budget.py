@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cellseg_d2.config import finish_config
+from cellseg_d2.config import budget, finish_config
 from cellseg_d2.config.budget import RunTiming
 from cellseg_d2.data.register import count_train_images
 from cellseg_d2.engine import fit_time_budget, measure_run_timing, time_budget
@@ -24,6 +24,7 @@ def fewer_steps(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(time_budget, "WARMUP_STEPS", 1)
     monkeypatch.setattr(time_budget, "TIMED_STEPS", 1)
     monkeypatch.setattr(time_budget, "EVAL_SAMPLE_IMAGES", 1)
+    monkeypatch.setattr(budget, "MAX_TIMED_STEPS", 1)  # no extra timed steps
 
 
 def _finished(prefix: str, output: Path, *opts: object):
@@ -78,6 +79,24 @@ def test_real_timing_is_positive_and_writes_nothing(
     assert timing.seconds_per_iter > 0 and timing.eval_s > 0 and timing.checkpoint_s > 0
     assert timing.spent_s >= timing.startup_s >= 0
     assert not output.exists()  # the throw-away trainer wrote into a temporary folder
+
+
+def test_a_long_budget_times_more_iterations_and_averages_them_all(
+    cells_prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+
+    def fake_steps(trainer, storage, steps: int, device: str) -> float:
+        calls.append(steps)  # warm-up 2 s a step, then 3 s, then 1 s: the mean is over both
+        return steps * (2.0 if len(calls) == 1 else 3.0 if len(calls) == 2 else 1.0)
+
+    monkeypatch.setattr(time_budget, "_run_steps", fake_steps)
+    monkeypatch.setattr(time_budget, "EVAL_SAMPLE_IMAGES", 1)
+    cfg = _finished(cells_prefix, tmp_path / "run", "SOLVER.TIME_BUDGET_MINUTES", 10.0)
+    timing = measure_run_timing(cfg)
+    # 3% of 600 s = 18 s at 3 s: 6 iterations in all, so 1 more after the first 5
+    assert calls == [time_budget.WARMUP_STEPS, time_budget.TIMED_STEPS, 1]
+    assert timing.seconds_per_iter == pytest.approx((5 * 3.0 + 1 * 1.0) / 6)
 
 
 def test_train_net_saves_the_fitted_config(
