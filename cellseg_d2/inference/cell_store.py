@@ -185,7 +185,9 @@ class CellStore(Closing):
             for stale in (work, Path(f"{work}-journal")):
                 with contextlib.suppress(FileNotFoundError):
                     stale.unlink()
-        connection = sqlite3.connect(work, isolation_level=None)
+        # the slide loop writes its chunks from a sink thread (chunk_sink.ChunkSink), one
+        # thread at a time: the connection may be used by a thread other than its creator's
+        connection = sqlite3.connect(work, isolation_level=None, check_same_thread=False)
         store = cls(connection, path, writable=True)
         try:
             connection.execute("PRAGMA journal_mode=DELETE")
