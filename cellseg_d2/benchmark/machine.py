@@ -21,6 +21,7 @@ __all__ = [
     "cuda_sync",
     "descendants",
     "matmul_peak_gflops",
+    "process_cpu_seconds",
     "reset_peak_rss",
     "rss_mib",
 ]
@@ -101,6 +102,9 @@ class ProcessTreeMemory:
         main_peak_mib: this process's ``VmHWM`` over the block (exact).
         worker_peaks_mib: ``{pid: VmHWM}`` of each descendant seen.
         total_pss_peak_mib: the largest sampled sum of ``Pss`` over the tree.
+        cpu_seconds: CPU time (user + system) the tree used in the block: this process's exactly,
+            each descendant's as last sampled (a worker that exits between samples loses at
+            most its last ``interval_s``). Over the wall time it says how many cores were busy.
     """
 
     def __init__(self, interval_s: float = 0.5, keep: Iterable[int] = ()) -> None:
@@ -109,6 +113,10 @@ class ProcessTreeMemory:
         self.main_peak_mib = float("nan")
         self.worker_peaks_mib: dict[int, float] = {}
         self.total_pss_peak_mib = 0.0
+        self.cpu_seconds = float("nan")
+        self._cpu: dict[int, float] = {}  # last sampled CPU seconds of each descendant
+        self._cpu_before: dict[int, float] = {}  # kept descendants' CPU seconds at the start
+        self._main_cpu_before = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._before: set[int] = set()  # descendants older than the block: not its workers
@@ -126,6 +134,9 @@ class ProcessTreeMemory:
         for pid in descendants(os.getpid()):
             if pid in self._before:
                 continue
+            cpu = process_cpu_seconds(pid)
+            if cpu == cpu:
+                self._cpu[pid] = cpu
             peak = rss_mib("VmHWM", pid)
             if peak == peak:  # not NaN: the process was still there
                 self.worker_peaks_mib[pid] = max(self.worker_peaks_mib.get(pid, 0.0), peak)
@@ -141,7 +152,9 @@ class ProcessTreeMemory:
     def __enter__(self) -> ProcessTreeMemory:
         reset_peak_rss()
         self._before = set(descendants(os.getpid())) - self.keep
+        self._main_cpu_before = _own_cpu_seconds()
         self._sample()
+        self._cpu_before = dict(self._cpu)
         self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
         self._thread.start()
         return self
@@ -157,6 +170,28 @@ class ProcessTreeMemory:
             self._thread.join()
         self._sample()
         self.main_peak_mib = rss_mib("VmHWM")
+        self.cpu_seconds = _own_cpu_seconds() - self._main_cpu_before
+        self.cpu_seconds += sum(t - self._cpu_before.get(pid, 0.0) for pid, t in self._cpu.items())
+
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far (NaN when it is gone).
+
+    Why from ``/proc``: the workers are not this process's children once they exit through a
+    fork server, so ``os.times`` never sees their time.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return float("nan")
+    # after the command name: state is field 3, utime and stime fields 14 and 15
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cuda_sync() -> None:

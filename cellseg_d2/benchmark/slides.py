@@ -241,15 +241,17 @@ class DiscSleepPredictor:
     then sleeps until ``model_ms`` per tile of the batch have passed since the call began.
 
     The sleep releases the GIL, as a model on a GPU does, so the reading thread can work.
-    Records ``tiles``, ``model_seconds`` (time inside calls) and the first call's start and
-    the last call's end (``time.perf_counter``), which separate setup and final writing from
-    the tile loop.
+    Records ``tiles``, ``model_seconds`` (time inside calls), ``model_cpu_seconds`` (CPU time
+    of finding the discs: what a model on a GPU would not take from the cores) and the first
+    call's start and the last call's end (``time.perf_counter``), which separate setup and
+    final writing from the tile loop.
     """
 
     def __init__(self, model_ms: float = 50.0) -> None:
         self.model_ms = model_ms
         self.tiles = 0
         self.model_seconds = 0.0
+        self.model_cpu_seconds = 0.0
         self.first_start: float | None = None
         self.last_end: float | None = None
 
@@ -258,7 +260,9 @@ class DiscSleepPredictor:
         start = time.perf_counter()
         if self.first_start is None:
             self.first_start = start
+        cpu = time.thread_time()
         outputs = [find_discs(image) for image in images]
+        self.model_cpu_seconds += time.thread_time() - cpu
         remaining = start + self.model_ms * len(images) / 1000.0 - time.perf_counter()
         if remaining > 0:
             time.sleep(remaining)
@@ -319,6 +323,11 @@ def _one_slide(
         "efficiency": predictor.model_seconds / seconds,
         "seconds_before_first_tile": first - started,
         "loop_seconds_outside_model": (last - first) - predictor.model_seconds,
+        "cores_busy": memory.cpu_seconds / seconds,
+        "fake_model_cpu_ms_per_tile": 1000 * predictor.model_cpu_seconds / max(1, predictor.tiles),
+        "pipeline_cpu_ms_per_tile": 1000
+        * (memory.cpu_seconds - predictor.model_cpu_seconds)
+        / max(1, predictor.tiles),
         "seconds_after_last_tile": ended - last,
         "peak_rss_main_mib": memory.main_peak_mib,
         "peak_rss_workers_mib": max(memory.worker_peaks_mib.values(), default=0.0),
@@ -364,7 +373,11 @@ def measure_slide_benchmark(
         A section ``slide_<size>`` per size (tiles, cells and expected cells, seconds,
         tiles_per_s, model_seconds, efficiency, the seconds before the first tile, between the
         first and the last outside the model (stitching, storing, waiting for tiles) and after
-        the last one (last chunk, GeoJSON, CSV), peak RSS of this process, of the largest worker
+        the last one (last chunk, GeoJSON, CSV); ``cores_busy`` (CPU seconds of all processes
+        over wall seconds: near the core count, the machine is the limit), the fake model's CPU
+        ms per tile and the rest's (``pipeline_cpu_ms_per_tile``: reading, cells, stitching,
+        storing, writing; a model on a GPU leaves the cores to it); peak RSS of this process, of
+        the largest worker
         and of all together (:class:`~cellseg_d2.benchmark.machine.ProcessTreeMemory`), peak
         PSS of all together, MiB written) and a ``slides`` section with the settings, the
         machine's CPU count and ``peak_rss_total_ratio`` (largest over smallest total peak).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import time
 
 import numpy as np
@@ -13,6 +14,7 @@ from cellseg_d2.benchmark.machine import (
     ProcessTreeMemory,
     cuda_sync,
     matmul_peak_gflops,
+    process_cpu_seconds,
     reset_peak_rss,
     rss_mib,
 )
@@ -75,3 +77,24 @@ def test_process_tree_memory_counts_an_older_process_only_when_kept() -> None:
         older.join()
     assert older.pid not in skipped.worker_peaks_mib
     assert kept.worker_peaks_mib[older.pid] >= 16
+
+
+def _spin(seconds: float, then_sleep: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+    time.sleep(then_sleep)  # alive for a few more samples: its CPU time is seen
+
+
+def test_process_tree_cpu_time_counts_the_workers_and_not_a_sleep() -> None:
+    context = multiprocessing.get_context("fork")
+    with ProcessTreeMemory(interval_s=0.05) as busy:
+        worker = context.Process(target=_spin, args=(0.6, 0.3))
+        worker.start()
+        worker.join()
+    with ProcessTreeMemory(interval_s=0.05) as idle:
+        time.sleep(0.5)
+    assert busy.cpu_seconds >= 0.5  # the worker's spin, which os.times of this process misses
+    assert 0 <= idle.cpu_seconds < 0.3
+    assert process_cpu_seconds(os.getpid()) > 0
+    assert math.isnan(process_cpu_seconds(2**22 + 1))  # no such process
