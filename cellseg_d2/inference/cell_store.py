@@ -185,9 +185,7 @@ class CellStore(Closing):
             for stale in (work, Path(f"{work}-journal")):
                 with contextlib.suppress(FileNotFoundError):
                     stale.unlink()
-        # the slide loop writes its chunks from a sink thread (chunk_sink.ChunkSink), one
-        # thread at a time: the connection may be used by a thread other than its creator's
-        connection = sqlite3.connect(work, isolation_level=None, check_same_thread=False)
+        connection = sqlite3.connect(work, isolation_level=None)
         store = cls(connection, path, writable=True)
         try:
             connection.execute("PRAGMA journal_mode=DELETE")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -28,9 +29,8 @@ from tqdm import tqdm
 
 from cellseg_d2.errors import CellDataError
 from cellseg_d2.inference.cell_store import CellStore
-from cellseg_d2.inference.chunk_sink import ChunkSink, ChunkWriter
 from cellseg_d2.inference.detections import Detection
-from cellseg_d2.inference.slide_stitch import SlideCell, tile_cells
+from cellseg_d2.inference.slide_stitch import SlideCell, drop_seam_duplicates, tile_cells
 from cellseg_d2.inference.slide_tiles import SlideTile, TissueFilter
 from cellseg_d2.utils.closing import Closing
 from cellseg_d2.utils.processes import worker_context
@@ -155,6 +155,8 @@ def slide_chunks(tiles: Sequence[SlideTile], chunk_tiles: int) -> list[list[Slid
     return [list(tiles[i : i + chunk_tiles]) for i in range(0, len(tiles), chunk_tiles)]
 
 
+#: ``write(chunk number, its tiles' indices, its kept cells)``: where a finished chunk goes.
+ChunkWriter = Callable[[int, list[int], list[SlideCell]], None]
 #: ``tiles -> (tiles, BGR images)`` batches in the given order.
 TileBatches = Callable[[list[SlideTile]], Iterator[tuple[list[SlideTile], list[np.ndarray]]]]
 #: ``predict(images) -> detections per image``.
@@ -223,8 +225,7 @@ def predict_chunk_list(
 
     Args:
         chunks: ``(chunk number, its tiles)`` in the order to predict.
-        write: receives each finished chunk, in that order (in the sink's thread: a
-            :class:`~cellseg_d2.inference.chunk_sink.ChunkSink`).
+        write: receives each finished chunk, in that order.
         batches: reads the tiles in batches, in the given order.
         predictor: the model.
         bar: progress, advanced by the tiles predicted.
@@ -236,9 +237,28 @@ def predict_chunk_list(
         The tiles predicted.
     """
     pending = [tile for _, members in chunks for tile in members]
+    number_of = {tile.index: i for i, (_, members) in enumerate(chunks) for tile in members}
+    cells: list[SlideCell] = []
+    seen = 0
+
+    def collect(finished: Iterator[tuple[SlideTile, list[SlideCell]]]) -> None:
+        nonlocal cells, seen
+        for tile, tile_kept in finished:
+            if keep is not None and tile_kept:
+                xs = np.fromiter((c.centroid_x for c in tile_kept), np.float64, len(tile_kept))
+                ys = np.fromiter((c.centroid_y for c in tile_kept), np.float64, len(tile_kept))
+                tile_kept = list(itertools.compress(tile_kept, keep.keeps(xs, ys)))
+            cells.extend(tile_kept)
+            seen += 1
+            position = number_of[tile.index]
+            if seen == len(pending) or number_of[pending[seen].index] != position:
+                chunk, members = chunks[position]
+                kept = drop_seam_duplicates(cells, members)
+                write(chunk, [t.index for t in members], kept)
+                cells = []
+
     pool = TileCellsPool(cell_workers)
-    sink = ChunkSink(chunks, write, keep, max_tiles=pool.max_pending)
-    with sink, pool, contextlib.closing(batches(pending)) as loader:
+    with pool, contextlib.closing(batches(pending)) as loader:
         try:
             for batch_tiles, images in loader:
                 outputs = predictor(images)
@@ -248,16 +268,12 @@ def predict_chunk_list(
                     )
                 for tile, image, detections in zip(batch_tiles, images, outputs):
                     pool.submit(tile, detections, image)
-                for tile, cells in pool.ready():
-                    sink.put(tile, cells)
+                collect(pool.ready())
                 bar.update(len(batch_tiles))
         except BaseException:
             # keep every chunk whose tiles were all predicted, as the loop without workers does
             with contextlib.suppress(Exception):
-                for tile, cells in pool.drain():
-                    sink.put(tile, cells)
-            sink.finish_quietly()
+                collect(pool.drain())
             raise
-        for tile, cells in pool.drain():
-            sink.put(tile, cells)
-        return sink.finish()
+        collect(pool.drain())
+    return seen

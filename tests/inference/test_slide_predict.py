@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from cellseg_d2.errors import CellDataError, ConfigError
-from cellseg_d2.inference import chunk_sink
+from cellseg_d2.inference import slide_cells
 from cellseg_d2.inference.cell_store import partial_path
 from cellseg_d2.inference.slide_predict import predict_slide, slide_output_paths
 from cellseg_d2.inference.slide_tiles import plan_slide_tiles
@@ -114,9 +114,9 @@ def test_scale_one_every_cell_exactly_once(
     dropped = []
 
     monkeypatch.setattr(
-        chunk_sink,
+        slide_cells,
         "drop_seam_duplicates",
-        _recorder(chunk_sink.drop_seam_duplicates, dropped),
+        _recorder(slide_cells.drop_seam_duplicates, dropped),
     )
     with caplog.at_level(logging.INFO, logger="cellseg_d2.inference.slide_predict"):
         summary, _, paths = _run(tmp_path, Opener(canvas))
