@@ -6,6 +6,7 @@ import math
 import multiprocessing
 import os
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -48,14 +49,21 @@ def _hold_memory(mib: int, seconds: float) -> None:
     del block
 
 
-def test_process_tree_memory_sees_the_workers() -> None:
+def _measured_worker(target: Callable[..., None], *args: float) -> tuple[ProcessTreeMemory, int]:
+    """Run ``target(*args)`` in a forked worker under a ProcessTreeMemory; the worker's pid."""
     context = multiprocessing.get_context("fork")
     with ProcessTreeMemory(interval_s=0.05) as memory:
-        worker = context.Process(target=_hold_memory, args=(64, 0.5))
+        worker = context.Process(target=target, args=args)
         worker.start()
         worker.join()
-    assert worker.pid in memory.worker_peaks_mib
-    assert memory.worker_peaks_mib[worker.pid] >= 64
+    assert worker.pid is not None
+    return memory, worker.pid
+
+
+def test_process_tree_memory_sees_the_workers() -> None:
+    memory, pid = _measured_worker(_hold_memory, 64, 0.5)
+    assert pid in memory.worker_peaks_mib
+    assert memory.worker_peaks_mib[pid] >= 64
     assert memory.main_peak_mib > 0 and memory.total_pss_peak_mib > 0
     assert memory.total_rss_peak_mib == pytest.approx(
         memory.main_peak_mib + sum(memory.worker_peaks_mib.values())
@@ -87,11 +95,7 @@ def _spin(seconds: float, then_sleep: float) -> None:
 
 
 def test_process_tree_cpu_time_counts_the_workers_and_not_a_sleep() -> None:
-    context = multiprocessing.get_context("fork")
-    with ProcessTreeMemory(interval_s=0.05) as busy:
-        worker = context.Process(target=_spin, args=(0.6, 0.3))
-        worker.start()
-        worker.join()
+    busy, _ = _measured_worker(_spin, 0.6, 0.3)
     with ProcessTreeMemory(interval_s=0.05) as idle:
         time.sleep(0.5)
     assert busy.cpu_seconds >= 0.5  # the worker's spin, which os.times of this process misses
