@@ -64,7 +64,7 @@ from cellseg_d2.benchmark.accuracy import (
     write_accuracy_report,
 )
 from cellseg_d2.benchmark.engines import format_engines, time_engines
-from cellseg_d2.benchmark.slides import DISC_PITCH, MIN_DISC_PITCH
+from cellseg_d2.benchmark.synthetic_slide import DISC_PITCH, MIN_DISC_PITCH
 from cellseg_d2.config import build_config
 from cellseg_d2.inference.export import EXPORT_FORMATS
 from cellseg_d2.utils.files import atomic_write

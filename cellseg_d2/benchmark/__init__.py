@@ -9,7 +9,7 @@ The top floor of the package (it may import every other part, nothing imports it
   FLOPs, the CUDA summary.
 - :mod:`~cellseg_d2.benchmark.stream`: memory of a long streamed prediction run.
 - :mod:`~cellseg_d2.benchmark.slides`: memory and speed of whole-slide prediction on synthetic
-  slides.
+  slides (:mod:`~cellseg_d2.benchmark.synthetic_slide`: the slide and its disc finder).
 - :mod:`~cellseg_d2.benchmark.report`: the whole run in order, and the printed table.
 - :mod:`~cellseg_d2.benchmark.accuracy`: each config trained for a time budget, its test split
   predicted and scored (AP, AP50, PQ, mPQ, AJI) in one table (``--accuracy``).
