@@ -30,7 +30,13 @@ from tqdm import tqdm
 from cellseg_d2.errors import CellDataError
 from cellseg_d2.inference.cell_store import CellStore
 from cellseg_d2.inference.detections import Detection
-from cellseg_d2.inference.slide_stitch import SlideCell, drop_seam_duplicates, tile_cells
+from cellseg_d2.inference.slide_stitch import (
+    CellPixels,
+    SlideCell,
+    drop_seam_duplicates,
+    owned_detections,
+    tile_cells,
+)
 from cellseg_d2.inference.slide_tiles import SlideTile, TissueFilter
 from cellseg_d2.utils.closing import Closing
 from cellseg_d2.utils.processes import worker_context
@@ -118,7 +124,9 @@ class TileCellsPool(Closing):
             waiting = self._pending[len(self._pending) - self.max_pending][1]
             if isinstance(waiting, Future):
                 waiting.exception()
-        future = self._executor.submit(tile_cells, tile, list(detections), image)
+        # only what the worker needs: the owned detections and the pixels under them
+        owned = [det for det, _ in owned_detections(tile, detections)]
+        future = self._executor.submit(tile_cells, tile, owned, CellPixels.of(image, owned))
         self._pending.append((tile, future))
 
     def ready(self) -> Iterator[tuple[SlideTile, list[SlideCell]]]:

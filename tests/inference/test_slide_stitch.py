@@ -8,7 +8,12 @@ import numpy as np
 from skimage.draw import polygon as draw_polygon
 
 from cellseg_d2.inference.detections import Detection
-from cellseg_d2.inference.slide_stitch import drop_seam_duplicates, tile_cells
+from cellseg_d2.inference.slide_stitch import (
+    CellPixels,
+    drop_seam_duplicates,
+    owned_detections,
+    tile_cells,
+)
 from cellseg_d2.inference.slide_tiles import plan_slide_tiles
 from tests.inference.slide_fakes import FakeSlideInfo
 
@@ -92,3 +97,22 @@ def test_seam_duplicates_dropped_across_tiles_only() -> None:
     assert drop_seam_duplicates(a + other + b, [first, second]) == other + b
     assert drop_seam_duplicates(a + b, [first, second]) == b
     assert drop_seam_duplicates(a, [first]) == a
+
+
+def test_cell_pixels_keep_the_tile_under_the_boxes_only_and_measure_the_same() -> None:
+    tile = plan_slide_tiles(_info(64, 64), 1.0, tile_size=64, overlap=16)[0]
+    rng = np.random.default_rng(4)
+    image = rng.integers(1, 256, (64, 64, 3), dtype=np.uint8)
+    detections = [
+        Detection(int(rng.integers(2)), 0.9, int(top), int(left), rng.random((9, 7)) < 0.6)
+        for top, left in rng.integers(0, 55, (12, 2))
+    ]
+    owned = [det for det, _ in owned_detections(tile, detections)]
+    pixels = CellPixels.of(image, owned)
+    rebuilt = pixels.image()
+    under = np.zeros((64, 64), bool)
+    for det in owned:
+        under[det.top : det.top + 9, det.left : det.left + 7] = True
+    np.testing.assert_array_equal(rebuilt[under], image[under])
+    assert not rebuilt[~under].any() and under.sum() < under.size
+    assert tile_cells(tile, owned, pixels) == tile_cells(tile, detections, image)
