@@ -98,25 +98,40 @@ class ProcessTreeMemory:
     sum of proportional set sizes (``Pss`` of ``smaps_rollup``: pages shared after a ``fork``
     are split among their sharers, so the sum is the tree's real footprint, sampled).
 
+    Why the ``Pss`` sums are rarer: the kernel walks every page table to answer, 15-20 ms of CPU
+    per process with torch loaded; summed over a slide run's six processes every 0.5 s that
+    took a fifth of a core from the run it measured (on 2 cores, ~15 ms per tile). They are
+    taken at entry, at exit and in between only so often that they cost at most ``pss_share``
+    of one core. The sampler's own CPU time is left out of ``cpu_seconds``.
+
     Attributes (after the block):
         main_peak_mib: this process's ``VmHWM`` over the block (exact).
         worker_peaks_mib: ``{pid: VmHWM}`` of each descendant seen.
         total_pss_peak_mib: the largest sampled sum of ``Pss`` over the tree.
-        cpu_seconds: CPU time (user + system) the tree used in the block: this process's exactly,
-            each descendant's as last sampled (a worker that exits between samples loses at
-            most its last ``interval_s``). Over the wall time it says how many cores were busy.
+        pss_samples: how many ``Pss`` sums were taken.
+        cpu_seconds: CPU time (user + system) the tree used in the block, less the sampler's
+            own: this process's exactly, each descendant's as last sampled (a worker that exits
+            between samples loses at most its last ``interval_s``). Over the wall time it says
+            how many cores were busy.
+        sampler_cpu_seconds: the CPU time the sampling took (left out of ``cpu_seconds``).
     """
 
-    def __init__(self, interval_s: float = 0.5, keep: Iterable[int] = ()) -> None:
+    def __init__(
+        self, interval_s: float = 0.5, keep: Iterable[int] = (), pss_share: float = 0.02
+    ) -> None:
         self.interval_s = interval_s
         self.keep = set(keep)
+        self.pss_share = pss_share
         self.main_peak_mib = float("nan")
         self.worker_peaks_mib: dict[int, float] = {}
         self.total_pss_peak_mib = 0.0
+        self.pss_samples = 0
         self.cpu_seconds = float("nan")
+        self.sampler_cpu_seconds = 0.0
         self._cpu: dict[int, float] = {}  # last sampled CPU seconds of each descendant
         self._cpu_before: dict[int, float] = {}  # kept descendants' CPU seconds at the start
         self._main_cpu_before = 0.0
+        self._next_pss = 0.0  # time.monotonic() from which the next Pss sum may be taken
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._before: set[int] = set()  # descendants older than the block: not its workers
@@ -128,22 +143,29 @@ class ProcessTreeMemory:
         once per process)."""
         return self.main_peak_mib + sum(self.worker_peaks_mib.values())
 
-    def _sample(self) -> None:
-        """Update the worker peaks and the largest ``Pss`` sum from the current tree."""
-        pss = _proc_kib("/proc/self/smaps_rollup", "Pss") / 1024.0
-        for pid in descendants(os.getpid()):
-            if pid in self._before:
-                continue
+    def _sample(self, pss: bool = False) -> None:
+        """Update the worker peaks and CPU times from the current tree, and the largest ``Pss``
+        sum when ``pss`` or when its CPU share allows; the sampler's CPU time is counted."""
+        started, cpu_started = time.monotonic(), time.thread_time()
+        pids = [pid for pid in descendants(os.getpid()) if pid not in self._before]
+        for pid in pids:
             cpu = process_cpu_seconds(pid)
             if cpu == cpu:
                 self._cpu[pid] = cpu
             peak = rss_mib("VmHWM", pid)
             if peak == peak:  # not NaN: the process was still there
                 self.worker_peaks_mib[pid] = max(self.worker_peaks_mib.get(pid, 0.0), peak)
-            worker_pss = _proc_kib(f"/proc/{pid}/smaps_rollup", "Pss") / 1024.0
-            pss += worker_pss if worker_pss == worker_pss else 0.0
-        if pss == pss:
-            self.total_pss_peak_mib = max(self.total_pss_peak_mib, pss)
+        if pss or started >= self._next_pss:
+            pss_cpu = time.thread_time()
+            total = _proc_kib("/proc/self/smaps_rollup", "Pss") / 1024.0
+            for pid in pids:
+                worker_pss = _proc_kib(f"/proc/{pid}/smaps_rollup", "Pss") / 1024.0
+                total += worker_pss if worker_pss == worker_pss else 0.0
+            if total == total:
+                self.total_pss_peak_mib = max(self.total_pss_peak_mib, total)
+            self.pss_samples += 1
+            self._next_pss = time.monotonic() + (time.thread_time() - pss_cpu) / self.pss_share
+        self.sampler_cpu_seconds += time.thread_time() - cpu_started
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -152,9 +174,10 @@ class ProcessTreeMemory:
     def __enter__(self) -> ProcessTreeMemory:
         reset_peak_rss()
         self._before = set(descendants(os.getpid())) - self.keep
-        self._main_cpu_before = _own_cpu_seconds()
-        self._sample()
+        self._sample(pss=True)
         self._cpu_before = dict(self._cpu)
+        self.sampler_cpu_seconds = 0.0
+        self._main_cpu_before = _own_cpu_seconds()
         self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
         self._thread.start()
         return self
@@ -168,9 +191,12 @@ class ProcessTreeMemory:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self._sample()
+        cpu_now = _own_cpu_seconds()
+        sampler_before = self.sampler_cpu_seconds
+        self._sample(pss=True)
+        self.sampler_cpu_seconds = sampler_before  # the last sample came after cpu_now
         self.main_peak_mib = rss_mib("VmHWM")
-        self.cpu_seconds = _own_cpu_seconds() - self._main_cpu_before
+        self.cpu_seconds = cpu_now - self._main_cpu_before - self.sampler_cpu_seconds
         self.cpu_seconds += sum(t - self._cpu_before.get(pid, 0.0) for pid, t in self._cpu.items())
 
 

@@ -102,3 +102,15 @@ def test_process_tree_cpu_time_counts_the_workers_and_not_a_sleep() -> None:
     assert 0 <= idle.cpu_seconds < 0.3
     assert process_cpu_seconds(os.getpid()) > 0
     assert math.isnan(process_cpu_seconds(2**22 + 1))  # no such process
+
+
+def test_pss_sums_are_taken_within_their_cpu_share_and_the_sampler_is_not_counted() -> None:
+    with ProcessTreeMemory(interval_s=0.02, pss_share=1e-6) as rare:
+        time.sleep(0.4)
+    with ProcessTreeMemory(interval_s=0.02, pss_share=1.0) as often:
+        time.sleep(0.4)
+    assert rare.pss_samples == 2  # at entry and at exit only
+    assert often.pss_samples > 4
+    assert rare.total_pss_peak_mib > 0 and often.sampler_cpu_seconds > 0
+    # the sampler's own reading of /proc is not the measured block's work
+    assert 0 <= often.cpu_seconds < 0.1
