@@ -18,8 +18,10 @@ image, only when asked, comes from :mod:`~cellseg_d2.inference.slide_labels`
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,6 +39,7 @@ __all__ = [
     "write_slide_csv",
     "write_slide_geojson",
     "write_slide_outputs",
+    "write_slide_text",
 ]
 
 #: The slide outputs a run may ask for besides the store itself (``labels``: the
@@ -75,118 +78,171 @@ def _pixel_area_um2(store: CellStore) -> float | None:
     return float(size) ** 2 if size else None
 
 
-def _feature(
+class _FeatureText:
+    """Formats cells as compact GeoJSON Feature texts, the same bytes ``json.dumps`` gives.
+
+    Why not ``json.dumps`` per cell: a slide has hundreds of thousands of cells, and encoding
+    each one's properties dict took half the writing time. The part that depends only on the
+    class (object type, name, colour) is encoded once per class; the measurements are numbers,
+    written as ``json`` writes them (``repr`` of a float, ``str`` of an int, never NaN).
+    """
+
+    def __init__(
+        self,
+        class_names: Sequence[str],
+        offset: tuple[float, float],
+        pixel_area: float | None,
+    ) -> None:
+        self.class_names = class_names
+        self.offset = offset
+        self.pixel_area = pixel_area
+        self._heads: dict[int, str] = {}
+
+    def _head(self, category: int) -> str:
+        """``"properties":{...,"measurements":{`` of a class, encoded once."""
+        if category not in self._heads:
+            properties = {
+                "objectType": GEOJSON_OBJECT_TYPE,
+                "classification": {
+                    "name": class_name(category, self.class_names),
+                    "color": list(class_color(category)),
+                },
+                "measurements": {},
+            }
+            text = json.dumps(properties, separators=(",", ":"), allow_nan=False)
+            self._heads[category] = '"properties":' + text[: -len("{}}")] + "{"
+        return self._heads[category]
+
+    def __call__(self, cell: StoredCell) -> str:
+        """One cell as a Feature text (geometry moved by the offset)."""
+        if self.offset == (0, 0):
+            geometry = cell.geometry  # already compact JSON in the store: no re-encoding
+        else:
+            parsed = json.loads(cell.geometry)
+            parsed["coordinates"] = _shift(parsed["coordinates"], *self.offset)
+            geometry = json.dumps(parsed, separators=(",", ":"))
+        values = [cell.score, cell.area]
+        if self.pixel_area is not None:
+            values.append(cell.area * self.pixel_area)
+        if not all(map(math.isfinite, values)):
+            raise ValueError(f"cell {cell.cell_id}: a measurement is not a finite number")
+        numbers = f'"cell_id":{int(cell.cell_id)},"score":{float(values[0])!r}'
+        numbers += f',"area_px":{float(values[1])!r}'
+        if self.pixel_area is not None:
+            numbers += f',"area_um2":{float(values[2])!r}'
+        # No Feature "id": QuPath reads it as an object UUID; the cell id is a measurement.
+        return (
+            f'{{"type":"Feature","geometry":{geometry},'
+            f"{self._head(int(cell.category))}{numbers}}}}}}}"
+        )
+
+
+def _csv_row(
     cell: StoredCell,
+    image: str,
     class_names: Sequence[str],
     offset: tuple[float, float],
     pixel_area: float | None,
-) -> str:
-    """One cell as a compact GeoJSON Feature text (geometry moved by the offset)."""
-    if offset == (0, 0):
-        geometry = cell.geometry  # already compact JSON in the store: no re-encoding
-    else:
-        parsed = json.loads(cell.geometry)
-        parsed["coordinates"] = _shift(parsed["coordinates"], *offset)
-        geometry = json.dumps(parsed, separators=(",", ":"))
-    measurements = {"cell_id": cell.cell_id, "score": cell.score, "area_px": cell.area}
-    if pixel_area is not None:
-        measurements["area_um2"] = cell.area * pixel_area
-    properties = {
-        "objectType": GEOJSON_OBJECT_TYPE,
-        "classification": {
-            "name": class_name(cell.category, class_names),
-            "color": list(class_color(cell.category)),
-        },
-        "measurements": measurements,
-    }
-    # No Feature "id": QuPath reads it as an object UUID; the cell id is a measurement instead.
-    return (
-        f'{{"type":"Feature","geometry":{geometry},'
-        f'"properties":{json.dumps(properties, separators=(",", ":"), allow_nan=False)}}}'
-    )
+) -> list:
+    """One cell as a row of :data:`SLIDE_CSV_COLUMNS` (``image``: the safe slide name)."""
+    dx, dy = offset
+    return [
+        image,
+        cell.cell_id,
+        cell.category + 1,
+        spreadsheet_safe(class_name(cell.category, class_names)),
+        f"{cell.score:.6g}",
+        _number(cell.area),
+        "" if pixel_area is None else f"{cell.area * pixel_area:.6g}",
+        _number(cell.centroid_x + dx),
+        _number(cell.centroid_y + dy),
+        _number(cell.x0 + dx),
+        _number(cell.y0 + dy),
+        _number(cell.x1 + dx),
+        _number(cell.y1 + dy),
+        f"{cell.perimeter:.6g}",
+        f"{cell.eccentricity:.6g}",
+        f"{cell.solidity:.6g}",
+        f"{cell.mean_r:.6g}",
+        f"{cell.mean_g:.6g}",
+        f"{cell.mean_b:.6g}",
+    ]
+
+
+def write_slide_text(
+    store: CellStore,
+    geojson: str | os.PathLike | None,
+    csv_path: str | os.PathLike | None,
+    class_names: Sequence[str],
+    slide_name: str = "",
+) -> int:
+    """Write the store's GeoJSON and/or per-cell CSV in one pass over its cells, atomically.
+
+    Why one pass: reading a slide's cells back from SQLite costs as much as formatting one of
+    the files; both files are made from the same rows. Either file may be None (not written).
+    The GeoJSON is a QuPath FeatureCollection, one ``detection`` per cell with ``cell_id`` in
+    its measurements (QuPath imports detections as light objects, so millions stay responsive,
+    and shows measurements in its tables: a cell is matched with the CSV row of the same id).
+    ``area_px`` is in level-0 pixels; ``area_um2`` is added when the slide's pixel size is
+    known. The CSV (:data:`SLIDE_CSV_COLUMNS`) passes its text cells through
+    :func:`~cellseg_d2.inference.export.spreadsheet_safe` (no live formulas from file or class
+    names); ``class_id`` is 1-based (``classK``), as in the image table.
+
+    Args:
+        store: a finished (or open) cell store.
+        geojson, csv_path: the files to write, or None.
+        class_names: names of the 0-based classes (beyond them: ``classK``).
+        slide_name: what the CSV's ``image`` column holds (the slide's file name).
+
+    Returns:
+        The number of cells written (to each file).
+    """
+    offset = tuple(store.settings.get("offset", (0, 0)))
+    pixel_area = _pixel_area_um2(store)
+    image = spreadsheet_safe(slide_name)
+    feature = _FeatureText(class_names, offset, pixel_area)
+    count = 0
+    with contextlib.ExitStack() as files:
+        geo = None if geojson is None else files.enter_context(atomic_write(Path(geojson), "w"))
+        table = None
+        if csv_path is not None:
+            table = csv.writer(
+                files.enter_context(atomic_write(Path(csv_path), "w")), lineterminator="\n"
+            )
+            table.writerow(SLIDE_CSV_COLUMNS)
+        if geo is not None:
+            geo.write('{"type":"FeatureCollection","features":[')
+        for cell in store.iter_cells():
+            if geo is not None:
+                geo.write(("," if count else "") + "\n" + feature(cell))
+            if table is not None:
+                table.writerow(_csv_row(cell, image, class_names, offset, pixel_area))
+            count += 1
+        if geo is not None:
+            geo.write("\n]}\n")
+    return count
 
 
 def write_slide_geojson(
     store: CellStore, path: str | os.PathLike, class_names: Sequence[str]
 ) -> int:
-    """Write the store as a QuPath GeoJSON FeatureCollection, streaming, atomically.
-
-    Why one ``detection`` per cell with ``cell_id`` in its measurements: QuPath imports
-    detections as light objects (millions stay responsive) and shows measurements in its
-    tables, so a cell can be matched with the CSV row of the same id. ``area_px`` is in
-    level-0 pixels; ``area_um2`` is added when the slide's pixel size is known.
-
-    Args:
-        store: a finished (or open) cell store.
-        path: the ``.geojson`` file to write.
-        class_names: names of the 0-based classes (beyond them: ``classK``).
+    """Write the store as a QuPath GeoJSON FeatureCollection (:func:`write_slide_text`).
 
     Returns:
         The number of features written.
     """
-    dx, dy = store.settings.get("offset", (0, 0))
-    pixel_area = _pixel_area_um2(store)
-    count = 0
-    with atomic_write(Path(path), "w") as handle:
-        handle.write('{"type":"FeatureCollection","features":[')
-        for cell in store.iter_cells():
-            handle.write(("," if count else "") + "\n")
-            handle.write(_feature(cell, class_names, (dx, dy), pixel_area))
-            count += 1
-        handle.write("\n]}\n")
-    return count
+    return write_slide_text(store, path, None, class_names)
 
 
 def write_slide_csv(
     store: CellStore, path: str | os.PathLike, class_names: Sequence[str], slide_name: str
 ) -> int:
-    """Write the per-cell table of a slide (:data:`SLIDE_CSV_COLUMNS`), streaming, atomically.
-
-    Text cells pass :func:`~cellseg_d2.inference.export.spreadsheet_safe` (no live formulas
-    from file or class names). ``class_id`` is 1-based (``classK``), as in the image table.
-
-    Args:
-        store: a finished (or open) cell store.
-        path: the ``.csv`` file to write.
-        class_names: names of the 0-based classes.
-        slide_name: what the ``image`` column holds (the slide's file name).
+    """Write the per-cell table of a slide (:data:`SLIDE_CSV_COLUMNS`, :func:`write_slide_text`).
 
     Returns:
         The number of rows written (header not counted).
     """
-    dx, dy = store.settings.get("offset", (0, 0))
-    pixel_area = _pixel_area_um2(store)
-    image = spreadsheet_safe(slide_name)
-    count = 0
-    with atomic_write(Path(path), "w") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(SLIDE_CSV_COLUMNS)
-        for cell in store.iter_cells():
-            writer.writerow(
-                [
-                    image,
-                    cell.cell_id,
-                    cell.category + 1,
-                    spreadsheet_safe(class_name(cell.category, class_names)),
-                    f"{cell.score:.6g}",
-                    _number(cell.area),
-                    "" if pixel_area is None else f"{cell.area * pixel_area:.6g}",
-                    _number(cell.centroid_x + dx),
-                    _number(cell.centroid_y + dy),
-                    _number(cell.x0 + dx),
-                    _number(cell.y0 + dy),
-                    _number(cell.x1 + dx),
-                    _number(cell.y1 + dy),
-                    f"{cell.perimeter:.6g}",
-                    f"{cell.eccentricity:.6g}",
-                    f"{cell.solidity:.6g}",
-                    f"{cell.mean_r:.6g}",
-                    f"{cell.mean_g:.6g}",
-                    f"{cell.mean_b:.6g}",
-                ]
-            )
-            count += 1
-    return count
+    return write_slide_text(store, None, path, class_names, slide_name)
 
 
 def write_slide_outputs(
@@ -211,13 +267,9 @@ def write_slide_outputs(
     Returns:
         ``{format: path}`` of the files written.
     """
-    written = {}
-    if "geojson" in formats:
-        write_slide_geojson(store, paths["geojson"], class_names)
-        written["geojson"] = paths["geojson"]
-    if "csv" in formats:
-        write_slide_csv(store, paths["csv"], class_names, slide_name)
-        written["csv"] = paths["csv"]
+    written = {name: paths[name] for name in ("geojson", "csv") if name in formats}
+    if written:
+        write_slide_text(store, written.get("geojson"), written.get("csv"), class_names, slide_name)
     if "labels" in formats:
         written["labels"] = write_slide_labels(store, paths["labels"])
     return written

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from cellseg_d2.inference.slide_writers import (
     SLIDE_CSV_COLUMNS,
     write_slide_csv,
     write_slide_geojson,
+    write_slide_text,
 )
 from cellseg_d2.utils.layout import class_color
 from tests.inference.slide_fakes import slide_cell as _cell
@@ -80,3 +82,42 @@ def test_empty_store_writes_valid_files(tmp_path: Path) -> None:
         assert write_slide_csv(store, tmp_path / "e.csv", [], "e") == 0
     assert json.loads((tmp_path / "e.geojson").read_text())["features"] == []
     assert (tmp_path / "e.csv").read_text().strip() == ",".join(SLIDE_CSV_COLUMNS)
+
+
+@pytest.mark.parametrize("pixel_size_um", [0.2501, None])
+def test_features_are_the_bytes_json_writes_and_one_pass_writes_both(
+    tmp_path: Path, pixel_size_um: float | None
+) -> None:
+    path = tmp_path / "f.cells.sqlite"
+    awkward = [
+        dataclasses.replace(_cell(0, 0), score=0.1 + 0.2, area=1e-05),
+        dataclasses.replace(_cell(9, 9, category=3), score=1.0, area=123456789.125),
+    ]
+    with CellStore.create(path, {"offset": [0, 0], "pixel_size_um": pixel_size_um}) as store:
+        store.write_chunk(0, [0], awkward)
+        store.finish()
+    with CellStore.open(path) as store:
+        assert write_slide_text(store, tmp_path / "b.geojson", tmp_path / "b.csv", ["x"], "s") == 2
+        write_slide_geojson(store, tmp_path / "g.geojson", ["x"])
+        write_slide_csv(store, tmp_path / "c.csv", ["x"], "s")
+    text = (tmp_path / "b.geojson").read_text()
+    assert text == (tmp_path / "g.geojson").read_text()
+    assert (tmp_path / "b.csv").read_text() == (tmp_path / "c.csv").read_text()
+    lines = text.splitlines()[1:-1]
+    assert len(lines) == 2
+    for line in lines:  # each feature is exactly json.dumps's compact text of itself
+        feature = line.rstrip(",")
+        assert json.dumps(json.loads(feature), separators=(",", ":")) == feature
+    first = json.loads(lines[0].rstrip(","))["properties"]["measurements"]
+    assert first["score"] == 0.1 + 0.2 and first["area_px"] == 1e-05
+    assert ("area_um2" in first) == (pixel_size_um is not None)
+
+
+def test_a_measurement_that_is_not_a_number_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "n.cells.sqlite"
+    with CellStore.create(path, {"offset": [0, 0]}) as store:
+        store.write_chunk(0, [0], [dataclasses.replace(_cell(0, 0), score=float("inf"))])
+        store.finish()
+    with CellStore.open(path) as store, pytest.raises(ValueError, match="cell 1"):
+        write_slide_geojson(store, tmp_path / "n.geojson", [])
+    assert not (tmp_path / "n.geojson").exists()  # nothing half-written left behind
