@@ -13,6 +13,7 @@ Users with a better mask (drawn in QuPath, from another tool) pass it as an imag
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from skimage.morphology import disk
 from cellseg_d2.data.io import read_any_image
 from cellseg_d2.errors import CellDataError
 
-__all__ = ["load_mask_image", "tissue_area_mm2", "tissue_mask"]
+__all__ = ["hsv_saturation", "load_mask_image", "tissue_area_mm2", "tissue_mask"]
 
 #: Saturation (0-255) below which nothing is tissue, whatever Otsu says. Glass with JPEG noise
 #: stays under ~10; faint eosin is well above 20. CLAM's default threshold is 8.
@@ -57,8 +58,9 @@ def tissue_mask(thumbnail_rgb: np.ndarray, min_area_fraction: float = 1e-4) -> n
     image = np.asarray(thumbnail_rgb)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
-    saturation = np.rint(rgb2hsv(image)[:, :, 1] * 255).astype(np.uint8)
-    saturation = ndimage.median_filter(saturation, size=_MEDIAN_SIZE, mode="nearest")
+    # OpenCV's median of a uint8 image (edges replicated) equals scipy's median_filter with
+    # mode="nearest" (tested), 500x faster on a 2048² thumbnail
+    saturation = cv2.medianBlur(hsv_saturation(image), _MEDIAN_SIZE)
     if saturation.size == 0 or int(saturation.max()) <= MIN_TISSUE_SATURATION:
         return np.zeros(image.shape[:2], bool)
     threshold = max(float(threshold_otsu(saturation)), MIN_TISSUE_SATURATION)
@@ -68,6 +70,28 @@ def tissue_mask(thumbnail_rgb: np.ndarray, min_area_fraction: float = 1e-4) -> n
     mask = ndimage.binary_closing(mask, structure=disk(_CLOSING_RADIUS))[pad:-pad, pad:-pad]
     mask = ndimage.binary_fill_holes(mask)
     return _drop_small(mask, max(1, int(np.ceil(min_area_fraction * mask.size))))
+
+
+@functools.cache
+def _saturation_table() -> np.ndarray:
+    """``table[high, low]``: ``rint(255 * S)`` of :func:`skimage.color.rgb2hsv` for a pixel
+    whose largest channel is ``high`` and smallest ``low`` (S depends on nothing else)."""
+    high, low = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    pixels = np.stack([high, low, low], axis=-1).astype(np.uint8)
+    return np.rint(rgb2hsv(pixels)[:, :, 1] * 255).astype(np.uint8)
+
+
+def hsv_saturation(image: np.ndarray) -> np.ndarray:
+    """HSV saturation of an RGB uint8 image on 0-255: ``rint(255 * S)`` of
+    :func:`skimage.color.rgb2hsv`, looked up by each pixel's largest and smallest channel.
+
+    Why not ``rgb2hsv`` on the image: it also computes hue and value, in float64, 1.1 s for
+    a 2048² thumbnail, paid on every slide; the lookup takes a few tens of milliseconds and
+    gives the same values (the table is ``rgb2hsv``'s own).
+    """
+    high = np.maximum(np.maximum(image[..., 0], image[..., 1]), image[..., 2])
+    low = np.minimum(np.minimum(image[..., 0], image[..., 1]), image[..., 2])
+    return _saturation_table()[high, low]
 
 
 def _drop_small(mask: np.ndarray, min_pixels: int) -> np.ndarray:

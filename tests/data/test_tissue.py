@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import tifffile
 from PIL import Image
+from scipy import ndimage
+from skimage.color import rgb2hsv
 
-from cellseg_d2.data.tissue import load_mask_image, tissue_area_mm2, tissue_mask
+from cellseg_d2.data.tissue import (
+    hsv_saturation,
+    load_mask_image,
+    tissue_area_mm2,
+    tissue_mask,
+)
 from cellseg_d2.errors import CellDataError
 
 PINK = (230, 150, 200)  # eosin-like: saturation ~0.35
@@ -91,3 +99,19 @@ def test_tissue_area_mm2_arithmetic() -> None:
     assert tissue_area_mm2(mask, 4.0, 0.5) == 400 / 1e6
     assert tissue_area_mm2(np.ones((1000, 1000), bool), 1.0, 1.0) == 1.0
     assert tissue_area_mm2(np.zeros((5, 5), bool), 8.0, 0.25) == 0.0
+
+
+def test_saturation_equals_skimage() -> None:
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    image[0, :3] = [(0, 0, 0), (255, 255, 255), (204, 102, 153)]  # black, white, a .5 case
+    image[1] = image[1, :, :1]  # greys
+    expected = np.rint(rgb2hsv(image)[:, :, 1] * 255).astype(np.uint8)
+    np.testing.assert_array_equal(hsv_saturation(image), expected)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 3), (6, 2), (37, 23)])
+def test_the_median_blur_equals_scipys_nearest_median(shape: tuple[int, int]) -> None:
+    image = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    expected = ndimage.median_filter(image, size=5, mode="nearest")
+    np.testing.assert_array_equal(cv2.medianBlur(image, 5), expected)
