@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import pickle
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cellseg_d2.inference.slide_loader import SlideTileDataset, iter_tile_batches, read_tile
+from cellseg_d2.inference.slide_loader import (
+    SlideTileDataset,
+    _ahead,
+    iter_tile_batches,
+    read_tile,
+)
 from cellseg_d2.inference.slide_tiles import plan_slide_tiles
 from tests.inference.slide_fakes import FakeSlideReader, make_canvas, open_npz_slide, save_slide
 
@@ -79,3 +85,26 @@ def test_read_errors_reach_the_caller(canvas: np.ndarray) -> None:
     tiles = plan_slide_tiles(FakeSlideReader("s", canvas).info, 1.0, 64, 16)
     with pytest.raises(OSError, match="corrupt"):
         list(iter_tile_batches("s", lambda p: Broken(p, canvas), tiles, batch_size=2))
+
+
+def test_the_next_item_is_taken_while_the_caller_works_on_the_current_one() -> None:
+    taken: list[int] = []
+
+    def items():
+        for i in range(3):
+            taken.append(i)
+            yield i
+        raise OSError("tile 3 unreadable")
+
+    ahead = _ahead(items())
+    assert next(ahead) == 0
+    deadline = time.monotonic() + 5
+    while len(taken) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the caller "works"; the thread takes item 1 meanwhile
+    assert taken == [0, 1]
+    assert [next(ahead), next(ahead)] == [1, 2]
+    with pytest.raises(OSError, match="tile 3"):
+        next(ahead)
+    stopped = _ahead(iter(range(10)))
+    assert next(stopped) == 0
+    stopped.close()  # leaving early waits for the one item in flight, then ends
