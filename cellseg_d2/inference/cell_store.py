@@ -189,7 +189,9 @@ class CellStore(Closing):
             for stale in (work, Path(f"{work}-journal")):
                 with contextlib.suppress(FileNotFoundError):
                     stale.unlink()
-        connection = sqlite3.connect(work, isolation_level=None)
+        # not bound to this thread: the slide loop writes chunks from its hand-over thread
+        # (one thread at a time uses a store)
+        connection = sqlite3.connect(work, isolation_level=None, check_same_thread=False)
         store = cls(connection, path, writable=True)
         try:
             connection.execute("PRAGMA journal_mode=DELETE")
