@@ -363,9 +363,13 @@ class CellStore(Closing):
         query = "SELECT category, COUNT(*) FROM cells GROUP BY category ORDER BY category"
         return {int(c): int(n) for c, n in self._db.execute(query)}
 
-    def iter_cells(self, batch_size: int = 2048) -> Iterator[StoredCell]:
-        """Every cell in ``cell_id`` order, fetched ``batch_size`` rows at a time."""
-        cursor = self._db.execute(f"SELECT {', '.join(_CELL_COLUMNS)} FROM cells ORDER BY cell_id")
+    def iter_cells(self, batch_size: int = 2048, after: int = 0) -> Iterator[StoredCell]:
+        """Every cell in ``cell_id`` order (those with ids above ``after``: the cells written
+        since, found by the primary key), fetched ``batch_size`` rows at a time."""
+        cursor = self._db.execute(
+            f"SELECT {', '.join(_CELL_COLUMNS)} FROM cells WHERE cell_id > ? ORDER BY cell_id",
+            (after,),
+        )
         while rows := cursor.fetchmany(batch_size):
             yield from map(StoredCell._make, rows)
 

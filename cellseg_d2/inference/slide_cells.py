@@ -180,13 +180,15 @@ def predict_chunks(
     progress_label: str | None,
     cell_workers: int = 0,
     keep: TissueFilter | None = None,
+    write: ChunkWriter | None = None,
 ) -> tuple[int, int]:
     """Predict the tiles of the chunks the store lacks, committing chunk by chunk.
 
     The model runs here; each tile's cells are made by a :class:`TileCellsPool` of
     ``cell_workers`` processes while the model goes on, and a chunk is stitched
     (:func:`~cellseg_d2.inference.slide_stitch.drop_seam_duplicates`) and written as soon as
-    its last tile's cells are back, in chunk order (:func:`predict_chunk_list`).
+    its last tile's cells are back, in chunk order (:func:`predict_chunk_list`), by ``write``
+    (default: the store's ``write_chunk``; a caller's may also stream the chunk elsewhere).
 
     Returns:
         ``(tiles resumed from the store, tiles predicted now)``.
@@ -209,7 +211,7 @@ def predict_chunks(
     with bar:
         todo = list(enumerate(chunks))[first:]
         seen = predict_chunk_list(
-            todo, store.write_chunk, batches, predictor, bar, cell_workers, keep
+            todo, write or store.write_chunk, batches, predictor, bar, cell_workers, keep
         )
     return resumed, seen
 

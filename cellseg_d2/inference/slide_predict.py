@@ -26,7 +26,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 
@@ -43,7 +43,13 @@ from cellseg_d2.inference.slide_plan import (
     plan_slide,
     slide_output_paths,
 )
-from cellseg_d2.inference.slide_writers import DEFAULT_SLIDE_FORMATS, write_slide_outputs
+from cellseg_d2.inference.slide_stitch import SlideCell
+from cellseg_d2.inference.slide_writers import (
+    DEFAULT_SLIDE_FORMATS,
+    TEXT_FORMATS,
+    SlideTextWriter,
+    write_slide_outputs,
+)
 from cellseg_d2.utils.layout import DEFAULT_CLASS_NAMES, class_name
 
 # The plan's names are re-exported: callers know them from here.
@@ -66,9 +72,13 @@ Predictor = Callable[[Sequence[np.ndarray]], list[list[Detection]]]
 
 
 def write_planned_outputs(
-    plan: SlidePlan, formats: Sequence[str], class_names: Sequence[str]
+    plan: SlidePlan,
+    formats: Sequence[str],
+    class_names: Sequence[str],
+    streamed: Collection[str] = (),
 ) -> SlideSummary:
-    """From the slide's finished store: count the cells, write ``formats``, log the summary.
+    """From the slide's finished store: count the cells, write ``formats`` (but the
+    ``streamed`` ones, written while predicting), log the summary.
 
     Why apart: the last step of every slide, whichever processes filled its store.
     """
@@ -78,7 +88,7 @@ def write_planned_outputs(
             class_name(c, class_names): n for c, n in store.class_counts().items()
         }
         summary.outputs = write_slide_outputs(
-            store, plan.paths, formats, class_names, summary.slide
+            store, plan.paths, formats, class_names, summary.slide, streamed
         )
     summary.seconds = time.perf_counter() - plan.started
     logger.info(summary.line())
@@ -171,19 +181,36 @@ def predict_slide(
             batch_size=batch_size,
             num_workers=num_workers,
         )
+        streamed = [name for name in TEXT_FORMATS if name in formats]
         store = CellStore.create(paths["store"], plan.settings, resume=resume)
         try:
-            summary.resumed_tiles, summary.predicted_tiles = predict_chunks(
+            with SlideTextWriter(
                 store,
-                plan.tiles,
-                chunk_tiles,
-                read,
-                predictor,
-                summary.slide if progress else None,
-                cell_workers=cell_workers,
-                keep=plan.tissue,
-            )
-            store.finish()
+                paths["geojson"] if "geojson" in streamed else None,
+                paths["csv"] if "csv" in streamed else None,
+                class_names,
+                summary.slide,
+            ) as text:
+                text.write(store.iter_cells())  # a resumed store's cells come first
+
+                def write(chunk: int, tiles: list[int], cells: list[SlideCell]) -> None:
+                    store.write_chunk(chunk, tiles, cells)
+                    if streamed:
+                        text.write(store.iter_cells(after=text.last_id))
+
+                summary.resumed_tiles, summary.predicted_tiles = predict_chunks(
+                    store,
+                    plan.tiles,
+                    chunk_tiles,
+                    read,
+                    predictor,
+                    summary.slide if progress else None,
+                    cell_workers=cell_workers,
+                    keep=plan.tissue,
+                    write=write,
+                )
+                store.finish()
         finally:
             store.close()
+        return write_planned_outputs(plan, formats, class_names, streamed)
     return write_planned_outputs(plan, formats, class_names)

@@ -23,8 +23,10 @@ import csv
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Any
 
 from cellseg_d2.inference.cell_store import CellStore, StoredCell
 from cellseg_d2.inference.export import CSV_COLUMNS, GEOJSON_OBJECT_TYPE, spreadsheet_safe
@@ -36,6 +38,8 @@ __all__ = [
     "DEFAULT_SLIDE_FORMATS",
     "SLIDE_CSV_COLUMNS",
     "SLIDE_FORMATS",
+    "TEXT_FORMATS",
+    "SlideTextWriter",
     "write_slide_csv",
     "write_slide_geojson",
     "write_slide_outputs",
@@ -47,6 +51,8 @@ __all__ = [
 SLIDE_FORMATS = ("geojson", "csv", "labels")
 #: What a slide gets unless told otherwise: a label pyramid is large and slow, so only on request.
 DEFAULT_SLIDE_FORMATS = ("geojson", "csv")
+#: The formats :class:`SlideTextWriter` writes (and the slide loop can stream).
+TEXT_FORMATS = ("geojson", "csv")
 #: The per-cell table of a slide: the image table's columns (``image`` holds the slide's file
 #: name, ``cell_id`` the store's id) less ``image_id`` and ``cells`` (a slide's table always holds
 #: its store's cells), plus ``area_um2`` after ``area_px`` (empty when the pixel
@@ -169,17 +175,15 @@ def _csv_row(
     ]
 
 
-def write_slide_text(
-    store: CellStore,
-    geojson: str | os.PathLike | None,
-    csv_path: str | os.PathLike | None,
-    class_names: Sequence[str],
-    slide_name: str = "",
-) -> int:
-    """Write the store's GeoJSON and/or per-cell CSV in one pass over its cells, atomically.
+class SlideTextWriter:
+    """A slide's GeoJSON and/or per-cell CSV, written as its cells come, published atomically.
 
-    Why one pass: reading a slide's cells back from SQLite costs as much as formatting one of
-    the files; both files are made from the same rows. Either file may be None (not written).
+    Why streaming: the slide loop hands each stored chunk's cells here, so the files grow
+    while the model works instead of being written in one pass after the last tile (4-7 s
+    for 300,000 cells here, with nothing else to do). The files appear, complete, only when
+    the block ends without an error (:func:`~cellseg_d2.utils.files.atomic_write`); a stopped
+    run leaves none, and its resumed run writes the stored cells first.
+
     The GeoJSON is a QuPath FeatureCollection, one ``detection`` per cell with ``cell_id`` in
     its measurements (QuPath imports detections as light objects, so millions stay responsive,
     and shows measurements in its tables: a cell is matched with the CSV row of the same id).
@@ -188,39 +192,93 @@ def write_slide_text(
     :func:`~cellseg_d2.inference.export.spreadsheet_safe` (no live formulas from file or class
     names); ``class_id`` is 1-based (``classK``), as in the image table.
 
-    Args:
-        store: a finished (or open) cell store.
-        geojson, csv_path: the files to write, or None.
-        class_names: names of the 0-based classes (beyond them: ``classK``).
-        slide_name: what the CSV's ``image`` column holds (the slide's file name).
+    Attributes:
+        count: cells written so far; ``last_id`` the ``cell_id`` of the last one (0: none).
+    """
+
+    def __init__(
+        self,
+        store: CellStore,
+        geojson: str | os.PathLike | None,
+        csv_path: str | os.PathLike | None,
+        class_names: Sequence[str],
+        slide_name: str = "",
+    ) -> None:
+        """Prepare the files (opened on entering); either path may be None (not written).
+
+        Args:
+            store: the slide's store (its settings give the offset and pixel size).
+            geojson, csv_path: the files to write, or None.
+            class_names: names of the 0-based classes (beyond them: ``classK``).
+            slide_name: what the CSV's ``image`` column holds (the slide's file name).
+        """
+        self._paths = (geojson, csv_path)
+        self._class_names = class_names
+        self._offset = tuple(store.settings.get("offset", (0, 0)))
+        self._pixel_area = _pixel_area_um2(store)
+        self._image = spreadsheet_safe(slide_name)
+        self._feature = _FeatureText(class_names, self._offset, self._pixel_area)
+        self._files = contextlib.ExitStack()
+        self._geo: Any = None
+        self._table: Any = None
+        self.count = 0
+        self.last_id = 0
+
+    def __enter__(self) -> SlideTextWriter:
+        geojson, csv_path = self._paths
+        with self._files:
+            if geojson is not None:
+                self._geo = self._files.enter_context(atomic_write(Path(geojson), "w"))
+                self._geo.write('{"type":"FeatureCollection","features":[')
+            if csv_path is not None:
+                handle = self._files.enter_context(atomic_write(Path(csv_path), "w"))
+                self._table = csv.writer(handle, lineterminator="\n")
+                self._table.writerow(SLIDE_CSV_COLUMNS)
+            self._files = self._files.pop_all()  # opened: kept open past this block
+        return self
+
+    def write(self, cells: Iterable[StoredCell]) -> None:
+        """Append cells (in ``cell_id`` order, after the ones written)."""
+        for cell in cells:
+            if self._geo is not None:
+                self._geo.write(("," if self.count else "") + "\n" + self._feature(cell))
+            if self._table is not None:
+                self._table.writerow(
+                    _csv_row(cell, self._image, self._class_names, self._offset, self._pixel_area)
+                )
+            self.count += 1
+            self.last_id = cell.cell_id
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is None and self._geo is not None:
+            self._geo.write("\n]}\n")
+        self._files.__exit__(exc_type, exc, traceback)  # publishes, or discards on an error
+
+
+def write_slide_text(
+    store: CellStore,
+    geojson: str | os.PathLike | None,
+    csv_path: str | os.PathLike | None,
+    class_names: Sequence[str],
+    slide_name: str = "",
+) -> int:
+    """Write the store's GeoJSON and/or per-cell CSV in one pass over its cells, atomically
+    (:class:`SlideTextWriter`; either path may be None).
+
+    Why one pass: reading a slide's cells back from SQLite costs as much as formatting one of
+    the files; both files are made from the same rows.
 
     Returns:
         The number of cells written (to each file).
     """
-    offset = tuple(store.settings.get("offset", (0, 0)))
-    pixel_area = _pixel_area_um2(store)
-    image = spreadsheet_safe(slide_name)
-    feature = _FeatureText(class_names, offset, pixel_area)
-    count = 0
-    with contextlib.ExitStack() as files:
-        geo = None if geojson is None else files.enter_context(atomic_write(Path(geojson), "w"))
-        table = None
-        if csv_path is not None:
-            table = csv.writer(
-                files.enter_context(atomic_write(Path(csv_path), "w")), lineterminator="\n"
-            )
-            table.writerow(SLIDE_CSV_COLUMNS)
-        if geo is not None:
-            geo.write('{"type":"FeatureCollection","features":[')
-        for cell in store.iter_cells():
-            if geo is not None:
-                geo.write(("," if count else "") + "\n" + feature(cell))
-            if table is not None:
-                table.writerow(_csv_row(cell, image, class_names, offset, pixel_area))
-            count += 1
-        if geo is not None:
-            geo.write("\n]}\n")
-    return count
+    with SlideTextWriter(store, geojson, csv_path, class_names, slide_name) as text:
+        text.write(store.iter_cells())
+    return text.count
 
 
 def write_slide_geojson(
@@ -251,6 +309,7 @@ def write_slide_outputs(
     formats: Sequence[str],
     class_names: Sequence[str],
     slide_name: str,
+    streamed: Collection[str] = (),
 ) -> dict[str, Path]:
     """Write the chosen :data:`SLIDE_FORMATS` of one slide from its store, in that order.
 
@@ -263,13 +322,16 @@ def write_slide_outputs(
         formats: which of :data:`SLIDE_FORMATS` to write.
         class_names: names of the 0-based classes.
         slide_name: the slide's file name (the table's ``image`` column).
+        streamed: formats already written while predicting (:class:`SlideTextWriter`): not
+            written again, still returned.
 
     Returns:
-        ``{format: path}`` of the files written.
+        ``{format: path}`` of the slide's files.
     """
-    written = {name: paths[name] for name in ("geojson", "csv") if name in formats}
-    if written:
-        write_slide_text(store, written.get("geojson"), written.get("csv"), class_names, slide_name)
+    written = {name: paths[name] for name in TEXT_FORMATS if name in formats}
+    todo = {name: path for name, path in written.items() if name not in streamed}
+    if todo:
+        write_slide_text(store, todo.get("geojson"), todo.get("csv"), class_names, slide_name)
     if "labels" in formats:
         written["labels"] = write_slide_labels(store, paths["labels"])
     return written

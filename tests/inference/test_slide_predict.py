@@ -16,9 +16,10 @@ from PIL import Image
 
 from cellseg_d2.errors import CellDataError, ConfigError
 from cellseg_d2.inference import slide_cells
-from cellseg_d2.inference.cell_store import partial_path
+from cellseg_d2.inference.cell_store import CellStore, partial_path
 from cellseg_d2.inference.slide_predict import predict_slide, slide_output_paths
 from cellseg_d2.inference.slide_tiles import plan_slide_tiles
+from cellseg_d2.inference.slide_writers import write_slide_text
 from tests.inference.slide_fakes import (
     DiscPredictor,
     FakeSlideReader,
@@ -207,10 +208,17 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path: Path) -> Non
     assert _cells(paths["store"]) == _cells(whole["store"])
     assert paths["geojson"].read_text() == whole["geojson"].read_text()
     assert paths["csv"].read_text() == whole["csv"].read_text()
+    # the files streamed during the loop are the ones one pass over the finished store writes
+    with CellStore.open(whole["store"]) as store:
+        names = ["dark", "light"]  # as _run gives them
+        write_slide_text(store, tmp_path / "g.geojson", tmp_path / "c.csv", names, "slide.svs")
+    assert (tmp_path / "g.geojson").read_bytes() == whole["geojson"].read_bytes()
+    assert (tmp_path / "c.csv").read_bytes() == whole["csv"].read_bytes()
     # resuming a finished store predicts nothing and rewrites the outputs from it
     paths["csv"].unlink()
     summary, predictor, _ = _run(tmp_path / "stopped", Opener(canvas), resume=True)
     assert predictor.calls == 0 and summary.resumed_tiles == 35 and paths["csv"].exists()
+    assert paths["csv"].read_bytes() == whole["csv"].read_bytes()
     # other settings are refused, not mixed in
     with pytest.raises(CellDataError, match="overlap"):
         _run(tmp_path / "stopped", Opener(canvas), resume=True, overlap=20)
