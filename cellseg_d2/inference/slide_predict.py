@@ -47,7 +47,7 @@ from cellseg_d2.inference.slide_stitch import SlideCell
 from cellseg_d2.inference.slide_writers import (
     DEFAULT_SLIDE_FORMATS,
     TEXT_FORMATS,
-    SlideTextWriter,
+    slide_text_writer,
     write_slide_outputs,
 )
 from cellseg_d2.utils.layout import DEFAULT_CLASS_NAMES, class_name
@@ -184,7 +184,7 @@ def predict_slide(
         streamed = [name for name in TEXT_FORMATS if name in formats]
         store = CellStore.create(paths["store"], plan.settings, resume=resume)
         try:
-            with SlideTextWriter(
+            with slide_text_writer(
                 store,
                 paths["geojson"] if "geojson" in streamed else None,
                 paths["csv"] if "csv" in streamed else None,

@@ -23,10 +23,9 @@ import csv
 import json
 import math
 import os
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import Any, TextIO
 
 from cellseg_d2.inference.cell_store import CellStore, StoredCell
 from cellseg_d2.inference.export import CSV_COLUMNS, GEOJSON_OBJECT_TYPE, spreadsheet_safe
@@ -42,6 +41,7 @@ __all__ = [
     "SlideTextWriter",
     "write_slide_csv",
     "write_slide_geojson",
+    "slide_text_writer",
     "write_slide_outputs",
     "write_slide_text",
 ]
@@ -51,7 +51,7 @@ __all__ = [
 SLIDE_FORMATS = ("geojson", "csv", "labels")
 #: What a slide gets unless told otherwise: a label pyramid is large and slow, so only on request.
 DEFAULT_SLIDE_FORMATS = ("geojson", "csv")
-#: The formats :class:`SlideTextWriter` writes (and the slide loop can stream).
+#: The formats :func:`slide_text_writer` writes (and the slide loop can stream).
 TEXT_FORMATS = ("geojson", "csv")
 #: The per-cell table of a slide: the image table's columns (``image`` holds the slide's file
 #: name, ``cell_id`` the store's id) less ``image_id`` and ``cells`` (a slide's table always holds
@@ -176,21 +176,7 @@ def _csv_row(
 
 
 class SlideTextWriter:
-    """A slide's GeoJSON and/or per-cell CSV, written as its cells come, published atomically.
-
-    Why streaming: the slide loop hands each stored chunk's cells here, so the files grow
-    while the model works instead of being written in one pass after the last tile (4-7 s
-    for 300,000 cells here, with nothing else to do). The files appear, complete, only when
-    the block ends without an error (:func:`~cellseg_d2.utils.files.atomic_write`); a stopped
-    run leaves none, and its resumed run writes the stored cells first.
-
-    The GeoJSON is a QuPath FeatureCollection, one ``detection`` per cell with ``cell_id`` in
-    its measurements (QuPath imports detections as light objects, so millions stay responsive,
-    and shows measurements in its tables: a cell is matched with the CSV row of the same id).
-    ``area_px`` is in level-0 pixels; ``area_um2`` is added when the slide's pixel size is
-    known. The CSV (:data:`SLIDE_CSV_COLUMNS`) passes its text cells through
-    :func:`~cellseg_d2.inference.export.spreadsheet_safe` (no live formulas from file or class
-    names); ``class_id`` is 1-based (``classK``), as in the image table.
+    """Appends cells to a slide's open GeoJSON and/or CSV (see :func:`slide_text_writer`).
 
     Attributes:
         count: cells written so far; ``last_id`` the ``cell_id`` of the last one (0: none).
@@ -199,43 +185,22 @@ class SlideTextWriter:
     def __init__(
         self,
         store: CellStore,
-        geojson: str | os.PathLike | None,
-        csv_path: str | os.PathLike | None,
+        geojson: TextIO | None,
+        table: Any | None,
         class_names: Sequence[str],
         slide_name: str = "",
     ) -> None:
-        """Prepare the files (opened on entering); either path may be None (not written).
-
-        Args:
-            store: the slide's store (its settings give the offset and pixel size).
-            geojson, csv_path: the files to write, or None.
-            class_names: names of the 0-based classes (beyond them: ``classK``).
-            slide_name: what the CSV's ``image`` column holds (the slide's file name).
-        """
-        self._paths = (geojson, csv_path)
+        """Write to the open ``geojson`` file (its header written) and ``table`` (a
+        ``csv.writer``, its header written); either may be None."""
+        self._geo = geojson
+        self._table = table
         self._class_names = class_names
         self._offset = tuple(store.settings.get("offset", (0, 0)))
         self._pixel_area = _pixel_area_um2(store)
         self._image = spreadsheet_safe(slide_name)
         self._feature = _FeatureText(class_names, self._offset, self._pixel_area)
-        self._files = contextlib.ExitStack()
-        self._geo: Any = None
-        self._table: Any = None
         self.count = 0
         self.last_id = 0
-
-    def __enter__(self) -> SlideTextWriter:
-        geojson, csv_path = self._paths
-        with self._files:
-            if geojson is not None:
-                self._geo = self._files.enter_context(atomic_write(Path(geojson), "w"))
-                self._geo.write('{"type":"FeatureCollection","features":[')
-            if csv_path is not None:
-                handle = self._files.enter_context(atomic_write(Path(csv_path), "w"))
-                self._table = csv.writer(handle, lineterminator="\n")
-                self._table.writerow(SLIDE_CSV_COLUMNS)
-            self._files = self._files.pop_all()  # opened: kept open past this block
-        return self
 
     def write(self, cells: Iterable[StoredCell]) -> None:
         """Append cells (in ``cell_id`` order, after the ones written)."""
@@ -249,26 +214,59 @@ class SlideTextWriter:
             self.count += 1
             self.last_id = cell.cell_id
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if exc_type is None and self._geo is not None:
-            self._geo.write("\n]}\n")
-        self._files.__exit__(exc_type, exc, traceback)  # publishes, or discards on an error
 
-
-def write_slide_text(
+@contextlib.contextmanager
+def slide_text_writer(
     store: CellStore,
     geojson: str | os.PathLike | None,
     csv_path: str | os.PathLike | None,
     class_names: Sequence[str],
     slide_name: str = "",
+) -> Iterator[SlideTextWriter]:
+    """A slide's GeoJSON and/or per-cell CSV, written as its cells come, published atomically.
+
+    Why streaming: the slide loop hands each stored chunk's cells to the writer, so the files
+    grow while the model works instead of being written in one pass after the last tile (4-7 s
+    for 300,000 cells here, with nothing else to do). The files appear, complete, only when
+    the block ends without an error (:func:`~cellseg_d2.utils.files.atomic_write`); a stopped
+    run leaves none, and its resumed run writes the stored cells first.
+
+    The GeoJSON is a QuPath FeatureCollection, one ``detection`` per cell with ``cell_id`` in
+    its measurements (QuPath imports detections as light objects, so millions stay responsive,
+    and shows measurements in its tables: a cell is matched with the CSV row of the same id).
+    ``area_px`` is in level-0 pixels; ``area_um2`` is added when the slide's pixel size is
+    known. The CSV (:data:`SLIDE_CSV_COLUMNS`) passes its text cells through
+    :func:`~cellseg_d2.inference.export.spreadsheet_safe` (no live formulas from file or class
+    names); ``class_id`` is 1-based (``classK``), as in the image table.
+
+    Args:
+        store: the slide's store (its settings give the offset and pixel size).
+        geojson, csv_path: the files to write, or None (not written).
+        class_names: names of the 0-based classes (beyond them: ``classK``).
+        slide_name: what the CSV's ``image`` column holds (the slide's file name).
+    """
+    with contextlib.ExitStack() as files:
+        geo, table = None, None
+        if geojson is not None:
+            geo = files.enter_context(atomic_write(Path(geojson), "w"))
+            geo.write('{"type":"FeatureCollection","features":[')
+        if csv_path is not None:
+            handle = files.enter_context(atomic_write(Path(csv_path), "w"))
+            table = csv.writer(handle, lineterminator="\n")
+            table.writerow(SLIDE_CSV_COLUMNS)
+        yield SlideTextWriter(store, geo, table, class_names, slide_name)
+        if geo is not None:
+            geo.write("\n]}\n")
+
+
+def write_slide_text(
+    store: CellStore,
+    paths: Mapping[str, str | os.PathLike],
+    class_names: Sequence[str],
+    slide_name: str = "",
 ) -> int:
-    """Write the store's GeoJSON and/or per-cell CSV in one pass over its cells, atomically
-    (:class:`SlideTextWriter`; either path may be None).
+    """Write the store's :data:`TEXT_FORMATS` named in ``paths`` (``{format: path}``) in one
+    pass over its cells, atomically (:func:`slide_text_writer`).
 
     Why one pass: reading a slide's cells back from SQLite costs as much as formatting one of
     the files; both files are made from the same rows.
@@ -276,7 +274,8 @@ def write_slide_text(
     Returns:
         The number of cells written (to each file).
     """
-    with SlideTextWriter(store, geojson, csv_path, class_names, slide_name) as text:
+    geojson, csv_path = paths.get("geojson"), paths.get("csv")
+    with slide_text_writer(store, geojson, csv_path, class_names, slide_name) as text:
         text.write(store.iter_cells())
     return text.count
 
@@ -289,7 +288,7 @@ def write_slide_geojson(
     Returns:
         The number of features written.
     """
-    return write_slide_text(store, path, None, class_names)
+    return write_slide_text(store, {"geojson": path}, class_names)
 
 
 def write_slide_csv(
@@ -300,7 +299,7 @@ def write_slide_csv(
     Returns:
         The number of rows written (header not counted).
     """
-    return write_slide_text(store, None, path, class_names, slide_name)
+    return write_slide_text(store, {"csv": path}, class_names, slide_name)
 
 
 def write_slide_outputs(
@@ -322,7 +321,7 @@ def write_slide_outputs(
         formats: which of :data:`SLIDE_FORMATS` to write.
         class_names: names of the 0-based classes.
         slide_name: the slide's file name (the table's ``image`` column).
-        streamed: formats already written while predicting (:class:`SlideTextWriter`): not
+        streamed: formats already written while predicting (:func:`slide_text_writer`): not
             written again, still returned.
 
     Returns:
@@ -331,7 +330,7 @@ def write_slide_outputs(
     written = {name: paths[name] for name in TEXT_FORMATS if name in formats}
     todo = {name: path for name, path in written.items() if name not in streamed}
     if todo:
-        write_slide_text(store, todo.get("geojson"), todo.get("csv"), class_names, slide_name)
+        write_slide_text(store, todo, class_names, slide_name)
     if "labels" in formats:
         written["labels"] = write_slide_labels(store, paths["labels"])
     return written

@@ -211,9 +211,10 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path: Path) -> Non
     # the files streamed during the loop are the ones one pass over the finished store writes
     with CellStore.open(whole["store"]) as store:
         names = ["dark", "light"]  # as _run gives them
-        write_slide_text(store, tmp_path / "g.geojson", tmp_path / "c.csv", names, "slide.svs")
-    assert (tmp_path / "g.geojson").read_bytes() == whole["geojson"].read_bytes()
-    assert (tmp_path / "c.csv").read_bytes() == whole["csv"].read_bytes()
+        g, c = tmp_path / "g.geojson", tmp_path / "c.csv"
+        write_slide_text(store, {"geojson": g, "csv": c}, names, "slide.svs")
+    assert g.read_bytes() == whole["geojson"].read_bytes()
+    assert c.read_bytes() == whole["csv"].read_bytes()
     # resuming a finished store predicts nothing and rewrites the outputs from it
     paths["csv"].unlink()
     summary, predictor, _ = _run(tmp_path / "stopped", Opener(canvas), resume=True)

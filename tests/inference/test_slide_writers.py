@@ -96,8 +96,9 @@ def test_features_are_the_bytes_json_writes_and_one_pass_writes_both(
     with CellStore.create(path, {"offset": [0, 0], "pixel_size_um": pixel_size_um}) as store:
         store.write_chunk(0, [0], awkward)
         store.finish()
+    b_geo, b_csv = tmp_path / "b.geojson", tmp_path / "b.csv"
     with CellStore.open(path) as store:
-        assert write_slide_text(store, tmp_path / "b.geojson", tmp_path / "b.csv", ["x"], "s") == 2
+        assert write_slide_text(store, {"geojson": b_geo, "csv": b_csv}, ["x"], "s") == 2
         write_slide_geojson(store, tmp_path / "g.geojson", ["x"])
         write_slide_csv(store, tmp_path / "c.csv", ["x"], "s")
     text = (tmp_path / "b.geojson").read_text()
