@@ -11,8 +11,6 @@ disc finder are in :mod:`~cellseg_d2.benchmark.synthetic_slide`.
 
 from __future__ import annotations
 
-import multiprocessing
-import multiprocessing.forkserver
 import os
 import tempfile
 import time
@@ -33,7 +31,7 @@ from cellseg_d2.inference import slide_cells, slide_loader
 from cellseg_d2.inference.detections import Detection
 from cellseg_d2.inference.slide_predict import predict_slide
 from cellseg_d2.inference.slide_writers import DEFAULT_SLIDE_FORMATS
-from cellseg_d2.utils.processes import worker_context
+from cellseg_d2.utils.processes import start_worker_server as start_server
 
 __all__ = [
     "DiscSleepPredictor",
@@ -95,9 +93,8 @@ def start_worker_server(workers: bool) -> set[int]:
     if not workers:
         return set()
     before = set(descendants(os.getpid()))
-    context = worker_context([slide_loader.__name__, slide_cells.__name__])
+    context = start_server([slide_loader.__name__, slide_cells.__name__])
     if context.get_start_method() == "forkserver":
-        multiprocessing.forkserver.ensure_running()
         first = context.Process(target=_nothing)
         first.start()
         first.join()

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -46,3 +50,24 @@ def test_forkserver_where_the_platform_has_it() -> None:
         assert method == "forkserver"
     else:
         assert method == "spawn"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_the_worker_server_is_started_before_any_worker() -> None:
+    # a fresh interpreter: this one's server may already run
+    code = (
+        "import os; from cellseg_d2.utils.processes import start_worker_server\n"
+        "pid = os.getpid()\n"
+        "def children(): return len(open(f'/proc/{pid}/task/{pid}/children').read().split())\n"
+        "before = children()\n"
+        "context = start_worker_server(['json'])\n"
+        "print(context.get_start_method(), before, children())"
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    method, before, after = out.stdout.split()
+    # the server (and its resource tracker) run before any worker was asked for
+    assert method == "forkserver" and int(before) == 0 and int(after) >= 1
