@@ -12,8 +12,10 @@ The loop of one slide (issue 18):
 5. write each chunk of tiles to the slide's SQLite cell store in one transaction; a run
    stopped anywhere resumes after the last finished chunk
    (:mod:`~cellseg_d2.inference.cell_store`);
-6. stream the GeoJSON and CSV (and, when asked, the label pyramid) from the finished store
-   (:mod:`~cellseg_d2.inference.slide_writers`).
+6. stream the GeoJSON and CSV from each chunk as it is stored, published whole when the
+   slide ends, and paint the label pyramid (when asked) from the finished store
+   (:mod:`~cellseg_d2.inference.slide_writers`); a slide whose store several processes filled,
+   or a finished store resumed, gets its GeoJSON and CSV in one pass over the store.
 
 Memory stays bounded by the tiles in flight and one chunk's cells, whatever the slide's size.
 The predictor is any callable taking BGR uint8 images and returning one list of
@@ -191,7 +193,8 @@ def predict_slide(
                 class_names,
                 summary.slide,
             ) as text:
-                text.write(store.iter_cells())  # a resumed store's cells come first
+                if streamed:
+                    text.write(store.iter_cells())  # a resumed store's cells come first
 
                 def write(chunk: int, tiles: list[int], cells: list[SlideCell]) -> None:
                     store.write_chunk(chunk, tiles, cells)
