@@ -28,20 +28,22 @@ from detectron2.config import CfgNode
 
 from cellseg_d2.data.validate import check_test_images
 from cellseg_d2.errors import CellDataError
-from cellseg_d2.inference import slide_cells, slide_loader
 from cellseg_d2.inference.exported import METADATA_FILE, ExportedPredictor
 from cellseg_d2.inference.inputs import assign_image_ids, collect_inputs, write_assigned_ids
 from cellseg_d2.inference.outputs import check_output_paths, claim_outputs
 from cellseg_d2.inference.predict import MAX_ID_MAP_BYTES, PredictionSummary, predict_to_files
 from cellseg_d2.inference.predict_launch import distributed_images
-from cellseg_d2.inference.predict_slides import check_slide_formats, predict_slides
+from cellseg_d2.inference.predict_slides import (
+    check_slide_formats,
+    predict_slides,
+    start_slide_worker_server,
+)
 from cellseg_d2.inference.predictor import CellPredictor
 from cellseg_d2.inference.shards import prediction_fingerprint, run_fingerprint
 from cellseg_d2.inference.slide_predict import SlideSummary
 from cellseg_d2.inference.slide_ranks import distributed_slides
 from cellseg_d2.utils.files import check_file_size, sha256_file
 from cellseg_d2.utils.lock import hold_lock
-from cellseg_d2.utils.processes import start_worker_server
 
 __all__ = ["IMAGE_IDS_NAME", "PredictionRun", "RunReport", "assigned_ids_path", "run_prediction"]
 
@@ -179,8 +181,7 @@ def run_prediction(run: PredictionRun, cfg: CfgNode | None, model_dir: Path | No
                 )
                 return report
             if predictor is None:
-                # the slide workers' server imports torch while the model is built
-                start_worker_server([slide_loader.__name__, slide_cells.__name__])
+                start_slide_worker_server(cfg)  # imports torch while the model is built
                 predictor = CellPredictor(cfg, tta=run.tta)
             report.slides = predict_slides(
                 cfg,

@@ -20,6 +20,7 @@ from detectron2.config import CfgNode
 from cellseg_d2.config.scale import input_scale, model_pixel_size
 from cellseg_d2.data.slide import open_slide
 from cellseg_d2.errors import CellDataError
+from cellseg_d2.inference import slide_cells, slide_loader
 from cellseg_d2.inference.slide_cells import auto_cell_workers
 from cellseg_d2.inference.slide_predict import (
     Predictor,
@@ -29,6 +30,7 @@ from cellseg_d2.inference.slide_predict import (
 )
 from cellseg_d2.inference.slide_writers import DEFAULT_SLIDE_FORMATS, SLIDE_FORMATS
 from cellseg_d2.utils.files import sha256_file
+from cellseg_d2.utils.processes import start_worker_server
 
 __all__ = [
     "check_slide_formats",
@@ -37,6 +39,7 @@ __all__ = [
     "slide_cell_workers",
     "slide_tile_factor",
     "slide_plan_options",
+    "start_slide_worker_server",
 ]
 
 logger = logging.getLogger(__name__)
@@ -100,6 +103,17 @@ def slide_cell_workers(cfg: CfgNode) -> int:
     if cell_workers < 0:
         cell_workers = auto_cell_workers(cfg.MODEL.DEVICE, int(cfg.DATALOADER.NUM_WORKERS))
     return cell_workers
+
+
+def start_slide_worker_server(cfg: CfgNode) -> None:
+    """Start the fork server of the slides' reading and cell workers now, when the config uses
+    any (``DATALOADER.NUM_WORKERS``, :func:`slide_cell_workers`).
+
+    Why: called before the model is built, the server's import of torch overlaps the build
+    instead of delaying the first tile; a run without workers starts no server.
+    """
+    if int(cfg.DATALOADER.NUM_WORKERS) > 0 or slide_cell_workers(cfg) > 0:
+        start_worker_server([slide_loader.__name__, slide_cells.__name__])
 
 
 def predict_slides(

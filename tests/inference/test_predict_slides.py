@@ -12,12 +12,15 @@ import tifffile
 
 from cellseg_d2.config import build_config
 from cellseg_d2.errors import CellDataError
+from cellseg_d2.inference import predict_slides as predict_slides_module
+from cellseg_d2.inference import slide_cells, slide_loader
 from cellseg_d2.inference.detections import Detection
 from cellseg_d2.inference.predict_slides import (
     check_slide_formats,
     model_identity,
     predict_slides,
     slide_tile_factor,
+    start_slide_worker_server,
 )
 from tests.conftest import INSTANT_CONFIG, SHARED_DATA
 
@@ -131,3 +134,14 @@ def test_slide_tiles_get_one_factor(pixel_size: float, scale: float, factor: flo
     scanned: INPUT.SCALE alone; never the short-edge resize (factor 1 when the scale is off)."""
     cfg = build_config(INSTANT_CONFIG, ["INPUT.PIXEL_SIZE", pixel_size, "INPUT.SCALE", scale])
     assert slide_tile_factor(cfg) == factor
+
+
+def test_the_worker_server_starts_early_only_when_workers_are_used(monkeypatch) -> None:
+    started: list[list[str]] = []
+    monkeypatch.setattr(predict_slides_module, "start_worker_server", started.append)
+    start_slide_worker_server(
+        _cfg("DATALOADER.NUM_WORKERS", 0, "TEST.SLIDE_CELL_WORKERS", 0, "MODEL.DEVICE", "cpu")
+    )
+    assert started == []
+    start_slide_worker_server(_cfg("DATALOADER.NUM_WORKERS", 2, "MODEL.DEVICE", "cpu"))
+    assert started == [[slide_loader.__name__, slide_cells.__name__]]
